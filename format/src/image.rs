@@ -1,0 +1,380 @@
+//! The checkpoint image of one process.
+//!
+//! ```text
+//! offset 0      Header (one 4 KiB page): magic, version, section offsets, checksums
+//! offset 4096   page data: runs of whole pages, each starting on a 4 KiB boundary so that
+//!               a run can be mapped straight from the file
+//! meta_offset   ImageMeta, postcard-encoded, checksummed (crc32c) as a whole
+//! ```
+//! Every page run carries its own crc32c. The writer streams page data first, then the
+//! metadata, then writes the header last (under a temporary file name), fsyncs and renames;
+//! a reader that finds a valid header therefore finds a complete file.
+//!
+//! The full format is described in `docs/IMAGE_FORMAT.md`.
+
+use serde::{Deserialize, Serialize};
+
+/// First 8 bytes of every image.
+pub const MAGIC: [u8; 8] = *b"CRUSTIMG";
+/// Current image format version.
+pub const VERSION: u32 = 1;
+/// Size of the header page; page data starts here.
+pub const HEADER_SIZE: usize = 4096;
+/// Page size the format is built around.
+pub const PAGE_SIZE: u64 = 4096;
+/// Number of header bytes covered by `header_crc`.
+const HEADER_CRC_SPAN: usize = 72;
+
+/// The fixed header at offset 0 (little endian).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Header {
+    pub version: u32,
+    pub flags: u32,
+    pub meta_offset: u64,
+    pub meta_len: u64,
+    pub meta_crc: u32,
+    pub data_offset: u64,
+    pub data_len: u64,
+    /// Total file length, so truncation is detected from the header alone.
+    pub file_len: u64,
+}
+
+impl Header {
+    /// Serialize into the header page.
+    pub fn to_bytes(&self) -> [u8; HEADER_SIZE] {
+        let mut b = [0u8; HEADER_SIZE];
+        b[0..8].copy_from_slice(&MAGIC);
+        b[8..12].copy_from_slice(&self.version.to_le_bytes());
+        b[12..16].copy_from_slice(&(HEADER_SIZE as u32).to_le_bytes());
+        b[16..20].copy_from_slice(&self.flags.to_le_bytes());
+        b[24..32].copy_from_slice(&self.meta_offset.to_le_bytes());
+        b[32..40].copy_from_slice(&self.meta_len.to_le_bytes());
+        b[40..44].copy_from_slice(&self.meta_crc.to_le_bytes());
+        b[48..56].copy_from_slice(&self.data_offset.to_le_bytes());
+        b[56..64].copy_from_slice(&self.data_len.to_le_bytes());
+        b[64..72].copy_from_slice(&self.file_len.to_le_bytes());
+        let crc = crc32c::crc32c(&b[..HEADER_CRC_SPAN]);
+        b[72..76].copy_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    /// Parse and verify a header page.
+    pub fn from_bytes(b: &[u8]) -> Result<Header, crate::Error> {
+        if b.len() < HEADER_SIZE {
+            return Err(crate::Error::Truncated { what: "header", have: b.len() as u64, need: HEADER_SIZE as u64 });
+        }
+        if b[0..8] != MAGIC {
+            return Err(crate::Error::NotAnImage);
+        }
+        let u32_at = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap());
+        let u64_at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap());
+        let version = u32_at(8);
+        if version != VERSION {
+            return Err(crate::Error::Version { found: version, supported: VERSION });
+        }
+        let crc = u32_at(72);
+        if crc32c::crc32c(&b[..HEADER_CRC_SPAN]) != crc {
+            return Err(crate::Error::Corrupt("header checksum mismatch".into()));
+        }
+        Ok(Header {
+            version,
+            flags: u32_at(16),
+            meta_offset: u64_at(24),
+            meta_len: u64_at(32),
+            meta_crc: u32_at(40),
+            data_offset: u64_at(48),
+            data_len: u64_at(56),
+            file_len: u64_at(64),
+        })
+    }
+}
+
+/// Memory-map layout fields of `struct mm_struct`, restored with `PR_SET_MM_MAP`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct MmInfo {
+    pub start_code: u64,
+    pub end_code: u64,
+    pub start_data: u64,
+    pub end_data: u64,
+    pub start_brk: u64,
+    pub brk: u64,
+    pub start_stack: u64,
+    pub arg_start: u64,
+    pub arg_end: u64,
+    pub env_start: u64,
+    pub env_end: u64,
+}
+
+/// What backs a memory region.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RegionKind {
+    /// Anonymous memory (including the main stack, which is `grows_down`).
+    Anon,
+    /// The brk heap.
+    Heap,
+    /// A file mapping. Private pages that still equal the file are not stored; they are
+    /// mapped from the file again at restart, which must therefore be unchanged.
+    File { path: String, offset: u64, identity: FileIdentity },
+    /// Memory whose backing file was deleted, or shared anonymous memory: all pages stored.
+    Detached { name: String },
+    /// The kernel's vDSO and vvar pages: moved to the same address at restart, not stored.
+    Vdso,
+    Vvar,
+    VvarVclock,
+}
+
+/// Enough of a file's identity to notice that it changed between checkpoint and restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct FileIdentity {
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime_sec: i64,
+    pub mtime_nsec: i64,
+}
+
+/// One stored run of contiguous, page-aligned memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PageRun {
+    /// Virtual address of the first byte.
+    pub addr: u64,
+    /// Length in bytes (a multiple of [`PAGE_SIZE`]).
+    pub len: u64,
+    /// Offset of the data in the image file (a multiple of [`PAGE_SIZE`]).
+    pub offset: u64,
+    /// crc32c of the data.
+    pub crc: u32,
+}
+
+/// One virtual memory area.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Region {
+    pub start: u64,
+    pub end: u64,
+    /// PROT_READ | PROT_WRITE | PROT_EXEC bits.
+    pub prot: u32,
+    /// MAP_SHARED rather than MAP_PRIVATE.
+    pub shared: bool,
+    /// A grows-down stack VMA.
+    pub grows_down: bool,
+    pub kind: RegionKind,
+    /// Stored page data.
+    pub runs: Vec<PageRun>,
+}
+
+/// One thread at checkpoint time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThreadRecord {
+    /// Thread id as the program sees it.
+    pub vtid: i32,
+    /// Kernel thread id at checkpoint time.
+    pub real_tid: i32,
+    /// The thread-group leader (its vtid is the process's vpid).
+    pub is_main: bool,
+    /// Address of the `ucontext_t` of the signal frame the thread was stopped in; the
+    /// thread resumes by `rt_sigreturn` on this frame.
+    pub ucontext: u64,
+    /// FS base (thread pointer).
+    pub fs_base: u64,
+    /// Address the kernel clears and wakes at thread exit (glibc: `&pthread->tid`).
+    pub clear_tid_addr: u64,
+    pub robust_head: u64,
+    pub robust_len: u64,
+    /// rseq area registered by libc (0 if none).
+    pub rseq_addr: u64,
+    pub rseq_len: u32,
+    pub rseq_sig: u32,
+    /// Thread name (comm).
+    pub name: String,
+    /// Instruction and stack pointer where the thread was stopped (for tools).
+    pub ip: u64,
+    pub sp: u64,
+}
+
+/// What an open file descriptor refers to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FdKind {
+    /// A regular file, reopened at its path and offset.
+    File { path: String, identity: FileIdentity },
+    /// A directory, reopened at its path.
+    Directory { path: String },
+    /// A character device such as /dev/null, reopened by path.
+    CharDevice { path: String, rdev: u64 },
+    /// A terminal.
+    Tty { path: String },
+    /// One end of a pipe. `id` is the pipe's inode: ends with the same id are one pipe.
+    /// `data` holds the bytes that were in flight (stored with the read end).
+    Pipe { id: u64, read_end: bool, data: Vec<u8>, capacity: u32 },
+    /// A socket (restored only as fd 0-2 inherited from the restarter, for now).
+    Socket { id: u64, description: String },
+    /// Something crust cannot restore yet; `description` names it.
+    Unsupported { description: String },
+}
+
+/// One open file descriptor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FdRecord {
+    pub fd: i32,
+    /// File status flags (O_ACCMODE, O_APPEND, O_NONBLOCK, ...).
+    pub flags: i32,
+    pub cloexec: bool,
+    /// File offset (0 when not seekable).
+    pub offset: i64,
+    pub kind: FdKind,
+}
+
+/// A resource limit (RLIMIT_* index, soft, hard).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rlimit {
+    pub resource: u32,
+    pub soft: u64,
+    pub hard: u64,
+}
+
+/// Where the preload library wants the restorer to jump once memory is back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct RestartEntry {
+    /// Address of the preload's restart function.
+    pub entry: u64,
+    /// Top of the stack reserved for it.
+    pub stack_top: u64,
+}
+
+/// Everything about the process except its page data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageMeta {
+    pub comp_id: u64,
+    pub generation: u64,
+    pub vpid: i32,
+    pub vppid: i32,
+    /// Real pid at checkpoint time.
+    pub real_pid: i32,
+    pub hostname: String,
+    /// Kernel release at checkpoint time (the vDSO must match at restart).
+    pub kernel_release: String,
+    /// XCR0 at checkpoint time: the FPU state components saved in signal frames.
+    pub xcr0: u64,
+    pub program: String,
+    pub args: Vec<String>,
+    pub comm: String,
+    pub exe: String,
+    pub cwd: String,
+    pub umask: u32,
+    pub rlimits: Vec<Rlimit>,
+    pub mm: MmInfo,
+    pub auxv: Vec<u64>,
+    pub restart: RestartEntry,
+    /// The checkpoint signal in use.
+    pub ckpt_signal: i32,
+    pub threads: Vec<ThreadRecord>,
+    pub fds: Vec<FdRecord>,
+    pub regions: Vec<Region>,
+    /// Unix time (seconds) at which the process was stopped.
+    pub taken_unix: u64,
+}
+
+impl ImageMeta {
+    /// Bytes of page data stored in the image.
+    pub fn memory_bytes(&self) -> u64 {
+        self.regions.iter().flat_map(|r| r.runs.iter()).map(|r| r.len).sum()
+    }
+}
+
+/// A parsed image: header, metadata, and the file it came from.
+#[derive(Debug)]
+pub struct Image {
+    pub header: Header,
+    pub meta: ImageMeta,
+}
+
+/// Open an image, verify its header, size and metadata checksum, and decode the metadata.
+/// Page data checksums are verified by [`verify_pages`] or while restoring.
+pub fn read_image(path: &std::path::Path) -> Result<Image, crate::Error> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path).map_err(|e| crate::Error::Io { path: path.display().to_string(), source: e })?;
+    let len = f.metadata().map_err(|e| crate::Error::Io { path: path.display().to_string(), source: e })?.len();
+    let mut page = vec![0u8; HEADER_SIZE.min(len as usize)];
+    f.read_exact(&mut page)?;
+    let header = Header::from_bytes(&page)?;
+    if len < header.file_len {
+        return Err(crate::Error::Truncated { what: "image", have: len, need: header.file_len });
+    }
+    if header.meta_offset.checked_add(header.meta_len).is_none_or(|end| end > header.file_len)
+        || header.meta_len > (256 << 20)
+    {
+        return Err(crate::Error::Corrupt("metadata section out of bounds".into()));
+    }
+    f.seek(SeekFrom::Start(header.meta_offset))?;
+    let mut meta_bytes = vec![0u8; header.meta_len as usize];
+    f.read_exact(&mut meta_bytes)?;
+    if crc32c::crc32c(&meta_bytes) != header.meta_crc {
+        return Err(crate::Error::Corrupt("metadata checksum mismatch".into()));
+    }
+    let meta: ImageMeta = postcard::from_bytes(&meta_bytes)?;
+    for r in &meta.regions {
+        for run in &r.runs {
+            let end = run.offset.checked_add(run.len);
+            if run.offset % PAGE_SIZE != 0
+                || run.len % PAGE_SIZE != 0
+                || end.is_none_or(|e| e > header.meta_offset)
+                || run.addr < r.start
+                || run.addr + run.len > r.end
+            {
+                return Err(crate::Error::Corrupt(format!("page run at {:#x} out of bounds", run.addr)));
+            }
+        }
+    }
+    Ok(Image { header, meta })
+}
+
+/// Read every page run and check its crc32c.
+pub fn verify_pages(path: &std::path::Path, meta: &ImageMeta) -> Result<(), crate::Error> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(path).map_err(|e| crate::Error::Io { path: path.display().to_string(), source: e })?;
+    let mut buf = vec![0u8; 1 << 20];
+    for r in &meta.regions {
+        for run in &r.runs {
+            let mut crc = 0u32;
+            let mut done = 0u64;
+            while done < run.len {
+                let n = (run.len - done).min(buf.len() as u64) as usize;
+                f.read_exact_at(&mut buf[..n], run.offset + done)?;
+                crc = crc32c::crc32c_append(crc, &buf[..n]);
+                done += n as u64;
+            }
+            if crc != run.crc {
+                return Err(crate::Error::Corrupt(format!(
+                    "page data at {:#x} (+{:#x}) fails its checksum",
+                    run.addr, run.len
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Serialize metadata and return (bytes, crc32c).
+pub fn encode_meta(meta: &ImageMeta) -> Result<(Vec<u8>, u32), crate::Error> {
+    let bytes = postcard::to_allocvec(meta)?;
+    let crc = crc32c::crc32c(&bytes);
+    Ok((bytes, crc))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_roundtrip_and_corruption() {
+        let h = Header { version: VERSION, flags: 0, meta_offset: 8192, meta_len: 100, meta_crc: 5, data_offset: 4096, data_len: 4096, file_len: 8292 };
+        let mut b = h.to_bytes();
+        assert_eq!(Header::from_bytes(&b).unwrap(), h);
+        b[30] ^= 1;
+        assert!(matches!(Header::from_bytes(&b), Err(crate::Error::Corrupt(_))));
+        let mut v = h.to_bytes();
+        v[8] = 99;
+        assert!(matches!(Header::from_bytes(&v), Err(crate::Error::Version { .. })));
+        assert!(matches!(Header::from_bytes(&[0u8; 10]), Err(crate::Error::Truncated { .. })));
+        assert!(matches!(Header::from_bytes(&[0u8; 4096]), Err(crate::Error::NotAnImage)));
+    }
+}

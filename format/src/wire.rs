@@ -1,0 +1,242 @@
+//! The wire protocol between checkpointed processes, the coordinator and `crctl`.
+//!
+//! Every message is one frame: a little-endian `u32` payload length followed by a
+//! postcard-encoded [`ToCoord`] or [`FromCoord`]. Frames larger than [`MAX_FRAME`] are a
+//! protocol error: the receiver drops the connection instead of allocating.
+//!
+//! A connection starts with a hello ([`ToCoord::HelloProcess`] or [`ToCoord::HelloControl`])
+//! answered by [`FromCoord::Welcome`] or [`FromCoord::Rejected`].
+//!
+//! ## A checkpoint generation, as seen by a process
+//! 1. coordinator → process: [`FromCoord::Checkpoint`] `{ generation, dir }`.
+//!    The process quiesces its threads and answers [`ToCoord::Reached`] with [`Phase::Suspended`].
+//! 2. When every process has reached `Suspended`, the coordinator sends
+//!    [`FromCoord::Proceed`] with [`Phase::Written`]. The process writes its image into `dir`
+//!    (temp name, fsync, rename) and answers [`ToCoord::Written`] (or [`ToCoord::Failed`]).
+//! 3. When every process has written, the coordinator sends [`FromCoord::Proceed`] with
+//!    [`Phase::Resumed`]; the process lets its threads run and answers `Reached(Resumed)`.
+//!    Only then is the manifest written, which makes the generation complete.
+//!
+//! At any point the coordinator may send [`FromCoord::Abort`]: the process resumes its
+//! threads, deletes any partial image of that generation, and answers `Reached(Resumed)`.
+
+use serde::{Deserialize, Serialize};
+
+/// Bumped whenever a message changes shape.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Largest frame either side accepts (16 MiB).
+pub const MAX_FRAME: usize = 16 << 20;
+
+/// Default coordinator port.
+pub const DEFAULT_PORT: u16 = 7787;
+
+/// Default coordinator address.
+pub const DEFAULT_COORD: &str = "127.0.0.1:7787";
+
+/// Barrier phases of one checkpoint generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Phase {
+    /// All application threads are stopped.
+    Suspended,
+    /// The image is durable on disk.
+    Written,
+    /// Application threads run again.
+    Resumed,
+}
+
+/// What a checkpointed process reports about the image it wrote.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageReport {
+    /// File name of the image inside the generation directory.
+    pub file: String,
+    /// Size of the image file in bytes.
+    pub bytes: u64,
+    /// Memory bytes stored in the image (page data).
+    pub memory_bytes: u64,
+    /// How long the application's threads were stopped, in microseconds.
+    pub downtime_us: u64,
+    /// How long writing the image took, in microseconds.
+    pub write_us: u64,
+}
+
+/// Messages sent to the coordinator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ToCoord {
+    /// First message of a checkpointed process.
+    HelloProcess {
+        proto: u32,
+        /// Shared secret, when the coordinator requires one.
+        token: Option<String>,
+        /// The computation this process belongs to; `None` for a freshly launched
+        /// process that starts a new computation or joins the current one.
+        comp_id: Option<u64>,
+        /// Virtual pid (what the program sees from getpid()).
+        vpid: i32,
+        /// Virtual parent pid.
+        vppid: i32,
+        /// Real pid on this host.
+        real_pid: i32,
+        hostname: String,
+        /// argv[0] (or the program path).
+        program: String,
+        args: Vec<String>,
+        /// Set when this process was restarted from a generation.
+        restored_from: Option<u64>,
+    },
+    /// First message of `crctl`.
+    HelloControl { proto: u32, token: Option<String> },
+    /// A barrier phase was reached.
+    Reached { generation: u64, phase: Phase },
+    /// The image of this process is durable.
+    Written { generation: u64, report: ImageReport },
+    /// This process could not checkpoint; the generation must fail.
+    Failed { generation: u64, error: String },
+    /// A `crctl` command.
+    Command(Command),
+}
+
+/// Commands sent by `crctl`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Start a checkpoint. With `wait`, the reply comes when it is complete or failed.
+    Checkpoint { wait: bool, kill_after: bool },
+    Status,
+    /// SIGKILL every process of the computation.
+    Kill,
+    /// Stop the coordinator (processes keep running).
+    Quit,
+    /// Change the checkpoint interval (0 = off).
+    Interval { secs: u64 },
+}
+
+/// One process as the coordinator sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessInfo {
+    pub vpid: i32,
+    pub real_pid: i32,
+    pub hostname: String,
+    pub program: String,
+    /// "running", "suspended", "writing", ...
+    pub state: String,
+}
+
+/// Answer to [`Command::Status`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusInfo {
+    pub comp_id: Option<u64>,
+    pub ckpt_dir: String,
+    pub interval_secs: u64,
+    pub processes: Vec<ProcessInfo>,
+    /// Generation in progress, if any.
+    pub in_progress: Option<u64>,
+    /// Last complete generation: (id, path, unix time completed, duration ms, total bytes).
+    pub last_complete: Option<GenerationSummary>,
+}
+
+/// Summary of a finished generation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GenerationSummary {
+    pub generation: u64,
+    pub path: String,
+    pub completed_unix: u64,
+    pub duration_ms: u64,
+    pub bytes: u64,
+    /// Longest downtime of any process, microseconds.
+    pub max_downtime_us: u64,
+}
+
+/// Replies to `crctl` commands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reply {
+    /// A checkpoint was started (no wait) with this generation id.
+    Started { generation: u64 },
+    /// A checkpoint completed.
+    Done(GenerationSummary),
+    /// A command failed.
+    Error { message: String },
+    Status(StatusInfo),
+    Ok,
+}
+
+/// Messages sent by the coordinator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FromCoord {
+    /// Accepted. `comp_id` is the computation this connection belongs to.
+    Welcome { comp_id: u64, ckpt_dir: String },
+    /// Refused (wrong token, protocol version, or computation).
+    Rejected { reason: String },
+    /// Begin generation `generation`: suspend, then write into `dir` when told.
+    Checkpoint { generation: u64, dir: String },
+    /// Every process reached the previous phase; go on to `phase`.
+    Proceed { generation: u64, phase: Phase },
+    /// Give up on this generation and resume.
+    Abort { generation: u64, reason: String },
+    /// Answer to a `crctl` command.
+    Reply(Reply),
+}
+
+/// Encode one frame (length prefix + postcard body).
+pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, crate::Error> {
+    let body = postcard::to_allocvec(msg)?;
+    if body.len() > MAX_FRAME {
+        return Err(crate::Error::FrameTooLarge(body.len()));
+    }
+    let mut out = Vec::with_capacity(4 + body.len());
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+/// Decode a frame body (without its length prefix).
+pub fn decode<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, crate::Error> {
+    Ok(postcard::from_bytes(body)?)
+}
+
+/// Read a frame's length prefix and check it against [`MAX_FRAME`].
+pub fn frame_len(prefix: [u8; 4]) -> Result<usize, crate::Error> {
+    let n = u32::from_le_bytes(prefix) as usize;
+    if n > MAX_FRAME {
+        return Err(crate::Error::FrameTooLarge(n));
+    }
+    Ok(n)
+}
+
+/// Blocking helpers for std streams (used by the coordinator, crctl and the launchers).
+pub mod blocking {
+    use super::*;
+    use std::io::{Read, Write};
+
+    pub fn send<W: Write, T: Serialize>(w: &mut W, msg: &T) -> Result<(), crate::Error> {
+        let frame = encode(msg)?;
+        w.write_all(&frame)?;
+        w.flush()?;
+        Ok(())
+    }
+
+    pub fn recv<R: Read, T: for<'de> Deserialize<'de>>(r: &mut R) -> Result<T, crate::Error> {
+        let mut prefix = [0u8; 4];
+        r.read_exact(&mut prefix)?;
+        let n = frame_len(prefix)?;
+        let mut body = vec![0u8; n];
+        r.read_exact(&mut body)?;
+        decode(&body)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roundtrip_and_limits() {
+        let m = FromCoord::Checkpoint { generation: 7, dir: "/tmp/x".into() };
+        let f = encode(&m).unwrap();
+        let n = frame_len(f[..4].try_into().unwrap()).unwrap();
+        assert_eq!(n, f.len() - 4);
+        let back: FromCoord = decode(&f[4..]).unwrap();
+        assert_eq!(back, m);
+        assert!(frame_len((MAX_FRAME as u32 + 1).to_le_bytes()).is_err());
+        assert!(decode::<FromCoord>(&[0xff, 0xff, 0xff]).is_err());
+    }
+}

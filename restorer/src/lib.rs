@@ -1,0 +1,2 @@
+#![no_std]
+pub const X: u32 = 1;
