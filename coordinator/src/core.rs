@@ -1,0 +1,1104 @@
+//! The coordinator state machine.
+//!
+//! [`Core`] owns every piece of coordinator state. The driver ([`crate::server`]) feeds it
+//! [`Input`]s (a connection opened, a decoded message, a connection closed) and timer
+//! ticks, and carries out the [`Action`]s it returns (send a message, close a connection,
+//! SIGKILL a process, exit). Time is always passed in, so tests control it.
+//!
+//! Decisions worth knowing:
+//! * A `Checkpoint` command while a generation is running does not start another one:
+//!   with `wait` the requester waits for the running generation and gets its
+//!   `Done`/`Error`; without `wait` it gets `Started` with the running generation's number.
+//!   `kill_after` on such a request applies to the running generation.
+//! * Only processes connected when a generation starts take part in it; later ones join
+//!   the next generation.
+//! * Generation numbers are never reused within one coordinator's life, even after a
+//!   failed generation's directory was removed, so a late message about an aborted
+//!   generation can never be mistaken for one about a new generation.
+//! * The interval timer re-arms when a generation ends (complete or failed), so automatic
+//!   checkpoints never overlap and a failing checkpoint is not retried in a tight loop.
+
+use crate::Config;
+use crust_format::manifest::{self, Manifest, ManifestProcess};
+use crust_format::wire::{
+    Command, FromCoord, GenerationSummary, ImageReport, Phase, ProcessInfo, Reply, StatusInfo, ToCoord, PROTOCOL_VERSION,
+};
+use std::collections::BTreeMap;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tracing::{debug, info, warn};
+
+/// Identifies one connection (assigned by the driver, never reused).
+pub type ConnId = u64;
+
+/// What happened, as seen by the driver.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    Connected(ConnId),
+    Message(ConnId, ToCoord),
+    /// The peer went away, or sent something that is not a valid frame.
+    Closed(ConnId),
+}
+
+/// What the driver must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    Send(ConnId, FromCoord),
+    /// Close the connection (after sending whatever was queued before).
+    Close(ConnId),
+    /// SIGKILL a process on this host.
+    Kill { real_pid: i32 },
+    /// Stop the coordinator.
+    Exit,
+}
+
+#[derive(Debug, Clone)]
+struct Proc {
+    vpid: i32,
+    vppid: i32,
+    real_pid: i32,
+    hostname: String,
+    program: String,
+    args: Vec<String>,
+}
+
+impl Proc {
+    fn describe(&self) -> String {
+        format!("vpid {} ({})", self.vpid, self.program)
+    }
+}
+
+#[derive(Debug)]
+enum Conn {
+    /// Connected, no hello yet.
+    Pending,
+    Process(Proc),
+    Control,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GenPhase {
+    /// `Checkpoint` sent, waiting for every `Reached(Suspended)`.
+    Suspend,
+    /// `Proceed(Written)` sent, waiting for every `Written`.
+    Write,
+    /// `Proceed(Resumed)` sent, waiting for every `Reached(Resumed)`.
+    Resume,
+}
+
+impl GenPhase {
+    fn waiting_for(self) -> &'static str {
+        match self {
+            GenPhase::Suspend => "suspend",
+            GenPhase::Write => "write its image",
+            GenPhase::Resume => "resume",
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Member {
+    proc: Proc,
+    /// Reached the phase the generation is waiting for.
+    reached: bool,
+    report: Option<ImageReport>,
+}
+
+#[derive(Debug)]
+struct Generation {
+    number: u64,
+    comp_id: u64,
+    dir: PathBuf,
+    comp_dir: PathBuf,
+    started: Instant,
+    started_unix: u64,
+    deadline: Instant,
+    phase: GenPhase,
+    members: BTreeMap<ConnId, Member>,
+    /// Control connections waiting for the outcome.
+    waiters: Vec<ConnId>,
+    kill_after: bool,
+}
+
+/// The coordinator state machine.
+#[derive(Debug)]
+pub struct Core {
+    cfg: Config,
+    hostname: String,
+    conns: BTreeMap<ConnId, Conn>,
+    comp_id: Option<u64>,
+    generation: Option<Generation>,
+    last_complete: Option<GenerationSummary>,
+    /// When the interval timer was last armed (first process joined / a generation ended).
+    interval_base: Option<Instant>,
+    started: Instant,
+    ever_had_process: bool,
+    /// Lowest generation number the next generation may use.
+    min_next_generation: u64,
+    exiting: bool,
+    out: Vec<Action>,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn phase_of(p: GenPhase, reached: bool) -> &'static str {
+    match (p, reached) {
+        (GenPhase::Suspend, false) => "suspending",
+        (GenPhase::Suspend, true) => "suspended",
+        (GenPhase::Write, false) => "writing",
+        (GenPhase::Write, true) => "written",
+        (GenPhase::Resume, false) => "resuming",
+        (GenPhase::Resume, true) => "running",
+    }
+}
+
+/// A report's image name must be a plain file name inside the generation directory.
+fn valid_image_name(name: &str) -> bool {
+    !name.is_empty() && name != "." && name != ".." && !name.contains('/') && !name.contains('\0')
+}
+
+impl Core {
+    /// A coordinator with no connections, started at `now`.
+    pub fn new(cfg: Config, now: Instant) -> Self {
+        Core {
+            cfg,
+            hostname: crate::hostname(),
+            conns: BTreeMap::new(),
+            comp_id: None,
+            generation: None,
+            last_complete: None,
+            interval_base: None,
+            started: now,
+            ever_had_process: false,
+            min_next_generation: 1,
+            exiting: false,
+            out: Vec::new(),
+        }
+    }
+
+    /// The current computation id, if any process belongs to one.
+    pub fn comp_id(&self) -> Option<u64> {
+        self.comp_id
+    }
+
+    /// Number of connected processes.
+    pub fn process_count(&self) -> usize {
+        self.conns.values().filter(|c| matches!(c, Conn::Process(_))).count()
+    }
+
+    /// The generation in progress, if any.
+    pub fn in_progress(&self) -> Option<u64> {
+        self.generation.as_ref().map(|g| g.number)
+    }
+
+    /// Process one input.
+    pub fn handle(&mut self, now: Instant, input: Input) -> Vec<Action> {
+        match input {
+            Input::Connected(c) => {
+                self.conns.insert(c, Conn::Pending);
+            }
+            Input::Message(c, msg) => self.on_message(now, c, msg),
+            Input::Closed(c) => self.on_closed(now, c),
+        }
+        self.check_idle(now);
+        std::mem::take(&mut self.out)
+    }
+
+    /// Run timers that are due at `now`.
+    pub fn tick(&mut self, now: Instant) -> Vec<Action> {
+        if let Some(g) = &self.generation {
+            if now >= g.deadline {
+                let late: Vec<String> =
+                    g.members.values().filter(|m| !m.reached).map(|m| m.proc.describe()).collect();
+                let reason = format!(
+                    "timed out after {} s waiting for {} process(es) to {}: {}",
+                    self.cfg.generation_timeout.as_secs(),
+                    late.len(),
+                    g.phase.waiting_for(),
+                    late.join(", ")
+                );
+                self.fail_generation(now, reason);
+            }
+        }
+        if let Some(due) = self.interval_due() {
+            if now >= due {
+                match self.start_generation(now) {
+                    Ok(n) => info!(generation = n, "interval checkpoint started"),
+                    Err(e) => {
+                        warn!("interval checkpoint not started: {e}");
+                        self.interval_base = Some(now);
+                    }
+                }
+            }
+        }
+        self.check_idle(now);
+        std::mem::take(&mut self.out)
+    }
+
+    /// When [`Core::tick`] must run next, if ever.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let mut d: Option<Instant> = None;
+        let mut consider = |t: Instant| d = Some(d.map_or(t, |x| x.min(t)));
+        if let Some(g) = &self.generation {
+            consider(g.deadline);
+        }
+        if let Some(t) = self.interval_due() {
+            consider(t);
+        }
+        if self.cfg.exit_when_idle && !self.ever_had_process && !self.exiting {
+            consider(self.started + self.cfg.idle_grace);
+        }
+        d
+    }
+
+    fn interval_due(&self) -> Option<Instant> {
+        if self.cfg.interval_secs == 0 || self.generation.is_some() || self.process_count() == 0 {
+            return None;
+        }
+        self.interval_base.map(|b| b + Duration::from_secs(self.cfg.interval_secs))
+    }
+
+    fn send(&mut self, c: ConnId, m: FromCoord) {
+        self.out.push(Action::Send(c, m));
+    }
+
+    fn reply(&mut self, c: ConnId, r: Reply) {
+        self.send(c, FromCoord::Reply(r));
+    }
+
+    fn reject(&mut self, now: Instant, c: ConnId, reason: String) {
+        debug!(conn = c, "rejecting: {reason}");
+        self.send(c, FromCoord::Rejected { reason });
+        self.drop_conn(now, c);
+    }
+
+    /// Close a connection because of something it did.
+    fn drop_conn(&mut self, now: Instant, c: ConnId) {
+        self.out.push(Action::Close(c));
+        // The driver reports the close back as Input::Closed; forget it now so nothing
+        // else is sent to it meanwhile.
+        self.forget_conn(now, c);
+    }
+
+    fn check_idle(&mut self, now: Instant) {
+        if !self.cfg.exit_when_idle || self.exiting || self.generation.is_some() || self.process_count() > 0 {
+            return;
+        }
+        if self.ever_had_process {
+            info!("last process gone; exiting (--exit-when-idle)");
+        } else if now >= self.started + self.cfg.idle_grace {
+            info!("no process connected within {} s; exiting (--exit-when-idle)", self.cfg.idle_grace.as_secs());
+        } else {
+            return;
+        }
+        self.exiting = true;
+        self.out.push(Action::Exit);
+    }
+
+    fn on_message(&mut self, now: Instant, c: ConnId, msg: ToCoord) {
+        let Some(conn) = self.conns.get(&c) else { return };
+        match (conn, msg) {
+            (Conn::Pending, ToCoord::HelloControl { proto, token }) => {
+                if let Some(r) = self.check_hello(proto, token.as_deref()) {
+                    return self.reject(now, c, r);
+                }
+                self.conns.insert(c, Conn::Control);
+                let ckpt_dir = self.cfg.ckpt_dir.display().to_string();
+                self.send(c, FromCoord::Welcome { comp_id: self.comp_id.unwrap_or(0), ckpt_dir });
+            }
+            (
+                Conn::Pending,
+                ToCoord::HelloProcess {
+                    proto,
+                    token,
+                    comp_id,
+                    vpid,
+                    vppid,
+                    real_pid,
+                    hostname,
+                    program,
+                    args,
+                    restored_from,
+                },
+            ) => {
+                if let Some(r) = self.check_hello(proto, token.as_deref()) {
+                    return self.reject(now, c, r);
+                }
+                let procs = self.process_count();
+                let id = match (comp_id, self.comp_id) {
+                    (Some(x), _) if procs == 0 && self.generation.is_none() => x,
+                    (Some(x), Some(cur)) if x == cur => x,
+                    (Some(x), cur) => {
+                        return self.reject(
+                            now,
+                            c,
+                            format!(
+                                "process belongs to computation {x:016x}, but this coordinator is serving computation {} \
+                                 with {procs} process(es); use a coordinator of its own (another --coord port)",
+                                cur.map_or("(none)".to_string(), |c| format!("{c:016x}"))
+                            ),
+                        );
+                    }
+                    (None, Some(cur)) => cur,
+                    (None, None) => crate::random_comp_id(),
+                };
+                let p = Proc { vpid, vppid, real_pid, hostname, program, args };
+                if self.conns.values().any(|o| matches!(o, Conn::Process(q) if q.vpid == p.vpid)) {
+                    warn!("two processes of the computation claim vpid {}", p.vpid);
+                }
+                if self.comp_id != Some(id) {
+                    info!("computation {id:016x}{}", if comp_id.is_some() { " (restarted)" } else { " (new)" });
+                }
+                info!(
+                    vpid = p.vpid,
+                    real_pid = p.real_pid,
+                    host = %p.hostname,
+                    restored_from = ?restored_from,
+                    "process {} joined",
+                    p.program
+                );
+                self.comp_id = Some(id);
+                self.ever_had_process = true;
+                if procs == 0 && self.interval_base.is_none() {
+                    self.interval_base = Some(now);
+                }
+                self.conns.insert(c, Conn::Process(p));
+                let ckpt_dir = self.cfg.ckpt_dir.display().to_string();
+                self.send(c, FromCoord::Welcome { comp_id: id, ckpt_dir });
+            }
+            (Conn::Process(_), ToCoord::Reached { generation, phase }) => self.on_reached(now, c, generation, phase),
+            (Conn::Process(_), ToCoord::Written { generation, report }) => self.on_written(now, c, generation, report),
+            (Conn::Process(p), ToCoord::Failed { generation, error }) => {
+                let who = p.describe();
+                if self.generation.as_ref().is_some_and(|g| g.number == generation && g.members.contains_key(&c)) {
+                    self.fail_generation(now, format!("process {who} failed: {error}"));
+                } else {
+                    debug!("ignoring Failed for generation {generation} from {who}: {error}");
+                }
+            }
+            (Conn::Control, ToCoord::Command(cmd)) => self.on_command(now, c, cmd),
+            (_, m) => {
+                debug!(conn = c, "unexpected message {m:?}; dropping the connection");
+                self.drop_conn(now, c);
+            }
+        }
+    }
+
+    fn check_hello(&self, proto: u32, token: Option<&str>) -> Option<String> {
+        if proto != PROTOCOL_VERSION {
+            return Some(format!(
+                "protocol version {proto} is not supported (this coordinator speaks version {PROTOCOL_VERSION})"
+            ));
+        }
+        if let Some(want) = &self.cfg.token {
+            if token != Some(want.as_str()) {
+                return Some("wrong or missing token".into());
+            }
+        }
+        None
+    }
+
+    fn on_reached(&mut self, now: Instant, c: ConnId, generation: u64, phase: Phase) {
+        let Some(g) = self.generation.as_mut().filter(|g| g.number == generation) else {
+            debug!(conn = c, "ignoring Reached({phase:?}) for generation {generation} (not in progress)");
+            return;
+        };
+        let expected = match g.phase {
+            GenPhase::Suspend => Phase::Suspended,
+            GenPhase::Resume => Phase::Resumed,
+            GenPhase::Write => Phase::Written,
+        };
+        match g.members.get_mut(&c) {
+            Some(m) if phase == expected && g.phase != GenPhase::Write => m.reached = true,
+            Some(m) => {
+                debug!("ignoring Reached({phase:?}) from {} in generation {generation}", m.proc.describe());
+                return;
+            }
+            None => return,
+        }
+        self.advance(now);
+    }
+
+    fn on_written(&mut self, now: Instant, c: ConnId, generation: u64, report: ImageReport) {
+        let Some(g) = self.generation.as_mut().filter(|g| g.number == generation) else {
+            debug!(conn = c, "ignoring Written for generation {generation} (not in progress)");
+            return;
+        };
+        let Some(m) = g.members.get_mut(&c) else { return };
+        if g.phase != GenPhase::Write {
+            debug!("ignoring Written from {} outside the write phase", m.proc.describe());
+            return;
+        }
+        let who = m.proc.describe();
+        let problem = if !valid_image_name(&report.file) {
+            Some(format!("process {who} reported an invalid image name {:?}", report.file))
+        } else if m.proc.hostname == self.hostname && !g.dir.join(&report.file).is_file() {
+            Some(format!("process {who} reported image {} but it is not in {}", report.file, g.dir.display()))
+        } else {
+            None
+        };
+        if let Some(reason) = problem {
+            return self.fail_generation(now, reason);
+        }
+        debug!(generation, bytes = report.bytes, downtime_us = report.downtime_us, "{who} written");
+        m.reached = true;
+        m.report = Some(report);
+        self.advance(now);
+    }
+
+    /// Move the generation on when every member reached the phase it waits for.
+    fn advance(&mut self, now: Instant) {
+        let Some(g) = self.generation.as_mut() else { return };
+        if !g.members.values().all(|m| m.reached) {
+            return;
+        }
+        let (next, phase) = match g.phase {
+            GenPhase::Suspend => (GenPhase::Write, Phase::Written),
+            GenPhase::Write => (GenPhase::Resume, Phase::Resumed),
+            GenPhase::Resume => return self.finish_generation(now),
+        };
+        g.phase = next;
+        let number = g.number;
+        let ids: Vec<ConnId> = g.members.keys().copied().collect();
+        for m in g.members.values_mut() {
+            m.reached = false;
+        }
+        debug!(generation = number, "all processes reached {:?}; proceeding", phase);
+        for c in ids {
+            self.send(c, FromCoord::Proceed { generation: number, phase });
+        }
+    }
+
+    fn finish_generation(&mut self, now: Instant) {
+        let Some(g) = self.generation.as_ref() else { return };
+        let mut processes: Vec<ManifestProcess> = g
+            .members
+            .values()
+            .map(|m| {
+                let r = m.report.clone().unwrap_or(ImageReport {
+                    file: String::new(),
+                    bytes: 0,
+                    memory_bytes: 0,
+                    downtime_us: 0,
+                    write_us: 0,
+                });
+                ManifestProcess {
+                    vpid: m.proc.vpid,
+                    vppid: m.proc.vppid,
+                    real_pid: m.proc.real_pid,
+                    hostname: m.proc.hostname.clone(),
+                    program: m.proc.program.clone(),
+                    args: m.proc.args.clone(),
+                    image: r.file,
+                    bytes: r.bytes,
+                    memory_bytes: r.memory_bytes,
+                    downtime_us: r.downtime_us,
+                    write_us: r.write_us,
+                }
+            })
+            .collect();
+        processes.sort_by_key(|p| p.vpid);
+        let duration_ms = now.saturating_duration_since(g.started).as_millis() as u64;
+        let completed_unix = unix_now();
+        let bytes: u64 = processes.iter().map(|p| p.bytes).sum();
+        let max_downtime_us = processes.iter().map(|p| p.downtime_us).max().unwrap_or(0);
+        let nprocs = processes.len();
+        let m = Manifest {
+            version: manifest::MANIFEST_VERSION,
+            comp_id: g.comp_id,
+            generation: g.number,
+            started_unix: g.started_unix,
+            completed_unix,
+            duration_ms,
+            processes,
+        };
+        if let Err(e) =
+            manifest::write_manifest(&g.dir, &m).and_then(|()| manifest::set_latest(&g.comp_dir, g.number))
+        {
+            return self.fail_generation(now, format!("writing the manifest: {e}"));
+        }
+        let Some(g) = self.generation.take() else { return };
+        let summary = GenerationSummary {
+            generation: g.number,
+            path: g.dir.display().to_string(),
+            completed_unix,
+            duration_ms,
+            bytes,
+            max_downtime_us,
+        };
+        info!(
+            generation = g.number,
+            processes = nprocs,
+            duration_ms,
+            bytes,
+            max_downtime_us,
+            path = %summary.path,
+            "checkpoint complete"
+        );
+        for w in &g.waiters {
+            self.reply(*w, Reply::Done(summary.clone()));
+        }
+        self.last_complete = Some(summary);
+        self.interval_base = Some(now);
+        if g.kill_after {
+            info!("killing the computation after generation {} (--kill)", g.number);
+            self.kill_all();
+        }
+        self.forget_comp_if_empty();
+    }
+
+    /// Abort the generation in progress: tell the members, remove its directory, tell the waiters.
+    fn fail_generation(&mut self, now: Instant, reason: String) {
+        let Some(g) = self.generation.take() else { return };
+        warn!("checkpoint generation {} failed: {reason}", g.number);
+        for c in g.members.keys() {
+            if self.conns.contains_key(c) {
+                self.send(*c, FromCoord::Abort { generation: g.number, reason: reason.clone() });
+            }
+        }
+        if let Err(e) = std::fs::remove_dir_all(&g.dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                warn!("cannot remove {}: {e}", g.dir.display());
+            }
+        }
+        let message = format!("checkpoint generation {} failed: {reason}", g.number);
+        for w in &g.waiters {
+            self.reply(*w, Reply::Error { message: message.clone() });
+        }
+        self.interval_base = Some(now);
+        self.forget_comp_if_empty();
+    }
+
+    fn forget_comp_if_empty(&mut self) {
+        if self.process_count() == 0 && self.generation.is_none() {
+            if let Some(id) = self.comp_id.take() {
+                info!("computation {id:016x} has no processes left");
+            }
+            self.interval_base = None;
+        }
+    }
+
+    /// Start a generation with every connected process. Returns its number.
+    fn start_generation(&mut self, now: Instant) -> Result<u64, String> {
+        if self.generation.is_some() {
+            return Err("a checkpoint is already in progress".into());
+        }
+        let members: BTreeMap<ConnId, Member> = self
+            .conns
+            .iter()
+            .filter_map(|(c, conn)| match conn {
+                Conn::Process(p) => Some((*c, Member { proc: p.clone(), reached: false, report: None })),
+                _ => None,
+            })
+            .collect();
+        if members.is_empty() {
+            return Err("no processes to checkpoint".into());
+        }
+        let comp_id = self.comp_id.ok_or("no computation")?;
+        let comp_dir = manifest::computation_dir(&self.cfg.ckpt_dir, comp_id);
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&comp_dir)
+            .map_err(|e| format!("cannot create {}: {e}", comp_dir.display()))?;
+        let mut number = manifest::next_generation(&comp_dir).max(self.min_next_generation);
+        let dir = loop {
+            let dir = manifest::generation_dir(&self.cfg.ckpt_dir, comp_id, number);
+            match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+                Ok(()) => break dir,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => number += 1,
+                Err(e) => return Err(format!("cannot create {}: {e}", dir.display())),
+            }
+        };
+        let Some(dir_str) = dir.to_str().map(str::to_owned) else {
+            let _ = std::fs::remove_dir(&dir);
+            return Err(format!("checkpoint directory {} is not valid UTF-8", dir.display()));
+        };
+        self.min_next_generation = number + 1;
+        info!(generation = number, processes = members.len(), dir = %dir_str, "checkpoint started");
+        let ids: Vec<ConnId> = members.keys().copied().collect();
+        self.generation = Some(Generation {
+            number,
+            comp_id,
+            dir,
+            comp_dir,
+            started: now,
+            started_unix: unix_now(),
+            deadline: now + self.cfg.generation_timeout,
+            phase: GenPhase::Suspend,
+            members,
+            waiters: Vec::new(),
+            kill_after: false,
+        });
+        for c in ids {
+            self.send(c, FromCoord::Checkpoint { generation: number, dir: dir_str.clone() });
+        }
+        Ok(number)
+    }
+
+    fn kill_all(&mut self) {
+        let mut pids = Vec::new();
+        for conn in self.conns.values() {
+            if let Conn::Process(p) = conn {
+                if p.hostname == self.hostname && p.real_pid > 0 {
+                    pids.push(p.real_pid);
+                } else {
+                    warn!("cannot kill {} on host {}: not this host", p.describe(), p.hostname);
+                }
+            }
+        }
+        self.out.extend(pids.into_iter().map(|real_pid| Action::Kill { real_pid }));
+    }
+
+    fn on_command(&mut self, now: Instant, c: ConnId, cmd: Command) {
+        debug!(conn = c, "command {cmd:?}");
+        match cmd {
+            Command::Checkpoint { wait, kill_after } => {
+                let number = match &self.generation {
+                    Some(g) => g.number,
+                    None => match self.start_generation(now) {
+                        Ok(n) => n,
+                        Err(message) => return self.reply(c, Reply::Error { message }),
+                    },
+                };
+                if let Some(g) = self.generation.as_mut() {
+                    g.kill_after |= kill_after;
+                    if wait {
+                        g.waiters.push(c);
+                        return;
+                    }
+                }
+                self.reply(c, Reply::Started { generation: number });
+            }
+            Command::Status => {
+                let info = self.status();
+                self.reply(c, Reply::Status(info));
+            }
+            Command::Kill => {
+                info!("killing every process (crctl kill)");
+                self.kill_all();
+                self.reply(c, Reply::Ok);
+            }
+            Command::Quit => {
+                info!("quitting (crctl quit)");
+                if self.generation.is_some() {
+                    self.fail_generation(now, "the coordinator is quitting".into());
+                }
+                self.reply(c, Reply::Ok);
+                self.exiting = true;
+                self.out.push(Action::Exit);
+            }
+            Command::Interval { secs } => {
+                info!("checkpoint interval set to {secs} s");
+                self.cfg.interval_secs = secs;
+                if self.process_count() > 0 && self.interval_base.is_none() {
+                    self.interval_base = Some(now);
+                }
+                self.reply(c, Reply::Ok);
+            }
+        }
+    }
+
+    /// What `crctl status` shows.
+    pub fn status(&self) -> StatusInfo {
+        let processes = self
+            .conns
+            .iter()
+            .filter_map(|(c, conn)| match conn {
+                Conn::Process(p) => {
+                    let state = match &self.generation {
+                        Some(g) => g.members.get(c).map_or("running", |m| phase_of(g.phase, m.reached)),
+                        None => "running",
+                    };
+                    Some(ProcessInfo {
+                        vpid: p.vpid,
+                        real_pid: p.real_pid,
+                        hostname: p.hostname.clone(),
+                        program: p.program.clone(),
+                        state: state.into(),
+                    })
+                }
+                _ => None,
+            })
+            .collect();
+        StatusInfo {
+            comp_id: self.comp_id,
+            ckpt_dir: self.cfg.ckpt_dir.display().to_string(),
+            interval_secs: self.cfg.interval_secs,
+            processes,
+            in_progress: self.in_progress(),
+            last_complete: self.last_complete.clone(),
+        }
+    }
+
+    fn on_closed(&mut self, now: Instant, c: ConnId) {
+        self.forget_conn(now, c);
+    }
+
+    fn forget_conn(&mut self, now: Instant, c: ConnId) {
+        let Some(conn) = self.conns.remove(&c) else { return };
+        match conn {
+            Conn::Pending => {}
+            Conn::Control => {
+                if let Some(g) = self.generation.as_mut() {
+                    g.waiters.retain(|w| *w != c);
+                }
+            }
+            Conn::Process(p) => {
+                info!(vpid = p.vpid, real_pid = p.real_pid, "process {} left", p.program);
+                let phase = self.generation.as_ref().filter(|g| g.members.contains_key(&c)).map(|g| g.phase);
+                if let Some(phase) = phase {
+                    if let Some(g) = self.generation.as_mut() {
+                        g.members.remove(&c);
+                    }
+                    self.fail_generation(
+                        now,
+                        format!(
+                            "process {} disconnected while the coordinator waited for it to {}",
+                            p.describe(),
+                            phase.waiting_for()
+                        ),
+                    );
+                }
+                self.forget_comp_if_empty();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crust_format::wire::PROTOCOL_VERSION as V;
+
+    struct Fixture {
+        core: Core,
+        dir: PathBuf,
+        now: Instant,
+    }
+
+    impl Drop for Fixture {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn fixture(name: &str) -> Fixture {
+        let dir = std::env::temp_dir().join(format!("crust-core-test-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let now = Instant::now();
+        Fixture { core: Core::new(Config::new(dir.clone()), now), dir, now }
+    }
+
+    fn hello(comp_id: Option<u64>, vpid: i32) -> ToCoord {
+        ToCoord::HelloProcess {
+            proto: V,
+            token: None,
+            comp_id,
+            vpid,
+            vppid: 1,
+            real_pid: vpid,
+            hostname: crate::hostname(),
+            program: format!("prog{vpid}"),
+            args: vec![],
+            restored_from: None,
+        }
+    }
+
+    impl Fixture {
+        fn input(&mut self, i: Input) -> Vec<Action> {
+            self.core.handle(self.now, i)
+        }
+        fn msg(&mut self, c: ConnId, m: ToCoord) -> Vec<Action> {
+            self.input(Input::Message(c, m))
+        }
+        fn connect(&mut self, c: ConnId, m: ToCoord) -> Vec<Action> {
+            assert!(self.input(Input::Connected(c)).is_empty());
+            self.msg(c, m)
+        }
+        fn control(&mut self, c: ConnId) {
+            let a = self.connect(c, ToCoord::HelloControl { proto: V, token: None });
+            assert!(matches!(a.as_slice(), [Action::Send(x, FromCoord::Welcome { .. })] if *x == c));
+        }
+        fn cmd(&mut self, c: ConnId, cmd: Command) -> Vec<Action> {
+            self.msg(c, ToCoord::Command(cmd))
+        }
+    }
+
+    fn welcome_id(a: &[Action]) -> u64 {
+        match a {
+            [Action::Send(_, FromCoord::Welcome { comp_id, .. })] => *comp_id,
+            other => panic!("expected Welcome, got {other:?}"),
+        }
+    }
+
+    fn report(vpid: i32) -> ImageReport {
+        ImageReport { file: manifest::image_file_name(vpid), bytes: 100, memory_bytes: 80, downtime_us: 5, write_us: 3 }
+    }
+
+    #[test]
+    fn comp_id_adoption_and_rejection() {
+        let mut f = fixture("compid");
+        // A restarted process adopts its computation id on an empty coordinator.
+        let id = welcome_id(&f.connect(1, hello(Some(0xabc), 10)));
+        assert_eq!(id, 0xabc);
+        // A fresh process joins the current computation.
+        assert_eq!(welcome_id(&f.connect(2, hello(None, 11))), 0xabc);
+        // Same id: accepted.
+        assert_eq!(welcome_id(&f.connect(3, hello(Some(0xabc), 12))), 0xabc);
+        // Another computation: rejected, naming both ids, and the connection is closed.
+        let a = f.connect(4, hello(Some(0xdef), 13));
+        match a.as_slice() {
+            [Action::Send(4, FromCoord::Rejected { reason }), Action::Close(4)] => {
+                assert!(reason.contains("0000000000000def") && reason.contains("0000000000000abc"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(f.core.process_count(), 3);
+        // Everyone leaves: the id is forgotten and another computation may come.
+        for c in 1..=3 {
+            f.input(Input::Closed(c));
+        }
+        assert_eq!(f.core.comp_id(), None);
+        assert_eq!(welcome_id(&f.connect(5, hello(Some(0xdef), 13))), 0xdef);
+        f.input(Input::Closed(5));
+        // A fresh process on an empty coordinator gets a new random id.
+        let fresh = welcome_id(&f.connect(6, hello(None, 14)));
+        assert_ne!(fresh, 0);
+        // The control connection sees the current id.
+        let a = f.connect(7, ToCoord::HelloControl { proto: V, token: None });
+        assert_eq!(welcome_id(&a), fresh);
+    }
+
+    #[test]
+    fn wrong_protocol_and_unexpected_messages() {
+        let mut f = fixture("proto");
+        let a = f.connect(1, ToCoord::HelloControl { proto: V + 1, token: None });
+        assert!(matches!(a.as_slice(), [Action::Send(1, FromCoord::Rejected { .. }), Action::Close(1)]));
+        // A message before the hello drops the connection.
+        f.input(Input::Connected(2));
+        let a = f.msg(2, ToCoord::Command(Command::Status));
+        assert_eq!(a, vec![Action::Close(2)]);
+        // A command from a process drops it.
+        f.connect(3, hello(None, 5));
+        let a = f.cmd(3, Command::Kill);
+        assert_eq!(a, vec![Action::Close(3)]);
+        assert_eq!(f.core.process_count(), 0);
+        // Messages from unknown connections are ignored.
+        assert!(f.msg(99, ToCoord::Command(Command::Status)).is_empty());
+    }
+
+    #[test]
+    fn token_is_checked_when_configured() {
+        let mut f = fixture("token");
+        f.core.cfg.token = Some("s3cret".into());
+        let a = f.connect(1, ToCoord::HelloControl { proto: V, token: Some("nope".into()) });
+        assert!(matches!(a.as_slice(), [Action::Send(1, FromCoord::Rejected { .. }), Action::Close(1)]));
+        let a = f.connect(2, ToCoord::HelloControl { proto: V, token: Some("s3cret".into()) });
+        assert_eq!(welcome_id(&a), 0);
+    }
+
+    fn sends_to(a: &[Action], c: ConnId) -> Vec<FromCoord> {
+        a.iter().filter_map(|x| if let Action::Send(y, m) = x { (*y == c).then(|| m.clone()) } else { None }).collect()
+    }
+
+    /// Drive one full generation with processes on conns 1 and 2, control on 9.
+    #[test]
+    fn full_generation() {
+        let mut f = fixture("full");
+        f.connect(1, hello(Some(0x42), 101));
+        f.connect(2, hello(None, 102));
+        f.control(9);
+        assert_eq!(f.core.status().processes.len(), 2);
+
+        let a = f.cmd(9, Command::Checkpoint { wait: true, kill_after: false });
+        let dir = match sends_to(&a, 1).as_slice() {
+            [FromCoord::Checkpoint { generation: 1, dir }] => PathBuf::from(dir),
+            other => panic!("{other:?}"),
+        };
+        assert!(sends_to(&a, 9).is_empty(), "a waiter gets no immediate reply");
+        assert_eq!(dir, manifest::generation_dir(&f.dir, 0x42, 1));
+        assert!(dir.is_dir());
+        // A second checkpoint without wait names the running generation.
+        f.control(8);
+        let a = f.cmd(8, Command::Checkpoint { wait: false, kill_after: false });
+        assert_eq!(sends_to(&a, 8), vec![FromCoord::Reply(Reply::Started { generation: 1 })]);
+        // A process joining now does not take part.
+        f.connect(3, hello(None, 103));
+
+        assert!(f.msg(1, ToCoord::Reached { generation: 1, phase: Phase::Suspended }).is_empty());
+        assert_eq!(f.core.status().processes[0].state, "suspended");
+        // Stale or wrong messages are ignored.
+        assert!(f.msg(2, ToCoord::Reached { generation: 7, phase: Phase::Suspended }).is_empty());
+        assert!(f.msg(3, ToCoord::Reached { generation: 1, phase: Phase::Suspended }).is_empty());
+        let a = f.msg(2, ToCoord::Reached { generation: 1, phase: Phase::Suspended });
+        for c in [1, 2] {
+            assert_eq!(sends_to(&a, c), vec![FromCoord::Proceed { generation: 1, phase: Phase::Written }]);
+        }
+        assert!(sends_to(&a, 3).is_empty());
+
+        for (c, vpid) in [(1, 101), (2, 102)] {
+            std::fs::write(dir.join(manifest::image_file_name(vpid)), b"img").unwrap();
+            let a = f.msg(c, ToCoord::Written { generation: 1, report: report(vpid) });
+            if c == 2 {
+                assert_eq!(sends_to(&a, 1), vec![FromCoord::Proceed { generation: 1, phase: Phase::Resumed }]);
+            }
+        }
+        assert!(f.msg(1, ToCoord::Reached { generation: 1, phase: Phase::Resumed }).is_empty());
+        assert!(!dir.join(manifest::MANIFEST_NAME).exists(), "no manifest before everyone resumed");
+        let a = f.msg(2, ToCoord::Reached { generation: 1, phase: Phase::Resumed });
+        match sends_to(&a, 9).as_slice() {
+            [FromCoord::Reply(Reply::Done(s))] => {
+                assert_eq!(s.generation, 1);
+                assert_eq!(s.bytes, 200);
+                assert_eq!(s.max_downtime_us, 5);
+                assert_eq!(PathBuf::from(&s.path), dir);
+            }
+            other => panic!("{other:?}"),
+        }
+        let m = manifest::read_manifest(&dir).unwrap();
+        assert_eq!(m.comp_id, 0x42);
+        assert_eq!(m.processes.iter().map(|p| p.vpid).collect::<Vec<_>>(), vec![101, 102]);
+        assert_eq!(m.processes[0].image, "proc-101.crimg");
+        let comp = manifest::computation_dir(&f.dir, 0x42);
+        assert_eq!(std::fs::read_link(comp.join("latest")).unwrap(), PathBuf::from("gen-000001"));
+        let st = f.core.status();
+        assert_eq!(st.in_progress, None);
+        assert_eq!(st.last_complete.unwrap().generation, 1);
+
+        // The next generation includes the late joiner and gets the next number.
+        let a = f.cmd(9, Command::Checkpoint { wait: false, kill_after: false });
+        assert_eq!(sends_to(&a, 9), vec![FromCoord::Reply(Reply::Started { generation: 2 })]);
+        assert_eq!(sends_to(&a, 3).len(), 1);
+    }
+
+    #[test]
+    fn failure_aborts_and_removes_only_that_generation() {
+        let mut f = fixture("fail");
+        f.connect(1, hello(Some(7), 1));
+        f.connect(2, hello(None, 2));
+        f.control(9);
+        let a = f.cmd(9, Command::Checkpoint { wait: true, kill_after: true });
+        let FromCoord::Checkpoint { dir, .. } = &sends_to(&a, 1)[0] else { panic!() };
+        let dir = PathBuf::from(dir);
+        let a = f.msg(2, ToCoord::Failed { generation: 1, error: "disk full".into() });
+        assert_eq!(sends_to(&a, 1), vec![FromCoord::Abort { generation: 1, reason: "process vpid 2 (prog2) failed: disk full".into() }]);
+        match sends_to(&a, 9).as_slice() {
+            [FromCoord::Reply(Reply::Error { message })] => {
+                assert!(message.contains("vpid 2 (prog2)") && message.contains("disk full"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!a.iter().any(|x| matches!(x, Action::Kill { .. })), "no kill after a failure");
+        assert!(!dir.exists());
+
+        // Disconnection during a generation aborts it; the number is not reused.
+        let a = f.cmd(9, Command::Checkpoint { wait: true, kill_after: false });
+        assert_eq!(sends_to(&a, 1), vec![FromCoord::Checkpoint { generation: 2, dir: manifest::generation_dir(&f.dir, 7, 2).display().to_string() }]);
+        // A stale answer to the abort of generation 1 is ignored.
+        assert!(f.msg(1, ToCoord::Reached { generation: 1, phase: Phase::Resumed }).is_empty());
+        f.msg(1, ToCoord::Reached { generation: 2, phase: Phase::Suspended });
+        let a = f.input(Input::Closed(2));
+        assert!(matches!(sends_to(&a, 1).as_slice(), [FromCoord::Abort { generation: 2, .. }]));
+        match sends_to(&a, 9).as_slice() {
+            [FromCoord::Reply(Reply::Error { message })] => assert!(message.contains("disconnected"), "{message}"),
+            other => panic!("{other:?}"),
+        }
+
+        // Timeout.
+        f.core.cfg.generation_timeout = Duration::from_secs(5);
+        f.cmd(9, Command::Checkpoint { wait: true, kill_after: false });
+        assert!(f.core.next_deadline().is_some());
+        assert!(f.core.tick(f.now + Duration::from_secs(4)).is_empty());
+        let a = f.core.tick(f.now + Duration::from_secs(5));
+        match sends_to(&a, 9).as_slice() {
+            [FromCoord::Reply(Reply::Error { message })] => assert!(message.contains("timed out") && message.contains("vpid 1"), "{message}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(f.core.in_progress(), None);
+    }
+
+    #[test]
+    fn kill_after_complete_and_commands() {
+        let mut f = fixture("kill");
+        f.control(9);
+        let a = f.cmd(9, Command::Checkpoint { wait: true, kill_after: false });
+        assert_eq!(sends_to(&a, 9), vec![FromCoord::Reply(Reply::Error { message: "no processes to checkpoint".into() })]);
+        f.connect(1, hello(None, std::process::id() as i32 + 1_000_000));
+        let vpid = std::process::id() as i32 + 1_000_000;
+        let a = f.cmd(9, Command::Checkpoint { wait: true, kill_after: true });
+        let FromCoord::Checkpoint { dir, .. } = &sends_to(&a, 1)[0] else { panic!() };
+        std::fs::write(PathBuf::from(dir).join(manifest::image_file_name(vpid)), b"x").unwrap();
+        f.msg(1, ToCoord::Reached { generation: 1, phase: Phase::Suspended });
+        f.msg(1, ToCoord::Written { generation: 1, report: report(vpid) });
+        let a = f.msg(1, ToCoord::Reached { generation: 1, phase: Phase::Resumed });
+        assert!(matches!(a[0], Action::Send(9, FromCoord::Reply(Reply::Done(_)))));
+        assert_eq!(a[1], Action::Kill { real_pid: vpid });
+
+        let a = f.cmd(9, Command::Interval { secs: 30 });
+        assert_eq!(sends_to(&a, 9), vec![FromCoord::Reply(Reply::Ok)]);
+        assert_eq!(f.core.status().interval_secs, 30);
+        let a = f.cmd(9, Command::Kill);
+        assert_eq!(a, vec![Action::Kill { real_pid: vpid }, Action::Send(9, FromCoord::Reply(Reply::Ok))]);
+        let a = f.cmd(9, Command::Quit);
+        assert_eq!(a, vec![Action::Send(9, FromCoord::Reply(Reply::Ok)), Action::Exit]);
+    }
+
+    #[test]
+    fn bad_image_report_fails_the_generation() {
+        let mut f = fixture("badreport");
+        f.connect(1, hello(None, 1));
+        f.control(9);
+        f.cmd(9, Command::Checkpoint { wait: true, kill_after: false });
+        f.msg(1, ToCoord::Reached { generation: 1, phase: Phase::Suspended });
+        let mut r = report(1);
+        r.file = "../../etc/passwd".into();
+        let a = f.msg(1, ToCoord::Written { generation: 1, report: r });
+        assert!(matches!(sends_to(&a, 1).as_slice(), [FromCoord::Abort { .. }]));
+        assert!(matches!(sends_to(&a, 9).as_slice(), [FromCoord::Reply(Reply::Error { message })] if message.contains("invalid image name")));
+    }
+
+    #[test]
+    fn interval_timer_rearms_after_each_generation() {
+        let mut f = fixture("interval");
+        f.core.cfg.interval_secs = 10;
+        assert_eq!(f.core.next_deadline(), None);
+        f.connect(1, hello(None, 1));
+        let t0 = f.now;
+        assert_eq!(f.core.next_deadline(), Some(t0 + Duration::from_secs(10)));
+        assert!(f.core.tick(t0 + Duration::from_secs(9)).is_empty());
+        let a = f.core.tick(t0 + Duration::from_secs(10));
+        assert!(matches!(sends_to(&a, 1).as_slice(), [FromCoord::Checkpoint { generation: 1, .. }]));
+        // No interval deadline while a generation runs (only its timeout).
+        assert_eq!(f.core.next_deadline(), Some(t0 + Duration::from_secs(10) + DEFAULT_GENERATION_TIMEOUT_FOR_TEST));
+        f.now = t0 + Duration::from_secs(12);
+        f.msg(1, ToCoord::Failed { generation: 1, error: "x".into() });
+        assert_eq!(f.core.next_deadline(), Some(t0 + Duration::from_secs(22)));
+    }
+
+    const DEFAULT_GENERATION_TIMEOUT_FOR_TEST: Duration = crate::DEFAULT_GENERATION_TIMEOUT;
+
+    #[test]
+    fn exit_when_idle() {
+        let mut f = fixture("idle");
+        f.core.cfg.exit_when_idle = true;
+        let t0 = f.now;
+        assert_eq!(f.core.next_deadline(), Some(t0 + crate::DEFAULT_IDLE_GRACE));
+        // Control connections do not count.
+        f.control(9);
+        assert!(f.core.tick(t0 + Duration::from_secs(59)).is_empty());
+        f.connect(1, hello(None, 1));
+        assert_eq!(f.core.next_deadline(), None);
+        assert!(f.core.tick(t0 + Duration::from_secs(100)).is_empty());
+        assert_eq!(f.input(Input::Closed(1)), vec![Action::Exit]);
+
+        let mut g = fixture("idle2");
+        g.core.cfg.exit_when_idle = true;
+        let t1 = g.now;
+        assert!(g.core.tick(t1 + Duration::from_secs(59)).is_empty());
+        assert_eq!(g.core.tick(t1 + Duration::from_secs(60)), vec![Action::Exit]);
+    }
+}

@@ -1,0 +1,310 @@
+//! The TCP driver of the coordinator.
+//!
+//! One thread accepts connections; each connection gets a reader thread that decodes
+//! frames and forwards them over a channel; the thread that called [`Server::run`] owns
+//! the [`Core`] and the write halves of every connection. A connection that sends a frame
+//! over the size limit, or one that does not decode, is dropped (only that one).
+
+use crate::core::{Action, ConnId, Core, Input};
+use crate::{recv_frame, Config, Error};
+use crust_format::wire::{self, ToCoord};
+use std::collections::HashMap;
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+use tracing::{debug, warn};
+
+/// A peer that does not read its messages for this long is dropped.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+enum Event {
+    Connected(ConnId, TcpStream),
+    Message(ConnId, ToCoord),
+    Closed(ConnId),
+}
+
+/// A bound coordinator, ready to [`run`](Server::run).
+pub struct Server {
+    listener: TcpListener,
+    cfg: Config,
+}
+
+impl Server {
+    /// Bind the listening socket. An `Error::Bind` whose source has kind `AddrInUse`
+    /// means another coordinator (or something else) has the port.
+    pub fn bind(addr: &str, cfg: Config) -> Result<Server, Error> {
+        let listener = TcpListener::bind(addr).map_err(|source| Error::Bind { addr: addr.to_string(), source })?;
+        Ok(Server { listener, cfg })
+    }
+
+    pub fn local_addr(&self) -> Result<SocketAddr, Error> {
+        Ok(self.listener.local_addr()?)
+    }
+
+    /// Serve until the state machine asks to exit (`crctl quit`, `--exit-when-idle`).
+    pub fn run(self) -> Result<(), Error> {
+        let (tx, rx) = mpsc::channel::<Event>();
+        let listener = self.listener;
+        std::thread::Builder::new().name("accept".into()).spawn(move || accept_loop(listener, tx))?;
+        let mut core = Core::new(self.cfg, Instant::now());
+        let mut writers: HashMap<ConnId, TcpStream> = HashMap::new();
+        loop {
+            let now = Instant::now();
+            let ev = match core.next_deadline() {
+                Some(d) => match rx.recv_timeout(d.saturating_duration_since(now)) {
+                    Ok(ev) => Some(ev),
+                    Err(mpsc::RecvTimeoutError::Timeout) => None,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return Err(Error::Config("accept thread died".into())),
+                },
+                None => match rx.recv() {
+                    Ok(ev) => Some(ev),
+                    Err(_) => return Err(Error::Config("accept thread died".into())),
+                },
+            };
+            let now = Instant::now();
+            let actions = match ev {
+                None => core.tick(now),
+                Some(Event::Connected(c, w)) => {
+                    writers.insert(c, w);
+                    core.handle(now, Input::Connected(c))
+                }
+                Some(Event::Message(c, m)) => core.handle(now, Input::Message(c, m)),
+                Some(Event::Closed(c)) => {
+                    writers.remove(&c);
+                    core.handle(now, Input::Closed(c))
+                }
+            };
+            if execute(&mut core, &mut writers, actions) {
+                // Closing the write halves tells every peer we are gone.
+                for (_, w) in writers.drain() {
+                    let _ = w.shutdown(Shutdown::Both);
+                }
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Carry out actions (and the ones that failed sends lead to). Returns true on Exit.
+fn execute(core: &mut Core, writers: &mut HashMap<ConnId, TcpStream>, actions: Vec<Action>) -> bool {
+    let mut queue: std::collections::VecDeque<Action> = actions.into();
+    let mut exit = false;
+    while let Some(a) = queue.pop_front() {
+        match a {
+            Action::Send(c, m) => {
+                let Some(w) = writers.get_mut(&c) else { continue };
+                if let Err(e) = wire::blocking::send(w, &m) {
+                    debug!(conn = c, "send failed: {e}; dropping the connection");
+                    let _ = w.shutdown(Shutdown::Both);
+                    writers.remove(&c);
+                    queue.extend(core.handle(Instant::now(), Input::Closed(c)));
+                }
+            }
+            Action::Close(c) => {
+                if let Some(w) = writers.remove(&c) {
+                    let _ = w.shutdown(Shutdown::Both);
+                }
+            }
+            Action::Kill { real_pid } => {
+                use nix::sys::signal::{kill, Signal};
+                if let Err(e) = kill(nix::unistd::Pid::from_raw(real_pid), Signal::SIGKILL) {
+                    warn!("cannot kill pid {real_pid}: {e}");
+                }
+            }
+            Action::Exit => exit = true,
+        }
+    }
+    exit
+}
+
+fn accept_loop(listener: TcpListener, tx: mpsc::Sender<Event>) {
+    let mut next: ConnId = 1;
+    loop {
+        let stream = match listener.accept() {
+            Ok((s, peer)) => {
+                debug!(conn = next, %peer, "connection");
+                s
+            }
+            Err(e) => {
+                // EMFILE and friends: back off a little instead of spinning.
+                warn!("accept failed: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+        };
+        let id = next;
+        next += 1;
+        let _ = stream.set_nodelay(true);
+        let writer = match stream.try_clone() {
+            Ok(w) => w,
+            Err(e) => {
+                warn!("cannot clone a socket: {e}");
+                continue;
+            }
+        };
+        let _ = writer.set_write_timeout(Some(WRITE_TIMEOUT));
+        if tx.send(Event::Connected(id, writer)).is_err() {
+            return;
+        }
+        let rtx = tx.clone();
+        let spawned = std::thread::Builder::new().name(format!("conn-{id}")).spawn(move || reader(id, stream, rtx));
+        if let Err(e) = spawned {
+            warn!("cannot start a connection thread: {e}");
+            if tx.send(Event::Closed(id)).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+fn reader(id: ConnId, mut stream: TcpStream, tx: mpsc::Sender<Event>) {
+    loop {
+        match recv_frame::<_, ToCoord>(&mut stream) {
+            Ok(m) => {
+                if tx.send(Event::Message(id, m)).is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                debug!(conn = id, "connection closed: {e}");
+                let _ = stream.shutdown(Shutdown::Both);
+                let _ = tx.send(Event::Closed(id));
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::Control;
+    use crust_format::manifest;
+    use crust_format::wire::{Command, FromCoord, ImageReport, Phase, Reply, PROTOCOL_VERSION};
+    use std::io::{Read, Write};
+
+    fn start(name: &str, exit_when_idle: bool) -> (String, std::path::PathBuf, std::thread::JoinHandle<Result<(), Error>>) {
+        let dir = std::env::temp_dir().join(format!("crust-server-test-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut cfg = Config::new(dir.clone());
+        cfg.exit_when_idle = exit_when_idle;
+        let server = Server::bind("127.0.0.1:0", cfg).unwrap();
+        let addr = server.local_addr().unwrap().to_string();
+        (addr, dir, std::thread::spawn(move || server.run()))
+    }
+
+    /// The coordinator closes the connection: reading gives EOF (or a reset), never data.
+    fn assert_dropped(mut s: TcpStream) {
+        let mut buf = [0u8; 64];
+        match s.read(&mut buf) {
+            Ok(0) => {}
+            Ok(n) => panic!("expected the connection to be dropped, got {n} bytes"),
+            Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+        }
+    }
+
+    #[test]
+    fn garbage_and_oversized_frames_only_drop_that_connection() {
+        let (addr, dir, h) = start("garbage", false);
+        // A frame whose body does not decode.
+        let mut s = TcpStream::connect(&addr).unwrap();
+        s.write_all(&[5, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff]).unwrap();
+        assert_dropped(s);
+        // A length prefix over the limit (nothing is allocated; the connection is dropped).
+        let mut s = TcpStream::connect(&addr).unwrap();
+        s.write_all(&((wire::MAX_FRAME as u32) + 1).to_le_bytes()).unwrap();
+        assert_dropped(s);
+        let mut s = TcpStream::connect(&addr).unwrap();
+        s.write_all(&u32::MAX.to_le_bytes()).unwrap();
+        assert_dropped(s);
+        // A valid frame of the wrong kind first.
+        let mut s = TcpStream::connect(&addr).unwrap();
+        wire::blocking::send(&mut s, &ToCoord::Reached { generation: 1, phase: Phase::Suspended }).unwrap();
+        assert_dropped(s);
+        // Wrong protocol version: Rejected, then dropped.
+        let mut s = TcpStream::connect(&addr).unwrap();
+        wire::blocking::send(&mut s, &ToCoord::HelloControl { proto: PROTOCOL_VERSION + 1, token: None }).unwrap();
+        match recv_frame::<_, FromCoord>(&mut s).unwrap() {
+            FromCoord::Rejected { reason } => assert!(reason.contains("protocol version"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+        assert_dropped(s);
+        // Half a frame, then the peer goes away.
+        let mut s = TcpStream::connect(&addr).unwrap();
+        s.write_all(&[100, 0, 0, 0, 1, 2]).unwrap();
+        drop(s);
+
+        // The coordinator is still up and answers a valid control connection.
+        let mut c = Control::connect(&addr, Duration::from_secs(5)).unwrap();
+        assert_eq!(c.comp_id, 0);
+        assert_eq!(c.ckpt_dir, dir.display().to_string());
+        match c.command(Command::Status, Some(Duration::from_secs(10))).unwrap() {
+            Reply::Status(st) => {
+                assert!(st.processes.is_empty());
+                assert_eq!(st.comp_id, None);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(c.command(Command::Quit, Some(Duration::from_secs(10))).unwrap(), Reply::Ok);
+        h.join().unwrap().unwrap();
+    }
+
+    fn expect(s: &mut TcpStream) -> FromCoord {
+        recv_frame(s).unwrap()
+    }
+
+    /// A fake process and crctl go through a whole generation over real sockets.
+    #[test]
+    fn generation_over_tcp_then_exit_when_idle() {
+        let (addr, dir, h) = start("tcp", true);
+        let mut p = TcpStream::connect(&addr).unwrap();
+        let vpid = 4242;
+        let hello = ToCoord::HelloProcess {
+            proto: PROTOCOL_VERSION,
+            token: None,
+            comp_id: Some(0x1234),
+            vpid,
+            vppid: 1,
+            real_pid: -1,
+            hostname: crate::hostname(),
+            program: "fake".into(),
+            args: vec!["fake".into(), "--x".into()],
+            restored_from: Some(3),
+        };
+        wire::blocking::send(&mut p, &hello).unwrap();
+        assert_eq!(expect(&mut p), FromCoord::Welcome { comp_id: 0x1234, ckpt_dir: dir.display().to_string() });
+
+        let ctl_addr = addr.clone();
+        let waiter = std::thread::spawn(move || {
+            let mut c = Control::connect(&ctl_addr, Duration::from_secs(5)).unwrap();
+            c.command(Command::Checkpoint { wait: true, kill_after: false }, None).unwrap()
+        });
+
+        let FromCoord::Checkpoint { generation, dir: gdir } = expect(&mut p) else { panic!() };
+        assert_eq!(generation, 1);
+        wire::blocking::send(&mut p, &ToCoord::Reached { generation, phase: Phase::Suspended }).unwrap();
+        assert_eq!(expect(&mut p), FromCoord::Proceed { generation, phase: Phase::Written });
+        let file = manifest::image_file_name(vpid);
+        std::fs::write(std::path::Path::new(&gdir).join(&file), b"image").unwrap();
+        let report = ImageReport { file, bytes: 5, memory_bytes: 0, downtime_us: 1500, write_us: 10 };
+        wire::blocking::send(&mut p, &ToCoord::Written { generation, report }).unwrap();
+        assert_eq!(expect(&mut p), FromCoord::Proceed { generation, phase: Phase::Resumed });
+        wire::blocking::send(&mut p, &ToCoord::Reached { generation, phase: Phase::Resumed }).unwrap();
+
+        match waiter.join().unwrap() {
+            Reply::Done(s) => {
+                assert_eq!(s.generation, 1);
+                assert_eq!(s.path, gdir);
+                assert_eq!(s.max_downtime_us, 1500);
+            }
+            other => panic!("{other:?}"),
+        }
+        let m = manifest::read_manifest(std::path::Path::new(&gdir)).unwrap();
+        assert_eq!(m.comp_id, 0x1234);
+        assert_eq!(m.processes[0].args, vec!["fake".to_string(), "--x".to_string()]);
+        // The last process leaves: an --exit-when-idle coordinator stops.
+        drop(p);
+        h.join().unwrap().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

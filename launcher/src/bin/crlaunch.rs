@@ -1,0 +1,86 @@
+//! `crlaunch`: run a program under crust (with the preload library and a coordinator).
+
+use clap::Parser;
+use crust_launcher::{
+    check_program, compose_ld_preload, coord_client, default_ckpt_dir, init_logging, parse_signal,
+    preload_library_path, resolve_program,
+};
+use std::ffi::OsString;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+
+/// Run PROGRAM under crust: it can then be checkpointed with `crctl checkpoint`.
+///
+/// crlaunch starts a coordinator when none answers at the address (on this host), then
+/// replaces itself with PROGRAM, so the program keeps crlaunch's pid, stdio and exit status.
+#[derive(Parser, Debug)]
+#[command(name = "crlaunch", version)]
+struct Args {
+    /// Coordinator address [env: CR_COORD] [default: 127.0.0.1:7787].
+    #[arg(long, value_name = "HOST:PORT")]
+    coord: Option<String>,
+    /// Checkpoint directory [env: CR_CKPT_DIR] [default: current directory].
+    #[arg(long, value_name = "DIR")]
+    ckpt_dir: Option<PathBuf>,
+    /// Checkpoint automatically every SECS seconds.
+    #[arg(long, value_name = "SECS")]
+    interval: Option<u64>,
+    /// Signal crust uses inside the program (name or number), e.g. SIGUSR1, RTMIN+2.
+    #[arg(long, env = "CR_SIGNAL", default_value = "SIGUSR2", value_name = "SIG")]
+    signal: String,
+    /// Do not start a coordinator when none answers.
+    #[arg(long)]
+    no_coord_start: bool,
+    /// More log output (-v info, -vv debug); env CR_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// The program and its arguments.
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "PROGRAM")]
+    command: Vec<OsString>,
+}
+
+fn die(code: i32, msg: impl std::fmt::Display) -> ! {
+    eprintln!("crlaunch: {msg}");
+    std::process::exit(code);
+}
+
+fn main() {
+    let args = Args::parse();
+    init_logging(args.verbose);
+    let coord = args.coord.clone().filter(|c| !c.is_empty()).unwrap_or_else(crust_launcher::default_coord);
+    if let Err(e) = coord_client::split_addr(&coord) {
+        die(2, e);
+    }
+    let ckpt_dir = match &args.ckpt_dir {
+        Some(d) => crust_launcher::absolute(d),
+        None => default_ckpt_dir(),
+    }
+    .unwrap_or_else(|e| die(2, e));
+    let signal = parse_signal(&args.signal).unwrap_or_else(|e| die(2, e));
+
+    let program = &args.command[0];
+    let shown = program.to_string_lossy();
+    let resolved = resolve_program(program).unwrap_or_else(|e| die(2, e));
+    check_program(&resolved, &shown).unwrap_or_else(|e| die(2, e));
+    let preload = preload_library_path().unwrap_or_else(|e| die(2, e));
+
+    if args.no_coord_start {
+        if args.interval.is_some() {
+            tracing::warn!("--interval has no effect with --no-coord-start");
+        }
+    } else if let Err(e) = coord_client::ensure_coordinator(&coord, &ckpt_dir, args.interval) {
+        die(1, e);
+    }
+
+    let ld_preload = compose_ld_preload(&preload, std::env::var_os("LD_PRELOAD").as_deref());
+    tracing::debug!(program = %resolved.display(), ld_preload = ?ld_preload, coord, signal, "exec");
+    let err = std::process::Command::new(&resolved)
+        .arg0(program)
+        .args(&args.command[1..])
+        .env("LD_PRELOAD", ld_preload)
+        .env("CR_COORD", &coord)
+        .env("CR_CKPT_DIR", &ckpt_dir)
+        .env("CR_SIGNAL", signal.to_string())
+        .exec();
+    die(127, format_args!("cannot execute {shown}: {err}"));
+}
