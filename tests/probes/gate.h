@@ -1,0 +1,79 @@
+/* Gating protocol shared by the C probes (see tests/src/lib.rs).
+ *
+ * At gate K a probe prints "gate K" (always, so that the output has the same shape with
+ * and without gating), flushes stdout, and, when CR_TEST_GATE=DIR is set, creates
+ * DIR/reached-K and waits until DIR/go-K exists. reached-K is created with mkdir(), never
+ * with open(), so that a checkpoint taken at the gate never holds a descriptor on a gate
+ * file (the harness deletes gate files between runs). While waiting, the probe re-creates
+ * reached-K if it disappears: after a restart the harness deletes every reached-* file, and
+ * the re-created one tells it at which gate the restored program resumed.
+ */
+#ifndef CRUST_GATE_H
+#define CRUST_GATE_H
+
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+/* Every probe exits with this status when it found nothing wrong. */
+#define PROBE_EXIT_CODE 23
+
+static int probe_failures;
+
+/* Report a failed check on stdout, where the comparison with the reference run sees it. */
+#define ERR(...)                                                                                                       \
+    do {                                                                                                               \
+        printf("ERROR: ");                                                                                             \
+        printf(__VA_ARGS__);                                                                                           \
+        printf("\n");                                                                                                  \
+        probe_failures++;                                                                                              \
+    } while (0)
+
+__attribute__((unused)) static int probe_exit_code(void) { return probe_failures ? 1 : PROBE_EXIT_CODE; }
+
+static int gate_exists(const char *p) {
+    struct stat st;
+    return stat(p, &st) == 0;
+}
+
+static void gate_mark(const char *p) {
+    if (mkdir(p, 0755) != 0 && errno != EEXIST) {
+        fprintf(stderr, "gate: mkdir %s: %s\n", p, strerror(errno));
+        exit(98);
+    }
+}
+
+static void gate(int k) {
+    printf("gate %d\n", k);
+    fflush(stdout);
+    const char *dir = getenv("CR_TEST_GATE");
+    if (!dir || !*dir) return;
+    char reached[4096], go[4096];
+    snprintf(reached, sizeof reached, "%s/reached-%d", dir, k);
+    snprintf(go, sizeof go, "%s/go-%d", dir, k);
+    gate_mark(reached);
+    while (!gate_exists(go)) {
+        if (!gate_exists(reached)) gate_mark(reached);
+        struct timespec ts = {0, 1000000};
+        nanosleep(&ts, NULL);
+    }
+}
+
+/* FNV-1a, 64 bit. */
+__attribute__((unused)) static unsigned long long fnv1a(const void *p, size_t n, unsigned long long h) {
+    const unsigned char *c = p;
+    for (size_t i = 0; i < n; i++) {
+        h ^= c[i];
+        h *= 0x100000001b3ull;
+    }
+    return h;
+}
+#define FNV_INIT 0xcbf29ce484222325ull
+
+#endif
