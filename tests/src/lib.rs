@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 /// How long to wait for something that should happen promptly (a gate, a port, a file).
 pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a program may take to run to its end once released.
-pub const EXIT_TIMEOUT: Duration = Duration::from_secs(120);
+pub const EXIT_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a `crctl` command may take (a checkpoint included).
 pub const CRCTL_TIMEOUT: Duration = Duration::from_secs(90);
 /// Exit status of every probe that found nothing wrong.
@@ -815,10 +815,11 @@ impl Session {
     #[track_caller]
     pub fn checkpoint(&self) -> PathBuf {
         self.settle_gate_fds();
+        self.wait_registered(1);
         let out = self.crctl(&["checkpoint", "--wait"]);
         assert!(out.status.success(), "crctl checkpoint --wait failed: {}\n{}", out.describe(), self.diagnostics());
         let text = out.stdout_text();
-        let last = text.lines().map(str::trim).filter(|l| !l.is_empty()).last().unwrap_or_else(|| {
+        let last = text.lines().map(str::trim).rfind(|l| !l.is_empty()).unwrap_or_else(|| {
             panic!("crctl checkpoint --wait printed no generation path: {}", out.describe())
         });
         let p = PathBuf::from(last);
@@ -830,6 +831,42 @@ impl Session {
             self.diagnostics()
         );
         p
+    }
+
+    /// Number of processes the coordinator lists (`crctl status --json`), None when no
+    /// coordinator answers or the answer is not understood.
+    pub fn registered(&self) -> Option<usize> {
+        let out = self.crctl(&["status", "--json"]);
+        if !out.status.success() {
+            return None;
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        v.get("processes").and_then(|p| p.as_array()).map(|a| a.len())
+    }
+
+    /// Wait up to `timeout` until the coordinator lists at least `n` processes.
+    pub fn try_wait_registered(&self, n: usize, timeout: Duration) -> bool {
+        wait_until(timeout, || {
+            if self.registered().is_some_and(|k| k >= n) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+            false
+        })
+    }
+
+    /// Wait until the coordinator lists at least `n` processes. The preload registers
+    /// from a background thread, so a program can reach its first gate before the
+    /// coordinator knows it.
+    #[track_caller]
+    pub fn wait_registered(&self, n: usize) {
+        if !self.try_wait_registered(n, READY_TIMEOUT) {
+            panic!(
+                "the coordinator did not list {n} process(es) within {READY_TIMEOUT:?} (it lists {:?})\n{}",
+                self.registered(),
+                self.diagnostics()
+            );
+        }
     }
 
     /// Processes (other than this test process) whose environment carries this session's
@@ -972,10 +1009,15 @@ impl Session {
             }
         }
         if port_is_open(self.port) {
+            if runs.iter_mut().any(|r| r.kind == Kind::Restarted && r.try_status().is_none()) {
+                // A restored program registers again from a background thread.
+                self.try_wait_registered(1, Duration::from_secs(10));
+            }
             let _ = self.crctl(&["kill"]);
         }
         for r in runs.iter_mut() {
-            if r.wait_timeout(READY_TIMEOUT).is_none() {
+            if r.wait_timeout(Duration::from_secs(20)).is_none() {
+                eprintln!("[{}] {} still running 20 s after crctl kill; SIGKILL", self.name, r.label);
                 r.kill9();
             }
         }
@@ -1041,10 +1083,47 @@ impl Session {
             .map(|rd| rd.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "err")).collect())
             .unwrap_or_default();
         files.sort();
+        files.push(self.ckpt_dir.join("crcoord.log"));
+        files.push(self.root.join("program.out"));
         for f in files {
+            if !f.exists() {
+                continue;
+            }
             let t = tail(&f, 3000);
             if !t.trim().is_empty() {
                 s += &format!("--- {}:\n{}\n", f.file_name().unwrap_or_default().to_string_lossy(), t.trim_end());
+            }
+        }
+        s += &self.process_report();
+        s
+    }
+
+    /// Every process of this session with the state, wait channel and current syscall of
+    /// each of its threads (what is stuck where).
+    pub fn process_report(&self) -> String {
+        let mut s = String::new();
+        for pid in self.tagged_processes() {
+            let cmd = proc_cmdline(pid)
+                .map(|c| c.iter().map(|a| a.to_string_lossy().into_owned()).collect::<Vec<_>>().join(" "))
+                .unwrap_or_default();
+            s += &format!("--- process {pid}: {cmd}\n");
+            let mut tids: Vec<i32> = fs::read_dir(format!("/proc/{pid}/task"))
+                .map(|rd| rd.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect())
+                .unwrap_or_default();
+            tids.sort_unstable();
+            for tid in tids {
+                let base = format!("/proc/{pid}/task/{tid}");
+                let stat = fs::read_to_string(format!("{base}/stat")).unwrap_or_default();
+                let state = stat.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().next()).unwrap_or("?").to_string();
+                let comm = fs::read_to_string(format!("{base}/comm")).unwrap_or_default();
+                let wchan = fs::read_to_string(format!("{base}/wchan")).unwrap_or_default();
+                let sc = fs::read_to_string(format!("{base}/syscall")).unwrap_or_default();
+                s += &format!(
+                    "    tid {tid} {} state {state} wchan {} syscall {}\n",
+                    comm.trim(),
+                    wchan.trim(),
+                    sc.split_whitespace().next().unwrap_or("?")
+                );
             }
         }
         s
@@ -1363,4 +1442,39 @@ pub mod probe {
     pub fn bash() -> Program {
         Program::bash("loop.sh")
     }
+}
+
+/// Complete generations (with a manifest) under a checkpoint directory, oldest first.
+pub fn complete_generations(ckpt_dir: &Path) -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    for comp in fs::read_dir(ckpt_dir).into_iter().flatten().flatten() {
+        if !comp.file_name().to_str().is_some_and(|n| n.starts_with("crust-")) {
+            continue;
+        }
+        for g in fs::read_dir(comp.path()).into_iter().flatten().flatten() {
+            if g.file_name().to_str().is_some_and(|n| n.starts_with("gen-")) && g.path().join("manifest.json").is_file() {
+                v.push(g.path());
+            }
+        }
+    }
+    v.sort();
+    v
+}
+
+/// (file name, size, hash) of every file of a directory, to show it did not change.
+pub fn dir_fingerprint(dir: &Path) -> Vec<(String, u64, u64)> {
+    use std::hash::{Hash, Hasher};
+    let mut v: Vec<(String, u64, u64)> = fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .map(|e| {
+            let bytes = fs::read(e.path()).unwrap_or_default();
+            let mut h = std::hash::DefaultHasher::new();
+            bytes.hash(&mut h);
+            (e.file_name().to_string_lossy().into_owned(), bytes.len() as u64, h.finish())
+        })
+        .collect();
+    v.sort();
+    v
 }

@@ -1,0 +1,175 @@
+//! crrestart on bad input: a missing path, a truncated image, a corrupted byte in the
+//! metadata or in the page data, a wrong format version (with a valid header checksum, so
+//! that the version check is what fails), an incomplete generation, and a regular file the
+//! program had open that was deleted. Each must make crrestart exit non-zero with a message
+//! naming the problem, without starting anything: no process and no coordinator left, the
+//! program's output file untouched, no gate reached.
+//!
+//! Each test then restarts the pristine generation and checks that it works, so a crrestart
+//! that fails on everything cannot pass these tests.
+
+use crust_format::image::{read_image, Header, HEADER_SIZE};
+use crust_tests::*;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Launch the procstate probe, checkpoint it at gate 1, kill it.
+fn checkpointed<'a>(s: &'a Session) -> (Flow<'a>, Checkpointed) {
+    let f = Flow::new(s, probe::procstate());
+    let mut run = f.launch();
+    let ck = f.checkpoint_at(&mut run, 1);
+    f.kill(&mut [&mut run]);
+    (f, ck)
+}
+
+/// A copy of the generation at `<root>/copies/<case>/gen-000001`.
+fn copy_generation(f: &Flow, ck: &Checkpointed, case: &str) -> PathBuf {
+    let to = f.s.root.join("copies").join(case).join(ck.gen.file_name().expect("generation name"));
+    copy_dir_files(&ck.gen, &to);
+    to
+}
+
+fn the_image(gen: &Path) -> PathBuf {
+    let imgs = images_of(gen);
+    assert_eq!(imgs.len(), 1, "expected one image in {}: {imgs:?}", gen.display());
+    imgs.into_iter().next().expect("one")
+}
+
+/// crrestart `path` must fail cleanly, with a message containing one of `keywords`.
+fn expect_clean_failure(f: &Flow, path: &Path, keywords: &[&str], problem: &str) {
+    f.s.prepare_restart_at(1);
+    let out_before = fs::read(&f.out).expect("read program output");
+    let out = f.s.restart_expecting_failure(path);
+    assert!(!out.status.success(), "crrestart succeeded on {problem}: {}", out.describe());
+    assert!(
+        out.status.code().is_some(),
+        "crrestart must exit with an error status on {problem}, not die of a signal: {}",
+        out.describe()
+    );
+    let text = out.all_text_lower();
+    assert!(
+        keywords.iter().any(|k| text.contains(&k.to_lowercase())),
+        "crrestart's message on {problem} names none of {keywords:?}: {}",
+        out.describe()
+    );
+    let left = f.s.leftovers_after(Duration::from_secs(10));
+    assert!(left.is_empty(), "crrestart left processes behind after failing on {problem}: {left:?}");
+    assert!(f.s.gate.reached().is_empty(), "the program ran although crrestart failed on {problem}");
+    assert_eq!(
+        fs::read(&f.out).expect("read program output"),
+        out_before,
+        "crrestart touched the program's output file although it failed on {problem}"
+    );
+}
+
+/// The untouched generation still restarts and runs to the reference result.
+fn pristine_still_restarts(f: &Flow, ck: &Checkpointed) {
+    let mut r = f.restart(ck);
+    f.finish(&mut r);
+}
+
+#[test]
+fn crrestart_on_missing_path_fails_cleanly() {
+    let s = Session::new("err_missing");
+    let (f, ck) = checkpointed(&s);
+    let missing = s.root.join("does-not-exist").join("gen-000001");
+    expect_clean_failure(&f, &missing, &["does-not-exist"], "a missing path");
+    pristine_still_restarts(&f, &ck);
+}
+
+#[test]
+fn crrestart_on_truncated_image_fails_cleanly() {
+    let s = Session::new("err_truncated");
+    let (f, ck) = checkpointed(&s);
+    let gen = copy_generation(&f, &ck, "truncated");
+    let img = the_image(&gen);
+    let len = file_len(&img);
+    assert!(len > 2 * HEADER_SIZE as u64, "image suspiciously small: {len} bytes");
+    fs::OpenOptions::new().write(true).open(&img).and_then(|fh| fh.set_len(len / 2)).expect("truncate image");
+    expect_clean_failure(&f, &gen, &["truncat"], "a truncated image");
+    pristine_still_restarts(&f, &ck);
+}
+
+#[test]
+fn crrestart_on_corrupt_metadata_byte_fails_cleanly() {
+    let s = Session::new("err_meta");
+    let (f, ck) = checkpointed(&s);
+    let gen = copy_generation(&f, &ck, "meta");
+    let img = the_image(&gen);
+    let mut bytes = fs::read(&img).expect("read image");
+    let h = Header::from_bytes(&bytes).expect("pristine header parses");
+    assert!(h.meta_len > 0 && h.meta_offset + h.meta_len <= bytes.len() as u64, "{h:?}");
+    let at = (h.meta_offset + h.meta_len / 2) as usize;
+    bytes[at] ^= 0x5a;
+    fs::write(&img, &bytes).expect("write image");
+    expect_clean_failure(&f, &gen, &["corrupt", "checksum", "crc"], "a corrupted metadata byte");
+    pristine_still_restarts(&f, &ck);
+}
+
+#[test]
+fn crrestart_on_corrupt_page_data_fails_cleanly() {
+    let s = Session::new("err_pages");
+    let (f, ck) = checkpointed(&s);
+    let gen = copy_generation(&f, &ck, "pages");
+    let img = the_image(&gen);
+    let meta = read_image(&img).expect("pristine image reads").meta;
+    // The largest stored run; flip a byte in its middle.
+    let run = meta
+        .regions
+        .iter()
+        .flat_map(|r| r.runs.iter())
+        .max_by_key(|r| r.len)
+        .copied()
+        .expect("the image stores page data");
+    let mut bytes = fs::read(&img).expect("read image");
+    let at = (run.offset + run.len / 2 + 17) as usize;
+    bytes[at] ^= 0xa5;
+    fs::write(&img, &bytes).expect("write image");
+    assert!(read_image(&img).is_ok(), "the corruption must be in page data only (metadata still valid)");
+    expect_clean_failure(&f, &gen, &["corrupt", "checksum", "crc"], "a corrupted page-data byte");
+    pristine_still_restarts(&f, &ck);
+}
+
+#[test]
+fn crrestart_on_wrong_image_version_fails_cleanly() {
+    let s = Session::new("err_version");
+    let (f, ck) = checkpointed(&s);
+    let gen = copy_generation(&f, &ck, "version");
+    let img = the_image(&gen);
+    let mut bytes = fs::read(&img).expect("read image");
+    assert_eq!(&bytes[0..8], b"CRUSTIMG", "image magic");
+    assert_eq!(u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes")), 1, "image version");
+    bytes[8..12].copy_from_slice(&2u32.to_le_bytes());
+    let crc = crc32c::crc32c(&bytes[0..72]);
+    bytes[72..76].copy_from_slice(&crc.to_le_bytes());
+    fs::write(&img, &bytes).expect("write image");
+    expect_clean_failure(&f, &gen, &["version"], "an image of another format version");
+    pristine_still_restarts(&f, &ck);
+}
+
+#[test]
+fn crrestart_on_incomplete_generation_fails_cleanly() {
+    let s = Session::new("err_incomplete");
+    let (f, ck) = checkpointed(&s);
+    let gen = copy_generation(&f, &ck, "incomplete");
+    fs::remove_file(gen.join("manifest.json")).expect("remove manifest");
+    expect_clean_failure(&f, &gen, &["incomplete", "manifest"], "a generation without manifest");
+    pristine_still_restarts(&f, &ck);
+}
+
+/// The probe keeps `kept-open.txt` open. Deleted before the restart, it must be named in
+/// the error; put back (same inode, via a hard link), the restart works.
+#[test]
+fn crrestart_with_deleted_open_file_fails_cleanly() {
+    let s = Session::new("err_deleted_file");
+    let (f, ck) = checkpointed(&s);
+    let file = s.work_dir.join("wd sub \u{fc}").join("kept-open.txt");
+    let saved = s.root.join("kept-open.txt.saved");
+    fs::hard_link(&file, &saved).expect("hard link the kept-open file");
+    fs::remove_file(&file).expect("delete the kept-open file");
+    expect_clean_failure(&f, &ck.gen, &["kept-open.txt"], "a deleted file the program had open");
+    fs::hard_link(&saved, &file).expect("put the file back");
+    assert_eq!(inode(&file), inode(&saved));
+    pristine_still_restarts(&f, &ck);
+}
