@@ -129,7 +129,47 @@ fn find_bins() -> Result<Bins, String> {
 
 fn try_bins() -> Option<&'static Bins> {
     static BINS: OnceLock<Result<Bins, String>> = OnceLock::new();
-    BINS.get_or_init(find_bins).as_ref().ok()
+    BINS.get_or_init(|| {
+        let b = find_bins()?;
+        warn_if_stale(&b);
+        Ok(b)
+    })
+    .as_ref()
+    .ok()
+}
+
+/// `cargo test` does not rebuild other packages' binaries: say so when a runtime source
+/// file is newer than the binaries the tests are about to use.
+fn warn_if_stale(b: &Bins) {
+    fn newest(dir: &Path, best: &mut Option<(std::time::SystemTime, PathBuf)>) {
+        for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                newest(&p, best);
+            } else if let Ok(t) = e.metadata().and_then(|m| m.modified()) {
+                if best.as_ref().is_none_or(|(bt, _)| t > *bt) {
+                    *best = Some((t, p));
+                }
+            }
+        }
+    }
+    let mut src = None;
+    for krate in ["format", "coordinator", "launcher", "preload", "restorer"] {
+        newest(&workspace_dir().join(krate).join("src"), &mut src);
+    }
+    let oldest_bin = [&b.crlaunch, &b.crctl, &b.crrestart, &b.crcoord, &b.preload]
+        .iter()
+        .filter_map(|p| fs::metadata(p).and_then(|m| m.modified()).ok())
+        .min();
+    if let (Some((t, path)), Some(bin_t)) = (src, oldest_bin) {
+        if t > bin_t {
+            eprintln!(
+                "warning: {} is newer than the crust binaries in {}; run `cargo build --workspace` to test current code",
+                path.display(),
+                b.dir.display()
+            );
+        }
+    }
 }
 
 /// The crust binaries; panics with "run `cargo build --workspace` first" when missing.
@@ -419,14 +459,19 @@ pub struct LaunchOpts {
     pub interval: Option<u64>,
     /// Set `CR_TEST_GATE` (default true).
     pub gated: bool,
+    /// Pass `--coord` and `--ckpt-dir` (default true). When false, crlaunch gets the
+    /// coordinator from `CR_COORD` and the checkpoint directory from `CR_CKPT_DIR` =
+    /// `ckpt_dir_env`, or, when that is None, no `CR_CKPT_DIR` at all (its cwd).
+    pub flags: bool,
+    pub ckpt_dir_env: Option<PathBuf>,
 }
 
 impl LaunchOpts {
     pub fn file(path: impl Into<PathBuf>) -> LaunchOpts {
-        LaunchOpts { stdout: StdoutTo::File(path.into()), signal: None, interval: None, gated: true }
+        LaunchOpts { stdout: StdoutTo::File(path.into()), signal: None, interval: None, gated: true, flags: true, ckpt_dir_env: None }
     }
     pub fn pipe() -> LaunchOpts {
-        LaunchOpts { stdout: StdoutTo::Pipe, signal: None, interval: None, gated: true }
+        LaunchOpts { stdout: StdoutTo::Pipe, signal: None, interval: None, gated: true, flags: true, ckpt_dir_env: None }
     }
     pub fn signal(mut self, s: &str) -> LaunchOpts {
         self.signal = Some(s.to_string());
@@ -746,7 +791,9 @@ impl Session {
     pub fn launch_with(&self, prog: &Program, opts: &LaunchOpts) -> Running {
         let b = bins();
         let mut cmd = Command::new(&b.crlaunch);
-        cmd.arg("--coord").arg(self.coord()).arg("--ckpt-dir").arg(&self.ckpt_dir);
+        if opts.flags {
+            cmd.arg("--coord").arg(self.coord()).arg("--ckpt-dir").arg(&self.ckpt_dir);
+        }
         if let Some(i) = opts.interval {
             cmd.arg("--interval").arg(i.to_string());
         }
@@ -755,6 +802,12 @@ impl Session {
         }
         cmd.arg("--").arg(&prog.exe).args(&prog.args).current_dir(&self.work_dir);
         self.base_env(&mut cmd);
+        if !opts.flags {
+            match &opts.ckpt_dir_env {
+                Some(d) => cmd.env("CR_CKPT_DIR", d),
+                None => cmd.env_remove("CR_CKPT_DIR"),
+            };
+        }
         if opts.gated {
             cmd.env("CR_TEST_GATE", &self.gate.dir);
         }
@@ -808,6 +861,15 @@ impl Session {
         cmd.arg("--coord").arg(self.coord()).args(args).current_dir(&self.root);
         self.base_env(&mut cmd);
         self.run_captured(cmd, &format!("crctl-{}", args.first().unwrap_or(&"")), CRCTL_TIMEOUT)
+    }
+
+    /// `crctl ARGS` without `--coord`: the address comes from `CR_COORD`.
+    pub fn crctl_env_only(&self, args: &[&str]) -> CmdOutput {
+        let b = bins();
+        let mut cmd = Command::new(&b.crctl);
+        cmd.args(args).current_dir(&self.root);
+        self.base_env(&mut cmd);
+        self.run_captured(cmd, &format!("crctl-env-{}", args.first().unwrap_or(&"")), CRCTL_TIMEOUT)
     }
 
     /// `crctl checkpoint --wait`: returns the generation directory (the last stdout line),

@@ -221,3 +221,33 @@ fn crlaunch_refuses_a_setuid_binary() {
     let prog = Program::new(&exe).arg(&marker);
     expect_refusal(&s, &prog, &marker, &["setuid", "set-user-id", "suid"], "a setuid program");
 }
+
+/// Without `--coord`/`--ckpt-dir`, crlaunch and crctl use `CR_COORD` and `CR_CKPT_DIR`;
+/// without `CR_CKPT_DIR` the checkpoint directory is crlaunch's working directory.
+#[test]
+fn cr_coord_and_cr_ckpt_dir_environment_replace_the_flags() {
+    let s = Session::new("env_config");
+    let env_dir = s.root.join("env-ckpt");
+    fs::create_dir_all(&env_dir).unwrap();
+    let out = s.root.join("program.out");
+    let mut opts = LaunchOpts::file(&out);
+    opts.flags = false;
+    opts.ckpt_dir_env = Some(env_dir.clone());
+
+    let mut run = s.launch_with(&probe::memory(), &opts);
+    s.wait_reached(&mut run, 1);
+    assert!(port_is_open(s.port), "crlaunch did not start a coordinator at $CR_COORD ({})", s.coord());
+    let gen = s.checkpoint();
+    assert!(gen.starts_with(&env_dir), "generation {} is not under $CR_CKPT_DIR {}", gen.display(), env_dir.display());
+    let st = s.crctl_env_only(&["status"]);
+    assert!(st.status.success() && st.stdout_text().contains(&run.pid.to_string()), "crctl via $CR_COORD: {}", st.describe());
+    s.kill_all(&mut [&mut run]);
+
+    opts.ckpt_dir_env = None;
+    s.gate.clear_reached();
+    let mut run = s.launch_with(&probe::memory(), &opts);
+    s.wait_reached(&mut run, 1);
+    let gen = s.checkpoint();
+    assert!(gen.starts_with(&s.work_dir), "generation {} is not under crlaunch's cwd {}", gen.display(), s.work_dir.display());
+    s.kill_all(&mut [&mut run]);
+}
