@@ -69,6 +69,54 @@ fn pristine_still_restarts(f: &Flow, ck: &Checkpointed) {
     f.finish(&mut r);
 }
 
+// --- Corruptions (checked against the format reader by
+// `image_corruptions_are_rejected_by_the_format_reader_for_the_intended_reason`).
+
+/// Cut the image to half its size.
+fn truncate_image(img: &Path) {
+    let len = file_len(img);
+    assert!(len > 2 * HEADER_SIZE as u64, "image suspiciously small: {len} bytes");
+    fs::OpenOptions::new().write(true).open(img).and_then(|fh| fh.set_len(len / 2)).expect("truncate image");
+}
+
+/// Flip a byte in the middle of the metadata section.
+fn corrupt_metadata(img: &Path) {
+    let mut bytes = fs::read(img).expect("read image");
+    let h = Header::from_bytes(&bytes).expect("pristine header parses");
+    assert!(h.meta_len > 0 && h.meta_offset + h.meta_len <= bytes.len() as u64, "{h:?}");
+    let at = (h.meta_offset + h.meta_len / 2) as usize;
+    bytes[at] ^= 0x5a;
+    fs::write(img, &bytes).expect("write image");
+}
+
+/// Flip a byte in the middle of the largest stored page run (metadata stays valid).
+fn corrupt_page_data(img: &Path) {
+    let meta = read_image(img).expect("pristine image reads").meta;
+    let run = meta
+        .regions
+        .iter()
+        .flat_map(|r| r.runs.iter())
+        .max_by_key(|r| r.len)
+        .copied()
+        .expect("the image stores page data");
+    let mut bytes = fs::read(img).expect("read image");
+    let at = (run.offset + run.len / 2 + 17) as usize;
+    bytes[at] ^= 0xa5;
+    fs::write(img, &bytes).expect("write image");
+}
+
+/// Set the format version to 2 and fix the header checksum (crc32c of bytes 0..72, LE at
+/// 72), so that the version is the only thing wrong.
+fn patch_version(img: &Path) {
+    let mut bytes = fs::read(img).expect("read image");
+    assert_eq!(&bytes[0..8], b"CRUSTIMG", "image magic");
+    assert_eq!(u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes")), 1, "image version");
+    bytes[8..12].copy_from_slice(&2u32.to_le_bytes());
+    let crc = crc32c::crc32c(&bytes[0..72]);
+    bytes[72..76].copy_from_slice(&crc.to_le_bytes());
+    fs::write(img, &bytes).expect("write image");
+}
+
 #[test]
 fn crrestart_on_missing_path_fails_cleanly() {
     let s = Session::new("err_missing");
@@ -83,10 +131,7 @@ fn crrestart_on_truncated_image_fails_cleanly() {
     let s = Session::new("err_truncated");
     let (f, ck) = checkpointed(&s);
     let gen = copy_generation(&f, &ck, "truncated");
-    let img = the_image(&gen);
-    let len = file_len(&img);
-    assert!(len > 2 * HEADER_SIZE as u64, "image suspiciously small: {len} bytes");
-    fs::OpenOptions::new().write(true).open(&img).and_then(|fh| fh.set_len(len / 2)).expect("truncate image");
+    truncate_image(&the_image(&gen));
     expect_clean_failure(&f, &gen, &["truncat"], "a truncated image");
     pristine_still_restarts(&f, &ck);
 }
@@ -96,13 +141,7 @@ fn crrestart_on_corrupt_metadata_byte_fails_cleanly() {
     let s = Session::new("err_meta");
     let (f, ck) = checkpointed(&s);
     let gen = copy_generation(&f, &ck, "meta");
-    let img = the_image(&gen);
-    let mut bytes = fs::read(&img).expect("read image");
-    let h = Header::from_bytes(&bytes).expect("pristine header parses");
-    assert!(h.meta_len > 0 && h.meta_offset + h.meta_len <= bytes.len() as u64, "{h:?}");
-    let at = (h.meta_offset + h.meta_len / 2) as usize;
-    bytes[at] ^= 0x5a;
-    fs::write(&img, &bytes).expect("write image");
+    corrupt_metadata(&the_image(&gen));
     expect_clean_failure(&f, &gen, &["corrupt", "checksum", "crc"], "a corrupted metadata byte");
     pristine_still_restarts(&f, &ck);
 }
@@ -113,19 +152,7 @@ fn crrestart_on_corrupt_page_data_fails_cleanly() {
     let (f, ck) = checkpointed(&s);
     let gen = copy_generation(&f, &ck, "pages");
     let img = the_image(&gen);
-    let meta = read_image(&img).expect("pristine image reads").meta;
-    // The largest stored run; flip a byte in its middle.
-    let run = meta
-        .regions
-        .iter()
-        .flat_map(|r| r.runs.iter())
-        .max_by_key(|r| r.len)
-        .copied()
-        .expect("the image stores page data");
-    let mut bytes = fs::read(&img).expect("read image");
-    let at = (run.offset + run.len / 2 + 17) as usize;
-    bytes[at] ^= 0xa5;
-    fs::write(&img, &bytes).expect("write image");
+    corrupt_page_data(&img);
     assert!(read_image(&img).is_ok(), "the corruption must be in page data only (metadata still valid)");
     expect_clean_failure(&f, &gen, &["corrupt", "checksum", "crc"], "a corrupted page-data byte");
     pristine_still_restarts(&f, &ck);
@@ -136,14 +163,7 @@ fn crrestart_on_wrong_image_version_fails_cleanly() {
     let s = Session::new("err_version");
     let (f, ck) = checkpointed(&s);
     let gen = copy_generation(&f, &ck, "version");
-    let img = the_image(&gen);
-    let mut bytes = fs::read(&img).expect("read image");
-    assert_eq!(&bytes[0..8], b"CRUSTIMG", "image magic");
-    assert_eq!(u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes")), 1, "image version");
-    bytes[8..12].copy_from_slice(&2u32.to_le_bytes());
-    let crc = crc32c::crc32c(&bytes[0..72]);
-    bytes[72..76].copy_from_slice(&crc.to_le_bytes());
-    fs::write(&img, &bytes).expect("write image");
+    patch_version(&the_image(&gen));
     expect_clean_failure(&f, &gen, &["version"], "an image of another format version");
     pristine_still_restarts(&f, &ck);
 }
@@ -172,4 +192,87 @@ fn crrestart_with_deleted_open_file_fails_cleanly() {
     fs::hard_link(&saved, &file).expect("put the file back");
     assert_eq!(inode(&file), inode(&saved));
     pristine_still_restarts(&f, &ck);
+}
+
+/// A small valid image written with the format crate's own encoder: each corruption above
+/// must make the format reader fail for the intended reason (and the pristine image pass).
+/// Needs no crust binaries.
+#[test]
+fn image_corruptions_are_rejected_by_the_format_reader_for_the_intended_reason() {
+    use crust_format::image::{encode_meta, verify_pages, ImageMeta, MmInfo, PageRun, Region, RegionKind, RestartEntry};
+    use crust_format::Error;
+    use std::io::Write;
+
+    let dir = std::env::temp_dir().join(format!("crust-tests-synthetic-{}", std::process::id()));
+    fs::create_dir_all(&dir).unwrap();
+    let page_data: Vec<u8> = (0..4 * 4096u32).map(|i| (i * 7 + i / 4096) as u8).collect();
+    let meta = ImageMeta {
+        comp_id: 1,
+        generation: 1,
+        vpid: 100,
+        vppid: 1,
+        real_pid: 100,
+        hostname: "h".into(),
+        kernel_release: "k".into(),
+        xcr0: 0,
+        program: "p".into(),
+        args: vec![],
+        comm: "p".into(),
+        exe: "/p".into(),
+        cwd: "/".into(),
+        umask: 0o22,
+        rlimits: vec![],
+        mm: MmInfo::default(),
+        auxv: vec![],
+        restart: RestartEntry::default(),
+        ckpt_signal: 12,
+        threads: vec![],
+        fds: vec![],
+        regions: vec![Region {
+            start: 0x10000,
+            end: 0x20000,
+            prot: 3,
+            shared: false,
+            grows_down: false,
+            kind: RegionKind::Anon,
+            runs: vec![PageRun { addr: 0x10000, len: page_data.len() as u64, offset: HEADER_SIZE as u64, crc: crc32c::crc32c(&page_data) }],
+        }],
+        taken_unix: 0,
+    };
+    let (meta_bytes, meta_crc) = encode_meta(&meta).unwrap();
+    let meta_offset = (HEADER_SIZE + page_data.len()) as u64;
+    let header = Header {
+        version: crust_format::image::VERSION,
+        flags: 0,
+        meta_offset,
+        meta_len: meta_bytes.len() as u64,
+        meta_crc,
+        data_offset: HEADER_SIZE as u64,
+        data_len: page_data.len() as u64,
+        file_len: meta_offset + meta_bytes.len() as u64,
+    };
+    let write = |p: &Path| {
+        let mut f = fs::File::create(p).unwrap();
+        f.write_all(&header.to_bytes()).unwrap();
+        f.write_all(&page_data).unwrap();
+        f.write_all(&meta_bytes).unwrap();
+    };
+    let check = |p: &Path| read_image(p).and_then(|im| verify_pages(p, &im.meta));
+    let img = dir.join("proc-100.crimg");
+
+    write(&img);
+    check(&img).expect("the pristine synthetic image is valid");
+    truncate_image(&img);
+    assert!(matches!(check(&img), Err(Error::Truncated { .. })), "{:?}", check(&img));
+    write(&img);
+    corrupt_metadata(&img);
+    assert!(matches!(check(&img), Err(Error::Corrupt(_))), "{:?}", check(&img));
+    write(&img);
+    corrupt_page_data(&img);
+    assert!(read_image(&img).is_ok(), "page corruption leaves the metadata valid");
+    assert!(matches!(check(&img), Err(Error::Corrupt(_))), "{:?}", check(&img));
+    write(&img);
+    patch_version(&img);
+    assert!(matches!(check(&img), Err(Error::Version { found: 2, .. })), "{:?}", check(&img));
+    fs::remove_dir_all(&dir).unwrap();
 }
