@@ -260,11 +260,34 @@ pub fn compile_c(name: &str, extra: &[&str], variant: &str) -> PathBuf {
 // ---------------------------------------------------------------------------------------
 // Small utilities
 
-/// A loopback port that was free a moment ago (bind port 0, read it, drop the socket).
-/// Never hands out the same port twice in one test binary.
+/// A loopback port that was free a moment ago (bound, read, dropped). Chosen below the
+/// kernel's ephemeral range when there is room, so that no outgoing connection (of crctl,
+/// of a preload) can take it between now and the moment the coordinator binds it; falls
+/// back to binding port 0. Never hands out the same port twice in one test binary.
 pub fn free_port() -> u16 {
     static USED: Mutex<Vec<u16>> = Mutex::new(Vec::new());
     let mut used = USED.lock().unwrap_or_else(|e| e.into_inner());
+    let ephemeral_low: u32 = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|n| n.parse().ok()))
+        .unwrap_or(32768);
+    if ephemeral_low > 12000 {
+        // Ports [10000, ephemeral_low), starting at a point that differs between test
+        // binaries and runs.
+        let span = ephemeral_low - 10000;
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+        let start = (std::process::id().wrapping_mul(7919) ^ nanos) % span;
+        for i in 0..span {
+            let port = (10000 + (start + i * 7) % span) as u16;
+            if used.contains(&port) {
+                continue;
+            }
+            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                used.push(port);
+                return port;
+            }
+        }
+    }
     loop {
         let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
         let port = l.local_addr().expect("local_addr").port();
