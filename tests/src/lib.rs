@@ -389,6 +389,22 @@ pub fn assert_same_bytes(expected: &[u8], actual: &[u8], what: &str) {
     );
 }
 
+/// `crctl --coord 127.0.0.1:PORT checkpoint --wait` for any coordinator: returns the
+/// generation directory it prints as its last line (panics if the checkpoint fails).
+/// Tests normally use [`Session::checkpoint`], which also waits for registration.
+pub fn checkpoint(port: u16) -> PathBuf {
+    let out = Command::new(&bins().crctl)
+        .arg("--coord")
+        .arg(format!("127.0.0.1:{port}"))
+        .args(["checkpoint", "--wait"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run crctl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "crctl checkpoint --wait failed ({}): {text}{}", out.status, String::from_utf8_lossy(&out.stderr));
+    PathBuf::from(text.lines().map(str::trim).rfind(|l| !l.is_empty()).expect("a generation path"))
+}
+
 /// Captured result of a command.
 #[derive(Debug, Clone)]
 pub struct CmdOutput {
