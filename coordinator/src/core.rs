@@ -113,7 +113,8 @@ struct Generation {
     comp_dir: PathBuf,
     started: Instant,
     started_unix: u64,
-    deadline: Instant,
+    /// `None` when the timeout is too large to represent (never).
+    deadline: Option<Instant>,
     phase: GenPhase,
     members: BTreeMap<ConnId, Member>,
     /// Control connections waiting for the outcome.
@@ -210,7 +211,7 @@ impl Core {
     /// Run timers that are due at `now`.
     pub fn tick(&mut self, now: Instant) -> Vec<Action> {
         if let Some(g) = &self.generation {
-            if now >= g.deadline {
+            if g.deadline.is_some_and(|d| now >= d) {
                 let late: Vec<String> =
                     g.members.values().filter(|m| !m.reached).map(|m| m.proc.describe()).collect();
                 let reason = format!(
@@ -242,14 +243,16 @@ impl Core {
     pub fn next_deadline(&self) -> Option<Instant> {
         let mut d: Option<Instant> = None;
         let mut consider = |t: Instant| d = Some(d.map_or(t, |x| x.min(t)));
-        if let Some(g) = &self.generation {
-            consider(g.deadline);
+        if let Some(d) = self.generation.as_ref().and_then(|g| g.deadline) {
+            consider(d);
         }
         if let Some(t) = self.interval_due() {
             consider(t);
         }
         if self.cfg.exit_when_idle && !self.ever_had_process && !self.exiting {
-            consider(self.started + self.cfg.idle_grace);
+            if let Some(t) = self.started.checked_add(self.cfg.idle_grace) {
+                consider(t);
+            }
         }
         d
     }
@@ -258,7 +261,8 @@ impl Core {
         if self.cfg.interval_secs == 0 || self.generation.is_some() || self.process_count() == 0 {
             return None;
         }
-        self.interval_base.map(|b| b + Duration::from_secs(self.cfg.interval_secs))
+        // An interval too large to represent is never due.
+        self.interval_base.and_then(|b| b.checked_add(Duration::from_secs(self.cfg.interval_secs)))
     }
 
     fn send(&mut self, c: ConnId, m: FromCoord) {
@@ -289,7 +293,7 @@ impl Core {
         }
         if self.ever_had_process {
             info!("last process gone; exiting (--exit-when-idle)");
-        } else if now >= self.started + self.cfg.idle_grace {
+        } else if self.started.checked_add(self.cfg.idle_grace).is_some_and(|t| now >= t) {
             info!("no process connected within {} s; exiting (--exit-when-idle)", self.cfg.idle_grace.as_secs());
         } else {
             return;
@@ -627,7 +631,7 @@ impl Core {
             comp_dir,
             started: now,
             started_unix: unix_now(),
-            deadline: now + self.cfg.generation_timeout,
+            deadline: now.checked_add(self.cfg.generation_timeout),
             phase: GenPhase::Suspend,
             members,
             waiters: Vec::new(),
@@ -750,7 +754,14 @@ impl Core {
             Conn::Process(p) => {
                 info!(vpid = p.vpid, real_pid = p.real_pid, "process {} left", p.program);
                 let phase = self.generation.as_ref().filter(|g| g.members.contains_key(&c)).map(|g| g.phase);
-                if let Some(phase) = phase {
+                if phase == Some(GenPhase::Resume) {
+                    // Every image is durable already: a process that exits while
+                    // resuming (its program finished) does not spoil the generation.
+                    if let Some(m) = self.generation.as_mut().and_then(|g| g.members.get_mut(&c)) {
+                        m.reached = true;
+                    }
+                    self.advance(now);
+                } else if let Some(phase) = phase {
                     if let Some(g) = self.generation.as_mut() {
                         g.members.remove(&c);
                     }
@@ -1045,6 +1056,41 @@ mod tests {
         assert_eq!(a, vec![Action::Kill { real_pid: vpid }, Action::Send(9, FromCoord::Reply(Reply::Ok))]);
         let a = f.cmd(9, Command::Quit);
         assert_eq!(a, vec![Action::Send(9, FromCoord::Reply(Reply::Ok)), Action::Exit]);
+    }
+
+    #[test]
+    fn leaving_while_resuming_completes_the_generation() {
+        let mut f = fixture("resumeleave");
+        f.connect(1, hello(None, 1));
+        f.connect(2, hello(None, 2));
+        f.control(9);
+        let a = f.cmd(9, Command::Checkpoint { wait: true, kill_after: false });
+        let FromCoord::Checkpoint { dir, .. } = &sends_to(&a, 1)[0] else { panic!() };
+        let dir = PathBuf::from(dir);
+        for c in [1, 2] {
+            f.msg(c, ToCoord::Reached { generation: 1, phase: Phase::Suspended });
+        }
+        for (c, vpid) in [(1, 1), (2, 2)] {
+            std::fs::write(dir.join(manifest::image_file_name(vpid)), b"i").unwrap();
+            f.msg(c, ToCoord::Written { generation: 1, report: report(vpid) });
+        }
+        f.msg(1, ToCoord::Reached { generation: 1, phase: Phase::Resumed });
+        let a = f.input(Input::Closed(2));
+        assert!(matches!(sends_to(&a, 9).as_slice(), [FromCoord::Reply(Reply::Done(_))]), "{a:?}");
+        assert_eq!(manifest::read_manifest(&dir).unwrap().processes.len(), 2);
+    }
+
+    #[test]
+    fn huge_interval_or_timeout_never_overflows() {
+        let mut f = fixture("huge");
+        f.core.cfg.generation_timeout = Duration::from_secs(u64::MAX);
+        f.control(9);
+        f.connect(1, hello(None, 1));
+        f.cmd(9, Command::Interval { secs: u64::MAX });
+        assert_eq!(f.core.next_deadline(), None);
+        f.cmd(9, Command::Checkpoint { wait: false, kill_after: false });
+        assert_eq!(f.core.next_deadline(), None);
+        assert!(f.core.tick(f.now + Duration::from_secs(1 << 40)).is_empty());
     }
 
     #[test]
