@@ -1,1 +1,58 @@
+//! `libcrpreload.so`: the part of crust that lives inside every checkpointed process.
+//!
+//! Loaded with LD_PRELOAD by `crlaunch`. At load time ([`init`]) it resolves the real libc
+//! functions it wraps, installs the checkpoint signal handler and starts the checkpoint
+//! thread, which talks to the coordinator. Module map:
+//!
+//! * [`sys`]: raw system calls: the preload never calls libc for its own work.
+//! * [`heap`]: the private allocator (never libc malloc).
+//! * [`config`]: settings from the environment, read once at load.
+//! * [`vpid`]: the virtual pid/tid table (what the program sees vs the kernel's ids).
+//! * [`quiesce`]: the checkpoint signal handler, the wrapper lock, stopping and resuming threads.
+//! * [`procfs`]: reading /proc/self (maps, pagemap, stat, fds).
+//! * [`dump`]: writing the image.
+//! * [`ckpt_thread`]: the checkpoint thread and its coordinator connection.
+//! * [`restore`]: what runs after the restorer has put memory back: threads, signals, timers.
+//! * [`wrappers`]: the libc functions we interpose.
 
+#![allow(clippy::missing_safety_doc)]
+
+pub mod heap;
+pub mod ckpt_thread;
+pub mod config;
+pub mod dump;
+pub mod procfs;
+pub mod quiesce;
+pub mod restore;
+pub mod sys;
+pub mod vpid;
+pub mod wrappers;
+
+#[global_allocator]
+static GLOBAL: heap::PreloadAlloc = heap::PreloadAlloc;
+
+use core::sync::atomic::{AtomicBool, Ordering};
+
+static INITIALIZED: AtomicBool = AtomicBool::new(false);
+
+/// Runs when the dynamic loader maps the library, before the program's `main`.
+/// glibc passes `argc, argv, envp` to `.init_array` functions.
+extern "C" fn init(argc: i32, argv: *const *const u8, envp: *const *const u8) {
+    if INITIALIZED.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    // SAFETY: argv/envp come from the loader and are NUL-terminated arrays of C strings.
+    unsafe {
+        config::load(argc, argv, envp);
+    }
+    if config::get().disabled {
+        return;
+    }
+    wrappers::resolve_real_symbols();
+    quiesce::install_handler();
+    ckpt_thread::start();
+}
+
+#[used]
+#[unsafe(link_section = ".init_array")]
+static INIT_ARRAY: extern "C" fn(i32, *const *const u8, *const *const u8) = init;

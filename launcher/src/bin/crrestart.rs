@@ -1,0 +1,42 @@
+//! `crrestart [--coord HOST:PORT] PATH`: restart a checkpointed program.
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(name = "crrestart", about = "Restart a program from a crust checkpoint (a checkpoint directory or one generation)")]
+struct Args {
+    /// Coordinator address (env CR_COORD); started if none answers on a local address.
+    #[arg(long)]
+    coord: Option<String>,
+    /// Do not start a coordinator.
+    #[arg(long)]
+    no_coord_start: bool,
+    /// Keep files the program writes as they are (default: truncate back to checkpoint-time size).
+    #[arg(long)]
+    keep_files: bool,
+    /// Skip checking page checksums before starting (the restorer still checks them).
+    #[arg(long)]
+    no_verify: bool,
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// A checkpoint directory or one generation's directory.
+    path: std::path::PathBuf,
+}
+
+fn main() {
+    let a = Args::parse();
+    crust_launcher::init_logging(a.verbose);
+    let opts = crust_launcher::restart::RestartOptions {
+        path: a.path,
+        coord: a.coord.unwrap_or_else(crust_launcher::default_coord),
+        start_coordinator: !a.no_coord_start,
+        keep_files: a.keep_files,
+        verify: !a.no_verify,
+    };
+    match crust_launcher::restart::restart(&opts) {
+        Ok(never) => match never {},
+        Err(e) => {
+            eprintln!("crrestart: {e}");
+            std::process::exit(2);
+        }
+    }
+}

@@ -1,0 +1,338 @@
+//! The checkpoint thread: one per process, connected to the coordinator.
+//!
+//! It is created with the real `pthread_create` (so glibc knows it and its TLS works),
+//! blocks every signal except glibc's internal SIGCANCEL/SIGSETXID, and serves the
+//! coordinator's checkpoint requests (see `crust_format::wire` for the barrier phases).
+//! At restart it is recreated from scratch on its old stack by `restore.rs` and starts
+//! again in [`restart_main`].
+//!
+//! The coordinator connection is a TCP socket moved to a high fd number and marked as
+//! ours, so the program's fd scans, close loops and dup2 calls leave it alone.
+
+use crate::quiesce;
+use crate::restore;
+use crate::sys::{self, sc};
+use core::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use crust_format::wire::{self, FromCoord, ImageReport, Phase, ToCoord};
+use std::string::{String, ToString};
+use std::vec::Vec;
+
+/// The coordinator socket (-1 when disconnected).
+pub static COORD_FD: AtomicI32 = AtomicI32::new(-1);
+/// The computation this process belongs to (0 = not yet known).
+pub static COMP_ID: AtomicU64 = AtomicU64::new(0);
+
+/// Lowest fd number used for the preload's own descriptors.
+const OWN_FD_BASE: usize = 1000;
+
+type PthreadCreate =
+    unsafe extern "C" fn(*mut libc::pthread_t, *const libc::pthread_attr_t, extern "C" fn(*mut libc::c_void) -> *mut libc::c_void, *mut libc::c_void) -> i32;
+
+/// Start the checkpoint thread (at load time, and in a forked child).
+pub fn start() {
+    let Some(create) = crate::wrappers::real::<PthreadCreate>(&crate::wrappers::REAL_PTHREAD_CREATE) else { return };
+    // The new thread inherits our signal mask: create it with everything blocked.
+    let old = sys::sigprocmask(libc::SIG_SETMASK, Some(!0u64));
+    let mut t: libc::pthread_t = 0;
+    // SAFETY: attributes are plain old data initialised by libc.
+    unsafe {
+        let mut attr: libc::pthread_attr_t = core::mem::zeroed();
+        libc::pthread_attr_init(&mut attr);
+        libc::pthread_attr_setstacksize(&mut attr, 1 << 20);
+        libc::pthread_attr_setdetachstate(&mut attr, libc::PTHREAD_CREATE_DETACHED);
+        create(&mut t, &attr, thread_main, core::ptr::null_mut());
+        libc::pthread_attr_destroy(&mut attr);
+    }
+    sys::sigprocmask(libc::SIG_SETMASK, Some(old));
+}
+
+fn unblock_glibc_internal_signals() {
+    // SIGCANCEL (32) and SIGSETXID (33): glibc's setuid() broadcast waits for every thread.
+    sys::sigprocmask(libc::SIG_SETMASK, Some(!0u64 & !(1u64 << 31) & !(1u64 << 32)));
+}
+
+extern "C" fn thread_main(_: *mut libc::c_void) -> *mut libc::c_void {
+    unblock_glibc_internal_signals();
+    record_self();
+    serve_forever();
+}
+
+/// Entry of the recreated checkpoint thread after a restart.
+pub extern "C" fn restart_main(_req: *const restore::CloneReq) {
+    unblock_glibc_internal_signals();
+    quiesce::CKPT_TID.store(sys::gettid(), Ordering::Release);
+    // The old connection belonged to the old process.
+    let old = COORD_FD.swap(-1, Ordering::AcqRel);
+    if old >= 0 {
+        crate::dump::remove_own_fd(old);
+    }
+    serve_forever();
+}
+
+/// Remember what a restart needs to recreate this thread.
+fn record_self() {
+    quiesce::CKPT_TID.store(sys::gettid(), Ordering::Release);
+    let mut info = restore::CkptThreadInfo::default();
+    let marker = 0u8;
+    // Restart this thread well below the frames of its current stack.
+    info.stack_top = ((&marker as *const u8 as u64) - 4096) & !15;
+    // SAFETY: queries of this thread's own kernel state into valid out-pointers.
+    unsafe {
+        sc!(sys::SYS_arch_prctl, 0x1003, &mut info.fs_base as *mut u64);
+        sc!(sys::SYS_prctl, libc::PR_GET_TID_ADDRESS, &mut info.clear_tid_addr as *mut u64);
+        sc!(sys::SYS_get_robust_list, 0, &mut info.robust_head as *mut u64, &mut info.robust_len as *mut u64);
+        let rsize = quiesce::RSEQ_SIZE.load(Ordering::Relaxed);
+        if rsize > 0 {
+            let addr = info.fs_base.wrapping_add(quiesce::RSEQ_OFFSET.load(Ordering::Relaxed));
+            if sc!(sys::SYS_rseq, addr, 32u32, 0, 0x5305_3053u32) == -(libc::EBUSY as isize) {
+                info.rseq_addr = addr;
+            }
+        }
+        restore::CKPT_INFO = info;
+    }
+}
+
+fn sleep_ms(ms: u64) {
+    let ts = libc::timespec { tv_sec: (ms / 1000) as i64, tv_nsec: ((ms % 1000) * 1_000_000) as i64 };
+    // SAFETY: ts is valid.
+    unsafe { sc!(libc::SYS_nanosleep, &ts as *const libc::timespec, 0) };
+}
+
+fn serve_forever() -> ! {
+    let mut backoff = 50;
+    loop {
+        match connect() {
+            Ok(fd) => {
+                backoff = 50;
+                let _ = session(fd);
+                COORD_FD.store(-1, Ordering::Release);
+                crate::dump::remove_own_fd(fd);
+                sys::close(fd);
+            }
+            Err(_) => {}
+        }
+        sleep_ms(backoff);
+        backoff = (backoff * 2).min(2000);
+    }
+}
+
+fn parse_addr(s: &str) -> Option<libc::sockaddr_in> {
+    let (host, port) = s.rsplit_once(':')?;
+    let port: u16 = port.parse().ok()?;
+    let host = if host == "localhost" || host.is_empty() { "127.0.0.1" } else { host };
+    let mut ip = [0u8; 4];
+    let mut parts = host.split('.');
+    for b in ip.iter_mut() {
+        *b = parts.next()?.parse().ok()?;
+    }
+    if parts.next().is_some() {
+        return None;
+    }
+    Some(libc::sockaddr_in {
+        sin_family: libc::AF_INET as u16,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(ip) },
+        sin_zero: [0; 8],
+    })
+}
+
+fn connect() -> Result<i32, i32> {
+    let addr = parse_addr(&crate::config::get().coord).ok_or(libc::EINVAL)?;
+    // SAFETY: plain socket creation.
+    let fd = sys::check(unsafe { sc!(sys::SYS_socket, libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) })? as i32;
+    // SAFETY: addr is a valid sockaddr_in.
+    let r = sys::check(unsafe {
+        sc!(sys::SYS_connect, fd, &addr as *const libc::sockaddr_in, core::mem::size_of::<libc::sockaddr_in>())
+    });
+    if let Err(e) = r {
+        sys::close(fd);
+        return Err(e);
+    }
+    // Move it out of the program's way.
+    let high = sys::fcntl(fd, libc::F_DUPFD_CLOEXEC, OWN_FD_BASE).map(|v| v as i32).unwrap_or(fd);
+    if high != fd {
+        sys::close(fd);
+    }
+    crate::dump::add_own_fd(high);
+    COORD_FD.store(high, Ordering::Release);
+    let one: i32 = 1;
+    // SAFETY: valid option value.
+    unsafe {
+        sc!(sys::SYS_setsockopt, high, libc::IPPROTO_TCP, libc::TCP_NODELAY, &one as *const i32, 4);
+    }
+    Ok(high)
+}
+
+fn send(fd: i32, msg: &ToCoord) -> Result<(), String> {
+    let frame = wire::encode(msg).map_err(|e| e.to_string())?;
+    sys::write_all(fd, &frame).map_err(|e| std::format!("send: errno {e}"))
+}
+
+fn recv(fd: i32) -> Result<FromCoord, String> {
+    let mut prefix = [0u8; 4];
+    read_exact(fd, &mut prefix)?;
+    let n = wire::frame_len(prefix).map_err(|e| e.to_string())?;
+    let mut body = std::vec![0u8; n];
+    read_exact(fd, &mut body)?;
+    wire::decode(&body).map_err(|e| e.to_string())
+}
+
+fn read_exact(fd: i32, buf: &mut [u8]) -> Result<(), String> {
+    let mut done = 0;
+    while done < buf.len() {
+        match sys::read(fd, &mut buf[done..]) {
+            Ok(0) => return Err("coordinator closed the connection".to_string()),
+            Ok(n) => done += n,
+            Err(e) => return Err(std::format!("recv: errno {e}")),
+        }
+    }
+    Ok(())
+}
+
+fn set_recv_timeout(fd: i32, secs: i64) {
+    let tv = libc::timeval { tv_sec: secs, tv_usec: 0 };
+    // SAFETY: valid option value.
+    unsafe {
+        sc!(sys::SYS_setsockopt, fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv as *const libc::timeval, core::mem::size_of::<libc::timeval>());
+    }
+}
+
+fn hostname() -> String {
+    // SAFETY: plain old data.
+    let mut u: libc::utsname = unsafe { core::mem::zeroed() };
+    // SAFETY: valid out-pointer.
+    unsafe { sc!(sys::SYS_uname, &mut u as *mut libc::utsname) };
+    let b: Vec<u8> = u.nodename.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
+    String::from_utf8_lossy(&b).into_owned()
+}
+
+fn session(fd: i32) -> Result<(), String> {
+    let cfg = crate::config::get();
+    let comp = COMP_ID.load(Ordering::Relaxed);
+    let restored = restore::RESTARTED_FROM.load(Ordering::Relaxed);
+    send(
+        fd,
+        &ToCoord::HelloProcess {
+            proto: wire::PROTOCOL_VERSION,
+            token: None,
+            comp_id: (comp != 0).then_some(comp),
+            vpid: crate::vpid::vpid(),
+            vppid: crate::vpid::to_virtual(sys::getppid()),
+            real_pid: sys::getpid(),
+            hostname: hostname(),
+            program: cfg.program.clone(),
+            args: cfg.args.clone(),
+            restored_from: (restored != 0).then_some(restored),
+        },
+    )?;
+    match recv(fd)? {
+        FromCoord::Welcome { comp_id, .. } => COMP_ID.store(comp_id, Ordering::Relaxed),
+        FromCoord::Rejected { reason } => {
+            // Not fatal for the program: try again later (quietly).
+            sleep_ms(2000);
+            return Err(reason);
+        }
+        _ => return Err("unexpected first message".to_string()),
+    }
+    loop {
+        match recv(fd)? {
+            FromCoord::Checkpoint { generation, dir } => checkpoint(fd, generation, &dir)?,
+            FromCoord::Abort { generation, .. } => {
+                // Nothing in progress here: just acknowledge.
+                send(fd, &ToCoord::Reached { generation, phase: Phase::Resumed })?;
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Copyable numbers that survive the end of the scratch window.
+struct Outcome {
+    ok: bool,
+    report: Option<(u64, u64, u64, u64)>,
+    file_name: [u8; 64],
+    file_len: usize,
+}
+
+fn checkpoint(fd: i32, generation: u64, dir: &str) -> Result<(), String> {
+    let t0 = sys::clock_monotonic_ns();
+    if let Err(quiesce::SuspendError::Timeout { detail, .. }) = quiesce::suspend_all(30_000_000_000) {
+        quiesce::resume_all();
+        return send(fd, &ToCoord::Failed { generation, error: detail });
+    }
+    // From here until resume_all, allocations go to the scratch arena.
+    restore::save_process_state();
+    // SAFETY: single writer (this thread), application threads stopped.
+    unsafe {
+        restore::SAVED.generation = generation;
+    }
+    set_recv_timeout(fd, 600);
+    let outcome = window(fd, generation, dir, t0);
+    quiesce::resume_all();
+    set_recv_timeout(fd, 0);
+    let total_us = (sys::clock_monotonic_ns() - t0) / 1000;
+    let _ = total_us;
+    match outcome {
+        Ok(o) if o.ok => send(fd, &ToCoord::Reached { generation, phase: Phase::Resumed }),
+        Ok(o) => {
+            if o.report.is_none() {
+                // Aborted by the coordinator.
+                send(fd, &ToCoord::Reached { generation, phase: Phase::Resumed })
+            } else {
+                Ok(())
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The part of a checkpoint during which the program is stopped.
+fn window(fd: i32, generation: u64, dir: &str, t0: u64) -> Result<Outcome, String> {
+    let mut out = Outcome { ok: false, report: None, file_name: [0; 64], file_len: 0 };
+    send(fd, &ToCoord::Reached { generation, phase: Phase::Suspended })?;
+    match recv(fd)? {
+        FromCoord::Proceed { phase: Phase::Written, .. } => {}
+        FromCoord::Abort { .. } => return Ok(out),
+        _ => return Err("unexpected message while suspended".to_string()),
+    }
+    let t_write = sys::clock_monotonic_ns();
+    let req = crate::dump::DumpRequest {
+        dir,
+        comp_id: COMP_ID.load(Ordering::Relaxed),
+        generation,
+        restart: crust_format::image::RestartEntry {
+            entry: restore::crust_restart_entry as *const () as u64,
+            stack_top: restore::restart_stack_top(),
+        },
+    };
+    match crate::dump::write_image(&req) {
+        Ok(res) => {
+            let now = sys::clock_monotonic_ns();
+            let report = ImageReport {
+                file: res.file_name.clone(),
+                bytes: res.bytes,
+                memory_bytes: res.memory_bytes,
+                downtime_us: (now - t0) / 1000,
+                write_us: (now - t_write) / 1000,
+            };
+            send(fd, &ToCoord::Written { generation, report })?;
+            let n = res.file_name.len().min(64);
+            out.file_name[..n].copy_from_slice(&res.file_name.as_bytes()[..n]);
+            out.file_len = n;
+            out.report = Some((res.bytes, res.memory_bytes, 0, 0));
+        }
+        Err(e) => {
+            send(fd, &ToCoord::Failed { generation, error: e })?;
+            out.report = None;
+        }
+    }
+    match recv(fd)? {
+        FromCoord::Proceed { phase: Phase::Resumed, .. } => out.ok = true,
+        FromCoord::Abort { .. } => {
+            out.ok = false;
+            out.report = None;
+        }
+        _ => return Err("unexpected message while writing".to_string()),
+    }
+    Ok(out)
+}

@@ -1,0 +1,423 @@
+//! The second half of a restart, running inside the restored process.
+//!
+//! `crust-restorer` has put every memory area back (the preload's own code and data
+//! included) and jumps to [`crust_restart_entry`] on a stack reserved in this library.
+//! From here on the process *is* the checkpointed program again, with one thread. This
+//! code then:
+//!
+//! 1. forgets the scratch arena and unmaps the restorer and its plan;
+//! 2. gives the main thread its kernel registrations back (clear-tid address, robust
+//!    futex list, rseq) and patches glibc's cached tid (`pthread->tid`);
+//! 3. maps virtual ids to the new real ones;
+//! 4. reinstalls every signal action, interval timer and pending signal;
+//! 5. recreates the checkpoint thread (fresh, on its old stack and thread descriptor) and
+//!    every application thread: each new kernel thread gets its old TLS, registers
+//!    robust list and rseq, waits at a gate, then does `rt_sigreturn` on the signal frame
+//!    it was stopped in, which restores all of its registers, FPU state and signal mask;
+//! 6. opens the gate and does the same `rt_sigreturn` for the main thread.
+
+use crate::quiesce::{self, ThreadSlot};
+use crate::sys::{self, sc};
+use core::sync::atomic::{AtomicU32, Ordering};
+use crust_restorer::{RestartArgs, ARGS_MAGIC};
+
+/// Stack for the restart path (the restorer jumps here with `rsp` at its top).
+#[repr(C, align(64))]
+pub struct RestartStack(pub [u8; 256 * 1024]);
+pub static mut RESTART_STACK: RestartStack = RestartStack([0; 256 * 1024]);
+
+pub fn restart_stack_top() -> u64 {
+    // SAFETY: only the address is taken.
+    let base = core::ptr::addr_of!(RESTART_STACK) as u64;
+    (base + 256 * 1024 - 64) & !15
+}
+
+/// Signal actions, interval timers and pending signals saved at checkpoint time.
+pub struct SavedProcess {
+    pub actions: [sys::KSigaction; 65],
+    pub itimers: [[i64; 4]; 3],
+    pub shared_pending: u64,
+    pub thread_pending: [u64; quiesce::MAX_THREADS],
+    pub vtids: [i32; quiesce::MAX_THREADS],
+    /// Real pid when the image was taken.
+    pub old_pid: i32,
+    pub generation: u64,
+}
+
+pub static mut SAVED: SavedProcess = SavedProcess {
+    actions: [sys::KSigaction { handler: 0, flags: 0, restorer: 0, mask: 0 }; 65],
+    itimers: [[0; 4]; 3],
+    shared_pending: 0,
+    thread_pending: [0; quiesce::MAX_THREADS],
+    vtids: [0; quiesce::MAX_THREADS],
+    old_pid: 0,
+    generation: 0,
+};
+
+/// The checkpoint thread's descriptor, recorded when it starts.
+#[derive(Clone, Copy, Default)]
+pub struct CkptThreadInfo {
+    pub fs_base: u64,
+    pub clear_tid_addr: u64,
+    pub robust_head: u64,
+    pub robust_len: u64,
+    pub rseq_addr: u64,
+    pub stack_top: u64,
+}
+pub static mut CKPT_INFO: CkptThreadInfo =
+    CkptThreadInfo { fs_base: 0, clear_tid_addr: 0, robust_head: 0, robust_len: 0, rseq_addr: 0, stack_top: 0 };
+
+/// Set once a restart has happened (the checkpoint thread reports it).
+pub static RESTARTED_FROM: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+/// Errno of PR_SET_MM_MAP in the restorer (0 = brk and friends restored).
+pub static MM_ERRNO: core::sync::atomic::AtomicI32 = core::sync::atomic::AtomicI32::new(0);
+
+/// Record signal actions, timers and pending signals (threads stopped).
+pub fn save_process_state() {
+    // SAFETY: only the checkpoint thread writes SAVED, while application threads are stopped.
+    let s = unsafe { &mut *core::ptr::addr_of_mut!(SAVED) };
+    let ours = crate::config::get().signal;
+    for sig in 1..=64 {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP || sig == ours {
+            continue;
+        }
+        let mut a = sys::KSigaction::default();
+        let _ = sys::rt_sigaction(sig, None, Some(&mut a));
+        s.actions[sig as usize] = a;
+    }
+    for (i, t) in s.itimers.iter_mut().enumerate() {
+        let mut v = [0i64; 4];
+        // SAFETY: v is a valid struct itimerval.
+        unsafe { sc!(sys::SYS_getitimer, i, v.as_mut_ptr()) };
+        *t = v;
+    }
+    let status = crate::procfs::read_string(b"/proc/self/status");
+    s.shared_pending = status
+        .lines()
+        .find_map(|l| l.strip_prefix("ShdPnd:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    for (i, slot) in quiesce::slots().iter().enumerate() {
+        let st = crate::procfs::read_string(std::format!("/proc/self/task/{}/status", slot.real_tid).as_bytes());
+        s.thread_pending[i] = st
+            .lines()
+            .find_map(|l| l.strip_prefix("SigPnd:"))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .unwrap_or(0)
+            & !(1u64 << (ours - 1));
+        s.vtids[i] = crate::vpid::to_virtual(slot.real_tid);
+    }
+    s.shared_pending &= !(1u64 << (ours - 1));
+    s.old_pid = sys::getpid();
+    crate::vpid::VPID.store(crate::vpid::vpid(), Ordering::Relaxed);
+}
+
+/// What a new thread needs, read by the assembly in [`clone_thread`].
+#[repr(C)]
+pub struct CloneReq {
+    pub flags: u64,
+    pub stack: u64,
+    pub ptid: u64,
+    pub ctid: u64,
+    pub tls: u64,
+    pub robust_head: u64,
+    pub robust_len: u64,
+    pub rseq_addr: u64,
+    pub rseq_len: u64,
+    pub rseq_sig: u64,
+    pub name: [u8; 16],
+    /// 0: `rt_sigreturn` on the frame at `stack`; 1: call `func(req)` on `stack`.
+    pub mode: u64,
+    pub func: u64,
+    pub gate: u64,
+}
+
+static mut CLONE_REQS: [CloneReq; quiesce::MAX_THREADS + 1] = [const {
+    CloneReq {
+        flags: 0,
+        stack: 0,
+        ptid: 0,
+        ctid: 0,
+        tls: 0,
+        robust_head: 0,
+        robust_len: 0,
+        rseq_addr: 0,
+        rseq_len: 0,
+        rseq_sig: 0,
+        name: [0; 16],
+        mode: 0,
+        func: 0,
+        gate: 0,
+    }
+}; quiesce::MAX_THREADS + 1];
+
+/// Threads wait here until the whole process is back.
+static GATE: AtomicU32 = AtomicU32::new(0);
+
+/// Create a kernel thread as described by `req`; returns its tid (or -errno).
+#[unsafe(naked)]
+unsafe extern "C" fn clone_thread(req: *const CloneReq) -> i64 {
+    core::arch::naked_asm!(
+        "push r12",
+        "mov r12, rdi",
+        "mov rdi, [r12]",
+        "mov rsi, [r12 + 8]",
+        "mov rdx, [r12 + 16]",
+        "mov r10, [r12 + 24]",
+        "mov r8, [r12 + 32]",
+        "mov eax, 56",
+        "syscall",
+        "test rax, rax",
+        "jz 2f",
+        "pop r12",
+        "ret",
+        // Child: rsp = req.stack, r12 = req.
+        "2:",
+        "mov rdi, [r12 + 40]",
+        "test rdi, rdi",
+        "jz 3f",
+        "mov rsi, [r12 + 48]",
+        "mov eax, 273", // set_robust_list
+        "syscall",
+        "3:",
+        "mov rdi, [r12 + 56]",
+        "test rdi, rdi",
+        "jz 4f",
+        "mov esi, [r12 + 64]",
+        "xor edx, edx",
+        "mov r10d, [r12 + 72]",
+        "mov eax, 334", // rseq
+        "syscall",
+        "4:",
+        "mov edi, 15", // PR_SET_NAME
+        "lea rsi, [r12 + 80]",
+        "mov eax, 157",
+        "syscall",
+        "5:",
+        "mov rdi, [r12 + 112]",
+        "test rdi, rdi",
+        "jz 6f",
+        "mov eax, [rdi]",
+        "test eax, eax",
+        "jnz 6f",
+        "mov esi, 128", // FUTEX_WAIT_PRIVATE
+        "xor edx, edx",
+        "xor r10d, r10d",
+        "mov eax, 202",
+        "syscall",
+        "jmp 5b",
+        "6:",
+        "cmp qword ptr [r12 + 96], 0",
+        "jne 7f",
+        "mov eax, 15", // rt_sigreturn on the frame at rsp
+        "syscall",
+        "ud2",
+        "7:",
+        "mov rdi, r12",
+        "mov rax, [r12 + 104]",
+        "and rsp, -16",
+        "call rax",
+        "xor edi, edi",
+        "mov eax, 60",
+        "syscall",
+        "ud2",
+    );
+}
+
+/// Resume the main thread: `rt_sigreturn` on its frame.
+#[unsafe(naked)]
+unsafe extern "C" fn sigreturn_on(uc: u64) -> ! {
+    core::arch::naked_asm!("mov rsp, rdi", "mov eax, 15", "syscall", "ud2");
+}
+
+fn thread_flags(clear_tid: u64) -> u64 {
+    let mut f = (libc::CLONE_VM
+        | libc::CLONE_FS
+        | libc::CLONE_FILES
+        | libc::CLONE_SIGHAND
+        | libc::CLONE_THREAD
+        | libc::CLONE_SYSVSEM
+        | libc::CLONE_SETTLS) as u64;
+    if clear_tid != 0 {
+        f |= (libc::CLONE_PARENT_SETTID | libc::CLONE_CHILD_CLEARTID) as u64;
+    }
+    f
+}
+
+fn fatal(msg: &str) -> ! {
+    sys::eprint(b"crust: restart failed: ");
+    sys::eprint(msg.as_bytes());
+    sys::eprint(b"\n");
+    sys::exit_group(70);
+}
+
+/// Entry point after the restorer put memory back. Never returns: the thread becomes the
+/// program's main thread again.
+///
+/// # Safety
+/// Only the restorer may call this, on the restart stack, with valid arguments.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn crust_restart_entry(args: *const RestartArgs) -> ! {
+    crate::heap::forget_scratch();
+    sys::sigprocmask(libc::SIG_SETMASK, Some(!0u64));
+    // SAFETY: the restorer passes a pointer into its plan, valid until we unmap it.
+    let a = unsafe { core::ptr::read(args) };
+    if a.magic != ARGS_MAGIC {
+        fatal("bad restart arguments");
+    }
+    // SAFETY: the restorer and its plan are no longer executing or needed.
+    unsafe {
+        let _ = sys::munmap(a.restorer_start as usize, (a.restorer_end - a.restorer_start) as usize);
+        let _ = sys::munmap(a.plan_addr as usize, a.plan_len as usize);
+    }
+    sys::close(a.plan_fd);
+    sys::close(a.image_fd);
+    MM_ERRNO.store(a.mm_errno, Ordering::Relaxed);
+    RESTARTED_FROM.store(a.generation, Ordering::Relaxed);
+    let coord_len = a.coord.iter().position(|&c| c == 0).unwrap_or(0);
+    if coord_len > 0 {
+        crate::config::set_coord(std::string::String::from_utf8_lossy(&a.coord[..coord_len]).into_owned());
+    }
+
+    let new_pid = sys::getpid();
+    // SAFETY: restored static state, single thread.
+    let saved = unsafe { &*core::ptr::addr_of!(SAVED) };
+    let slots: &[ThreadSlot] = quiesce::slots();
+    let vpid = crate::vpid::VPID.load(Ordering::Relaxed);
+    crate::vpid::set(vpid, new_pid);
+
+    let Some(main_idx) = slots.iter().position(|s| s.real_tid == saved.old_pid) else {
+        fatal("the image has no main thread");
+    };
+    let main = slots[main_idx];
+    // SAFETY: registering this thread's own kernel state; addresses are in restored memory.
+    unsafe {
+        // The thread pointer: the restorer ran without one.
+        sc!(sys::SYS_arch_prctl, 0x1002, main.fs_base);
+        if main.clear_tid_addr != 0 {
+            sc!(sys::SYS_set_tid_address, main.clear_tid_addr);
+            *(main.clear_tid_addr as *mut i32) = new_pid;
+        }
+        if main.robust_head != 0 {
+            sc!(sys::SYS_set_robust_list, main.robust_head, main.robust_len);
+        }
+        if main.rseq_addr != 0 {
+            sc!(sys::SYS_rseq, main.rseq_addr, main.rseq_len, 0, main.rseq_sig);
+        }
+        sc!(sys::SYS_prctl, libc::PR_SET_NAME, main.name.as_ptr());
+    }
+
+    // Signal actions (ours included).
+    let ours = crate::config::get().signal;
+    for sig in 1..=64 {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        if sig == ours {
+            let _ = sys::rt_sigaction(sig, Some(&quiesce::our_action()), None);
+        } else {
+            let _ = sys::rt_sigaction(sig, Some(&saved.actions[sig as usize]), None);
+        }
+    }
+
+    quiesce::reset_after_restart();
+    GATE.store(0, Ordering::Release);
+
+    // SAFETY: CLONE_REQS is used only here, single-threaded until the gate opens.
+    let reqs = unsafe { &mut *core::ptr::addr_of_mut!(CLONE_REQS) };
+    // The checkpoint thread, fresh.
+    // SAFETY: recorded when it first started; restored with memory.
+    let ck = unsafe { core::ptr::read(core::ptr::addr_of!(CKPT_INFO)) };
+    if ck.fs_base != 0 {
+        let r = &mut reqs[quiesce::MAX_THREADS];
+        r.flags = thread_flags(ck.clear_tid_addr);
+        r.stack = ck.stack_top;
+        r.ptid = ck.clear_tid_addr;
+        r.ctid = ck.clear_tid_addr;
+        r.tls = ck.fs_base;
+        r.robust_head = ck.robust_head;
+        r.robust_len = ck.robust_len;
+        r.rseq_addr = ck.rseq_addr;
+        r.rseq_len = if ck.rseq_addr != 0 { 32 } else { 0 };
+        r.rseq_sig = 0x5305_3053;
+        r.name = *b"crust-ckpt\0\0\0\0\0\0";
+        r.mode = 1;
+        r.func = crate::ckpt_thread::restart_main as *const () as u64;
+        r.gate = GATE.as_ptr() as u64;
+        // SAFETY: r describes a valid stack and thread descriptor.
+        let tid = unsafe { clone_thread(r) };
+        if tid < 0 {
+            fatal("cannot recreate the checkpoint thread");
+        }
+    }
+    for (i, s) in slots.iter().enumerate() {
+        if i == main_idx {
+            continue;
+        }
+        let r = &mut reqs[i];
+        r.flags = thread_flags(s.clear_tid_addr);
+        r.stack = s.ucontext;
+        r.ptid = s.clear_tid_addr;
+        r.ctid = s.clear_tid_addr;
+        r.tls = s.fs_base;
+        r.robust_head = s.robust_head;
+        r.robust_len = s.robust_len;
+        r.rseq_addr = s.rseq_addr;
+        r.rseq_len = s.rseq_len as u64;
+        r.rseq_sig = s.rseq_sig as u64;
+        r.name = s.name;
+        r.mode = 0;
+        r.func = 0;
+        r.gate = GATE.as_ptr() as u64;
+        // SAFETY: the frame and TLS are in restored memory.
+        let tid = unsafe { clone_thread(r) };
+        if tid < 0 {
+            fatal("cannot recreate a thread");
+        }
+        crate::vpid::set(saved.vtids[i], tid as i32);
+    }
+
+    // Interval timers.
+    for (i, t) in saved.itimers.iter().enumerate() {
+        if t.iter().any(|&v| v != 0) {
+            // SAFETY: t is a valid struct itimerval.
+            unsafe { sc!(sys::SYS_setitimer, i, t.as_ptr(), 0) };
+        }
+    }
+    // Close-on-exec flags (fds were opened by crrestart without them, to survive exec).
+    // SAFETY: restored static state.
+    let bits = unsafe { &*core::ptr::addr_of!(crate::dump::CLOEXEC_BITS) };
+    for (w, &b) in bits.iter().enumerate() {
+        if b == 0 {
+            continue;
+        }
+        for bit in 0..64 {
+            if b & (1 << bit) != 0 {
+                let _ = sys::fcntl((w * 64 + bit) as i32, libc::F_SETFD, libc::FD_CLOEXEC as usize);
+            }
+        }
+    }
+    // Pending signals, raised again.
+    for sig in 1..=64 {
+        if saved.shared_pending & (1u64 << (sig - 1)) != 0 {
+            let _ = sys::kill(new_pid, sig);
+        }
+    }
+    for (i, s) in slots.iter().enumerate() {
+        let p = saved.thread_pending[i];
+        if p != 0 {
+            let tid = crate::vpid::to_real(saved.vtids[i]);
+            let _ = s;
+            for sig in 1..=64 {
+                if p & (1u64 << (sig - 1)) != 0 {
+                    let _ = sys::tgkill(new_pid, tid, sig);
+                }
+            }
+        }
+    }
+    quiesce::writer_unlock();
+    GATE.store(1, Ordering::Release);
+    sys::futex_wake(&GATE, u32::MAX);
+    // SAFETY: the main thread's frame is in restored memory.
+    unsafe { sigreturn_on(main.ucontext) }
+}
