@@ -1,0 +1,482 @@
+//! The freestanding restorer proper (see main.rs).
+
+use core::arch::{asm, global_asm};
+use crust_restorer::*;
+
+// ---------------------------------------------------------------- startup
+
+#[repr(C, align(16))]
+struct Stack([u8; 256 * 1024]);
+#[unsafe(no_mangle)]
+static mut RESTORER_STACK: Stack = Stack([0; 256 * 1024]);
+
+global_asm!(
+    ".globl _start",
+    "_start:",
+    "mov rdi, rsp",
+    "lea rsp, [rip + RESTORER_STACK + 262144]",
+    "and rsp, -16",
+    "call restorer_main",
+    "ud2",
+);
+
+#[panic_handler]
+fn panic(_: &core::panic::PanicInfo) -> ! {
+    fail(b"internal error (panic)", EXIT_BAD_PLAN)
+}
+
+// Freestanding builds need these; written with string instructions so the compiler
+// cannot turn them back into calls to themselves.
+#[unsafe(no_mangle)]
+unsafe extern "C" fn memcpy(d: *mut u8, s: *const u8, n: usize) -> *mut u8 {
+    // SAFETY: the caller guarantees valid, non-overlapping ranges.
+    unsafe { asm!("rep movsb", inout("rcx") n => _, inout("rdi") d => _, inout("rsi") s => _, options(nostack)) };
+    d
+}
+#[unsafe(no_mangle)]
+unsafe extern "C" fn memmove(d: *mut u8, s: *const u8, n: usize) -> *mut u8 {
+    if (d as usize) <= (s as usize) || (d as usize) >= (s as usize) + n {
+        // SAFETY: forward copy is safe when the destination starts first or after.
+        return unsafe { memcpy(d, s, n) };
+    }
+    // SAFETY: backward copy for overlapping ranges.
+    unsafe {
+        asm!("std", "rep movsb", "cld",
+            inout("rcx") n => _, inout("rdi") d.add(n - 1) => _, inout("rsi") s.add(n - 1) => _, options(nostack));
+    }
+    d
+}
+#[unsafe(no_mangle)]
+unsafe extern "C" fn memset(d: *mut u8, c: i32, n: usize) -> *mut u8 {
+    // SAFETY: the caller guarantees a valid range.
+    unsafe { asm!("rep stosb", inout("rcx") n => _, inout("rdi") d => _, in("al") c as u8, options(nostack)) };
+    d
+}
+#[unsafe(no_mangle)]
+unsafe extern "C" fn memcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
+    let mut i = 0;
+    while i < n {
+        // SAFETY: the caller guarantees valid ranges.
+        let (x, y) = unsafe { (core::ptr::read_volatile(a.add(i)), core::ptr::read_volatile(b.add(i))) };
+        if x != y {
+            return x as i32 - y as i32;
+        }
+        i += 1;
+    }
+    0
+}
+#[unsafe(no_mangle)]
+unsafe extern "C" fn bcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
+    // SAFETY: forwarded.
+    unsafe { memcmp(a, b, n) }
+}
+
+// ---------------------------------------------------------------- syscalls
+
+#[inline(always)]
+unsafe fn sc(n: usize, a1: usize, a2: usize, a3: usize, a4: usize, a5: usize, a6: usize) -> isize {
+    let r: isize;
+    // SAFETY: the x86-64 system call convention.
+    unsafe {
+        asm!("syscall", inlateout("rax") n as isize => r,
+            in("rdi") a1, in("rsi") a2, in("rdx") a3, in("r10") a4, in("r8") a5, in("r9") a6,
+            lateout("rcx") _, lateout("r11") _, options(nostack));
+    }
+    r
+}
+
+const SYS_READ: usize = 0;
+const SYS_WRITE: usize = 1;
+const SYS_CLOSE: usize = 3;
+const SYS_FSTAT: usize = 5;
+const SYS_MMAP: usize = 9;
+const SYS_MPROTECT: usize = 10;
+const SYS_MUNMAP: usize = 11;
+const SYS_PREAD64: usize = 17;
+const SYS_MREMAP: usize = 25;
+const SYS_PRCTL: usize = 157;
+const SYS_EXIT_GROUP: usize = 231;
+const SYS_OPENAT: usize = 257;
+
+const PROT_READ: usize = 1;
+const PROT_WRITE: usize = 2;
+const MAP_SHARED: usize = 1;
+const MAP_PRIVATE: usize = 2;
+const MAP_FIXED: usize = 0x10;
+const MAP_ANONYMOUS: usize = 0x20;
+const MAP_GROWSDOWN: usize = 0x100;
+const MAP_FIXED_NOREPLACE: usize = 0x100000;
+const MREMAP_MAYMOVE: usize = 1;
+const MREMAP_FIXED: usize = 2;
+const O_RDONLY: usize = 0;
+const O_RDWR: usize = 2;
+const O_CLOEXEC: usize = 0o2000000;
+const AT_FDCWD: isize = -100;
+const PR_SET_MM: usize = 35;
+const PR_SET_MM_MAP: usize = 14;
+
+fn write_err(msg: &[u8]) {
+    // SAFETY: writing a valid buffer to stderr.
+    unsafe { sc(SYS_WRITE, 2, msg.as_ptr() as usize, msg.len(), 0, 0, 0) };
+}
+
+fn fail(msg: &[u8], code: i32) -> ! {
+    write_err(b"crust-restorer: ");
+    write_err(msg);
+    write_err(b"\n");
+    // SAFETY: ends the process.
+    unsafe { sc(SYS_EXIT_GROUP, code as usize, 0, 0, 0, 0, 0) };
+    #[allow(clippy::empty_loop)]
+    loop {}
+}
+
+fn fail_at(msg: &[u8], addr: u64, err: isize, code: i32) -> ! {
+    write_err(b"crust-restorer: ");
+    write_err(msg);
+    write_err(b" at 0x");
+    let mut buf = [0u8; 16];
+    for (i, b) in buf.iter_mut().enumerate() {
+        let nib = (addr >> (60 - 4 * i)) & 0xf;
+        *b = b"0123456789abcdef"[nib as usize];
+    }
+    write_err(&buf);
+    if err < 0 {
+        write_err(b" (errno ");
+        let mut e = (-err) as u32;
+        let mut d = [0u8; 10];
+        let mut k = d.len();
+        loop {
+            k -= 1;
+            d[k] = b'0' + (e % 10) as u8;
+            e /= 10;
+            if e == 0 {
+                break;
+            }
+        }
+        write_err(&d[k..]);
+        write_err(b")");
+    }
+    fail(b"", code)
+}
+
+// ---------------------------------------------------------------- crc32c
+
+#[target_feature(enable = "sse4.2")]
+unsafe fn crc32c(data: *const u8, len: usize) -> u32 {
+    use core::arch::x86_64::{_mm_crc32_u64, _mm_crc32_u8};
+    let mut crc: u64 = 0xffff_ffff;
+    let mut i = 0;
+    while i + 8 <= len {
+        // SAFETY: within [data, data+len).
+        let w = unsafe { core::ptr::read_unaligned(data.add(i) as *const u64) };
+        crc = _mm_crc32_u64(crc, w);
+        i += 8;
+    }
+    let mut c = crc as u32;
+    while i < len {
+        // SAFETY: within range.
+        c = _mm_crc32_u8(c, unsafe { *data.add(i) });
+        i += 1;
+    }
+    !c
+}
+
+// ---------------------------------------------------------------- main
+
+fn parse_dec(s: *const u8) -> Option<usize> {
+    let mut v = 0usize;
+    let mut i = 0;
+    loop {
+        // SAFETY: argv strings are NUL-terminated.
+        let c = unsafe { *s.add(i) };
+        if c == 0 {
+            return (i > 0).then_some(v);
+        }
+        if !c.is_ascii_digit() {
+            return None;
+        }
+        v = v * 10 + (c - b'0') as usize;
+        i += 1;
+    }
+}
+
+fn parse_hex(s: *const u8) -> Option<usize> {
+    let mut v = 0usize;
+    let mut i = 0;
+    loop {
+        // SAFETY: argv strings are NUL-terminated.
+        let c = unsafe { *s.add(i) };
+        let d = match c {
+            0 => return (i > 0).then_some(v),
+            b'0'..=b'9' => c - b'0',
+            b'a'..=b'f' => c - b'a' + 10,
+            _ => return None,
+        };
+        v = (v << 4) | d as usize;
+        i += 1;
+    }
+}
+
+struct Maps {
+    buf: [u8; 65536],
+    len: usize,
+}
+static mut MAPS: Maps = Maps { buf: [0; 65536], len: 0 };
+
+fn read_maps() -> &'static [u8] {
+    // SAFETY: single-threaded program; MAPS is only used here.
+    let m = unsafe { &mut *core::ptr::addr_of_mut!(MAPS) };
+    // SAFETY: NUL-terminated path.
+    let fd = unsafe { sc(SYS_OPENAT, AT_FDCWD as usize, c"/proc/self/maps".as_ptr() as usize, O_RDONLY | O_CLOEXEC, 0, 0, 0) };
+    if fd < 0 {
+        fail(b"cannot read /proc/self/maps", EXIT_MAP_FAILED);
+    }
+    m.len = 0;
+    loop {
+        // SAFETY: reading into our buffer.
+        let n = unsafe { sc(SYS_READ, fd as usize, m.buf.as_mut_ptr() as usize + m.len, m.buf.len() - m.len, 0, 0, 0) };
+        if n <= 0 {
+            break;
+        }
+        m.len += n as usize;
+    }
+    // SAFETY: closing our fd.
+    unsafe { sc(SYS_CLOSE, fd as usize, 0, 0, 0, 0, 0) };
+    &m.buf[..m.len]
+}
+
+/// Parse "start-end perms offset dev inode name" lines; calls f(start, end, name).
+fn for_each_map(text: &[u8], mut f: impl FnMut(u64, u64, &[u8])) {
+    for line in text.split(|&c| c == b'\n') {
+        if line.is_empty() {
+            continue;
+        }
+        let mut start = 0u64;
+        let mut end = 0u64;
+        let mut i = 0;
+        while i < line.len() && line[i] != b'-' {
+            start = (start << 4) | hexval(line[i]);
+            i += 1;
+        }
+        i += 1;
+        while i < line.len() && line[i] != b' ' {
+            end = (end << 4) | hexval(line[i]);
+            i += 1;
+        }
+        // The name is the sixth field, after runs of spaces.
+        let mut field = 1;
+        let mut in_space = false;
+        let mut name_start = line.len();
+        while i < line.len() {
+            if line[i] == b' ' {
+                in_space = true;
+            } else if in_space {
+                in_space = false;
+                field += 1;
+                if field == 6 {
+                    name_start = i;
+                    break;
+                }
+            }
+            i += 1;
+        }
+        f(start, end, &line[name_start.min(line.len())..]);
+    }
+}
+
+fn hexval(c: u8) -> u64 {
+    match c {
+        b'0'..=b'9' => (c - b'0') as u64,
+        b'a'..=b'f' => (c - b'a' + 10) as u64,
+        _ => 0,
+    }
+}
+
+fn special_kind(name: &[u8]) -> u32 {
+    match name {
+        b"[vvar]" => SPECIAL_VVAR,
+        b"[vvar_vclock]" => SPECIAL_VVAR_VCLOCK,
+        b"[vdso]" => SPECIAL_VDSO,
+        _ => 0,
+    }
+}
+
+#[unsafe(no_mangle)]
+extern "C" fn restorer_main(sp: *const usize) -> ! {
+    // SAFETY: the kernel's initial stack: argc, then argv pointers.
+    let (argc, argv) = unsafe { (*sp, sp.add(1) as *const *const u8) };
+    if argc < 3 {
+        fail(b"usage: crust-restorer PLAN_FD PLAN_ADDR (run by crrestart)", EXIT_BAD_PLAN);
+    }
+    // SAFETY: argc >= 3.
+    let (plan_fd, plan_addr) = unsafe { (parse_dec(*argv.add(1)), parse_hex(*argv.add(2))) };
+    let (Some(plan_fd), Some(plan_addr)) = (plan_fd, plan_addr) else { fail(b"bad arguments", EXIT_BAD_PLAN) };
+
+    let mut st = [0u64; 18];
+    // SAFETY: st is large enough for struct stat.
+    if unsafe { sc(SYS_FSTAT, plan_fd, st.as_mut_ptr() as usize, 0, 0, 0, 0) } < 0 {
+        fail(b"cannot stat the plan", EXIT_BAD_PLAN);
+    }
+    let plan_len = ((st[6] as usize) + 4095) & !4095; // st_size is the 7th word
+    // SAFETY: crrestart chose a free address for the plan.
+    let r = unsafe {
+        sc(SYS_MMAP, plan_addr, plan_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED_NOREPLACE, plan_fd, 0)
+    };
+    if r != plan_addr as isize {
+        fail_at(b"cannot map the plan", plan_addr as u64, r, EXIT_BAD_PLAN);
+    }
+    // SAFETY: the plan starts with a PlanHeader written by crrestart.
+    let h = unsafe { &mut *(plan_addr as *mut PlanHeader) };
+    if h.magic != PLAN_MAGIC || h.version != PLAN_VERSION {
+        fail(b"bad plan (version mismatch between crrestart and crust-restorer?)", EXIT_BAD_PLAN);
+    }
+    let own_start = h.args.restorer_start;
+    let own_end = h.args.restorer_end;
+
+    // Everything but ourselves, the plan and the kernel's special pages goes.
+    let mut vdso_now = [(0u64, 0u64); 4];
+    {
+        let text = read_maps();
+        for_each_map(text, |start, end, name| {
+            let k = special_kind(name);
+            if k != 0 {
+                vdso_now[k as usize] = (start, end);
+                return;
+            }
+            if name == b"[vsyscall]" {
+                return;
+            }
+            if start >= own_start && end <= own_end {
+                return;
+            }
+            if start >= plan_addr as u64 && end <= (plan_addr + plan_len) as u64 {
+                return;
+            }
+            // SAFETY: nothing we need lives there (we run on our own stack).
+            unsafe { sc(SYS_MUNMAP, start as usize, (end - start) as usize, 0, 0, 0, 0) };
+        });
+    }
+
+    // Move the special mappings: first all to the scratch area, then to their targets,
+    // so that a target overlapping a current position is never a problem.
+    let mut parked = [(0u64, 0u64); 4];
+    let mut next = h.scratch_addr;
+    for k in 1..4 {
+        let (s, e) = vdso_now[k];
+        if s == 0 {
+            continue;
+        }
+        // SAFETY: moving a special mapping into free space.
+        let r = unsafe { sc(SYS_MREMAP, s as usize, (e - s) as usize, (e - s) as usize, MREMAP_MAYMOVE | MREMAP_FIXED, next as usize, 0) };
+        if r < 0 {
+            fail_at(b"cannot move the vdso", s, r, EXIT_MAP_FAILED);
+        }
+        parked[k] = (next, e - s);
+        next += (e - s) + 0x10000;
+    }
+    for i in 0..h.n_special as usize {
+        let sp = h.special[i];
+        let k = sp.kind as usize;
+        if k == 0 || k > 3 {
+            continue;
+        }
+        let (at, len) = parked[k];
+        if at == 0 {
+            fail(b"this kernel has no matching vdso/vvar mapping; restart on the kernel that took the checkpoint", EXIT_MAP_FAILED);
+        }
+        if len != sp.len {
+            fail(b"the vdso/vvar size differs from the checkpoint's kernel; restart on the kernel that took the checkpoint", EXIT_MAP_FAILED);
+        }
+        // SAFETY: the target is free (it was a special mapping in the image, nothing else).
+        let r = unsafe { sc(SYS_MREMAP, at as usize, len as usize, len as usize, MREMAP_MAYMOVE | MREMAP_FIXED, sp.addr as usize, 0) };
+        if r < 0 {
+            fail_at(b"cannot move the vdso into place", sp.addr, r, EXIT_MAP_FAILED);
+        }
+        parked[k] = (0, 0);
+    }
+    // Special mappings the image did not have (older kernel): leave them parked.
+
+    // Memory areas.
+    let regions = (plan_addr + h.regions_off as usize) as *const PlanRegion;
+    let runs = (plan_addr + h.runs_off as usize) as *const PlanRun;
+    let strings = (plan_addr + h.strings_off as usize) as *const u8;
+    let image_fd = h.args.image_fd as usize;
+    for i in 0..h.n_regions as usize {
+        // SAFETY: crrestart wrote n_regions entries.
+        let r = unsafe { *regions.add(i) };
+        let len = (r.end - r.start) as usize;
+        let need_write = r.n_runs > 0;
+        let prot = r.prot as usize | if need_write { PROT_WRITE } else { 0 };
+        let share = if r.flags & RF_SHARED != 0 { MAP_SHARED } else { MAP_PRIVATE };
+        let m = if r.flags & RF_FILE != 0 {
+            let mut path = [0u8; 4096];
+            let n = (r.path_len as usize).min(4095);
+            // SAFETY: the path bytes are inside the plan.
+            unsafe { core::ptr::copy_nonoverlapping(strings.add(r.path_off as usize), path.as_mut_ptr(), n) };
+            let mode = if r.flags & RF_FILE_WRITE != 0 { O_RDWR } else { O_RDONLY };
+            // SAFETY: NUL-terminated path.
+            let fd = unsafe { sc(SYS_OPENAT, AT_FDCWD as usize, path.as_ptr() as usize, mode | O_CLOEXEC, 0, 0, 0) };
+            if fd < 0 {
+                write_err(&path[..n]);
+                fail_at(b": cannot open mapped file", r.start, fd, EXIT_MAP_FAILED);
+            }
+            // SAFETY: mapping the program's file at its address.
+            let m = unsafe { sc(SYS_MMAP, r.start as usize, len, prot, share | MAP_FIXED, fd as usize, r.file_offset as usize) };
+            // SAFETY: our fd.
+            unsafe { sc(SYS_CLOSE, fd as usize, 0, 0, 0, 0, 0) };
+            m
+        } else {
+            let grows = if r.flags & RF_GROWSDOWN != 0 { MAP_GROWSDOWN } else { 0 };
+            // SAFETY: anonymous memory at the program's address.
+            unsafe { sc(SYS_MMAP, r.start as usize, len, prot, share | MAP_ANONYMOUS | MAP_FIXED | grows, usize::MAX, 0) }
+        };
+        if m != r.start as isize {
+            fail_at(b"cannot map memory", r.start, m, EXIT_MAP_FAILED);
+        }
+        for j in 0..r.n_runs as usize {
+            // SAFETY: crrestart wrote the runs of this region.
+            let run = unsafe { *runs.add(r.first_run as usize + j) };
+            let mut done = 0u64;
+            while done < run.len {
+                // SAFETY: the run lies inside the region we just mapped writable.
+                let n = unsafe {
+                    sc(SYS_PREAD64, image_fd, (run.addr + done) as usize, (run.len - done) as usize, (run.image_off + done) as usize, 0, 0)
+                };
+                if n <= 0 {
+                    fail_at(b"image ends early (truncated?) reading page data", run.addr + done, n, EXIT_BAD_DATA);
+                }
+                done += n as u64;
+            }
+            // SAFETY: the run is mapped and filled.
+            if h.verify != 0 && unsafe { crc32c(run.addr as *const u8, run.len as usize) } != run.crc {
+                fail_at(b"page data fails its checksum (corrupt image)", run.addr, 0, EXIT_BAD_DATA);
+            }
+        }
+        if need_write && prot != r.prot as usize {
+            // SAFETY: final protection of the program's memory.
+            unsafe { sc(SYS_MPROTECT, r.start as usize, len, r.prot as usize, 0, 0, 0) };
+        }
+    }
+
+    // The kernel's idea of the address space layout.
+    let mut mm = h.mm;
+    mm.auxv = h.auxv.as_ptr() as u64;
+    mm.auxv_size = h.auxv_words * 8;
+    mm.exe_fd = u32::MAX;
+    // SAFETY: a valid prctl_mm_map.
+    let r = unsafe { sc(SYS_PRCTL, PR_SET_MM, PR_SET_MM_MAP, &mm as *const MmMap as usize, core::mem::size_of::<MmMap>(), 0, 0) };
+    h.args.mm_errno = if r < 0 { (-r) as i32 } else { 0 };
+
+    let entry = h.entry;
+    let stack = h.entry_stack;
+    let args = &h.args as *const RestartArgs as usize;
+    // SAFETY: the preload's restart entry, on its restart stack, never returns.
+    unsafe {
+        asm!("mov rsp, {stack}", "call {entry}", "ud2",
+            stack = in(reg) stack, entry = in(reg) entry, in("rdi") args, options(noreturn));
+    }
+}
+
+/// The precompiled `core` refers to this symbol even though nothing here unwinds.
+#[unsafe(no_mangle)]
+extern "C" fn rust_eh_personality() {}
