@@ -263,6 +263,8 @@ pub fn futex_wait(addr: &core::sync::atomic::AtomicU32, val: u32, timeout_ns: Op
 }
 
 pub fn futex_wake(addr: &core::sync::atomic::AtomicU32, n: u32) {
+    // The kernel reads the count as an int: u32::MAX would mean -1.
+    let n = n.min(i32::MAX as u32);
     // SAFETY: addr is a valid futex word.
     unsafe {
         sc!(SYS_futex, addr.as_ptr(), libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG, n);
