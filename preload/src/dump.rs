@@ -320,7 +320,30 @@ pub fn write_image(req: &DumpRequest) -> Result<DumpResult, String> {
 }
 
 fn write_into(fd: i32, req: &DumpRequest, vpid: i32) -> Result<(u64, u64), String> {
-    let maps = procfs::read_maps().map_err(|e| format!("read /proc/self/maps: errno {e}"))?;
+    let raw_maps = procfs::read_maps().map_err(|e| format!("read /proc/self/maps: errno {e}"))?;
+    // The scratch arena is not part of the image. The kernel may have merged it with a
+    // neighbouring mapping, so cut it out of whatever area contains it.
+    let (sb, se) = crate::heap::scratch_range();
+    let mut maps = Vec::with_capacity(raw_maps.len() + 2);
+    for v in raw_maps {
+        if sb == 0 || v.end <= sb as u64 || v.start >= se as u64 {
+            maps.push(v);
+            continue;
+        }
+        if v.start < sb as u64 {
+            let mut a = v.clone();
+            a.end = sb as u64;
+            maps.push(a);
+        }
+        if v.end > se as u64 {
+            let mut b = v.clone();
+            if !b.name.is_empty() || b.inode != 0 {
+                b.offset += se as u64 - v.start;
+            }
+            b.start = se as u64;
+            maps.push(b);
+        }
+    }
     let mut pm = Pagemap::open().map_err(|e| format!("open /proc/self/pagemap: errno {e}"))?;
     add_own_fd(pm.fd());
     let scratch = crate::heap::scratch_range();
