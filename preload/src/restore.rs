@@ -42,7 +42,13 @@ pub struct SavedProcess {
     /// Real pid when the image was taken.
     pub old_pid: i32,
     pub generation: u64,
+    /// Process-directed pending signals with their full siginfo (queued values included).
+    pub shared_infos: [[u64; 16]; MAX_QUEUED],
+    pub n_shared_infos: usize,
 }
+
+/// Most process-directed pending signals kept with their siginfo.
+pub const MAX_QUEUED: usize = 256;
 
 pub static mut SAVED: SavedProcess = SavedProcess {
     actions: [sys::KSigaction { handler: 0, flags: 0, restorer: 0, mask: 0 }; 65],
@@ -52,7 +58,40 @@ pub static mut SAVED: SavedProcess = SavedProcess {
     vtids: [0; quiesce::MAX_THREADS],
     old_pid: 0,
     generation: 0,
+    shared_infos: [[0; 16]; MAX_QUEUED],
+    n_shared_infos: 0,
 };
+
+/// Take every process-directed pending signal off the queue (this thread blocks them
+/// all, so `rt_sigtimedwait` takes them from the shared queue), keep its siginfo, and queue
+/// it again at once. The saved copies are queued again at restart.
+fn save_shared_pending(s: &mut SavedProcess, mask: u64) {
+    s.n_shared_infos = 0;
+    if mask == 0 {
+        return;
+    }
+    let zero = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    while s.n_shared_infos < MAX_QUEUED {
+        let mut info = [0u64; 16];
+        // SAFETY: valid set, siginfo buffer and timeout.
+        let r = unsafe { sc!(libc::SYS_rt_sigtimedwait, &mask as *const u64, info.as_mut_ptr(), &zero as *const libc::timespec, 8) };
+        if r <= 0 {
+            break;
+        }
+        s.shared_infos[s.n_shared_infos] = info;
+        s.n_shared_infos += 1;
+    }
+    requeue_shared(s, sys::getpid());
+}
+
+fn requeue_shared(s: &SavedProcess, pid: i32) {
+    for info in &s.shared_infos[..s.n_shared_infos] {
+        let sig = info[0] as u32 as i32;
+        // SAFETY: a siginfo we dequeued ourselves; queueing to our own process is allowed
+        // for every si_code.
+        unsafe { sc!(libc::SYS_rt_sigqueueinfo, pid, sig, info.as_ptr()) };
+    }
+}
 
 /// The checkpoint thread's descriptor, recorded when it starts.
 #[derive(Clone, Copy, Default)]
@@ -108,6 +147,8 @@ pub fn save_process_state() {
         s.vtids[i] = crate::vpid::to_virtual(slot.real_tid);
     }
     s.shared_pending &= !(1u64 << (ours - 1));
+    let mask = s.shared_pending;
+    save_shared_pending(s, mask);
     s.old_pid = sys::getpid();
     crate::vpid::VPID.store(crate::vpid::vpid(), Ordering::Relaxed);
 }
@@ -398,11 +439,7 @@ pub unsafe extern "C" fn crust_restart_entry(args: *const RestartArgs) -> ! {
         }
     }
     // Pending signals, raised again.
-    for sig in 1..=64 {
-        if saved.shared_pending & (1u64 << (sig - 1)) != 0 {
-            let _ = sys::kill(new_pid, sig);
-        }
-    }
+    requeue_shared(saved, new_pid);
     for (i, s) in slots.iter().enumerate() {
         let p = saved.thread_pending[i];
         if p != 0 {
