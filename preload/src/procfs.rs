@@ -139,10 +139,10 @@ pub fn read_string(path: &[u8]) -> String {
     String::from_utf8_lossy(&buf).into_owned()
 }
 
-/// Open file descriptors of this process.
-pub fn list_fds() -> Vec<i32> {
+/// Numeric entries of a /proc directory (tasks, fds), sorted.
+pub fn list_numbers(dir: &[u8]) -> Vec<i32> {
     let mut out = Vec::new();
-    let Ok(fd) = sys::open(b"/proc/self/fd", libc::O_RDONLY | libc::O_DIRECTORY, 0) else { return out };
+    let Ok(fd) = sys::open(dir, libc::O_RDONLY | libc::O_DIRECTORY, 0) else { return out };
     let mut buf = [0u8; 8192];
     loop {
         // SAFETY: buf is writable.
@@ -156,9 +156,7 @@ pub fn list_fds() -> Vec<i32> {
             let name = &buf[off + 19..off + reclen];
             let name = &name[..name.iter().position(|&c| c == 0).unwrap_or(name.len())];
             if let Some(t) = core::str::from_utf8(name).ok().and_then(|s| s.parse::<i32>().ok()) {
-                if t != fd {
-                    out.push(t);
-                }
+                out.push(t);
             }
             off += reclen;
         }
@@ -166,4 +164,12 @@ pub fn list_fds() -> Vec<i32> {
     sys::close(fd);
     out.sort_unstable();
     out
+}
+
+/// Open file descriptors of this process (without the one used to list them).
+pub fn list_fds() -> Vec<i32> {
+    let mut v = list_numbers(b"/proc/self/fd");
+    // The directory fd itself was the lowest free number while listing; it is closed now.
+    v.retain(|&fd| sys::fcntl(fd, libc::F_GETFD, 0).is_ok());
+    v
 }

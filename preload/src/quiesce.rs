@@ -349,27 +349,7 @@ pub enum SuspendError {
 }
 
 fn list_tasks(out: &mut std::vec::Vec<i32>) {
-    out.clear();
-    let Ok(fd) = sys::open(b"/proc/self/task", libc::O_RDONLY | libc::O_DIRECTORY, 0) else { return };
-    let mut buf = [0u8; 8192];
-    loop {
-        // SAFETY: buf is writable.
-        let n = unsafe { sc!(libc::SYS_getdents64, fd, buf.as_mut_ptr(), buf.len()) };
-        if n <= 0 {
-            break;
-        }
-        let mut off = 0usize;
-        while off < n as usize {
-            let reclen = u16::from_le_bytes([buf[off + 16], buf[off + 17]]) as usize;
-            let name = &buf[off + 19..off + reclen];
-            let name = &name[..name.iter().position(|&c| c == 0).unwrap_or(name.len())];
-            if let Some(t) = core::str::from_utf8(name).ok().and_then(|s| s.parse::<i32>().ok()) {
-                out.push(t);
-            }
-            off += reclen;
-        }
-    }
-    sys::close(fd);
+    *out = crate::procfs::list_numbers(b"/proc/self/task");
 }
 
 fn pre_read_syscall(tid: i32) {
