@@ -22,6 +22,29 @@ pub static COORD_FD: AtomicI32 = AtomicI32::new(-1);
 /// The computation this process belongs to (0 = not yet known).
 pub static COMP_ID: AtomicU64 = AtomicU64::new(0);
 
+/// Set (and futex-woken) once the first attempt to register with the coordinator ended,
+/// either way; `init` waits for it so a program is known to the coordinator before its
+/// `main` runs.
+pub static FIRST_CONTACT: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
+
+fn first_contact_done() {
+    if FIRST_CONTACT.swap(1, Ordering::AcqRel) == 0 {
+        sys::futex_wake(&FIRST_CONTACT, u32::MAX);
+    }
+}
+
+/// Wait (bounded) until the checkpoint thread has registered or given up once.
+pub fn wait_first_contact(timeout_ns: u64) {
+    let start = sys::clock_monotonic_ns();
+    while FIRST_CONTACT.load(Ordering::Acquire) == 0 {
+        let spent = sys::clock_monotonic_ns() - start;
+        if spent >= timeout_ns {
+            return;
+        }
+        let _ = sys::futex_wait(&FIRST_CONTACT, 0, Some(timeout_ns - spent));
+    }
+}
+
 /// Lowest fd number used for the preload's own descriptors.
 const OWN_FD_BASE: usize = 1000;
 
@@ -104,12 +127,14 @@ fn serve_forever() -> ! {
         match connect() {
             Ok(fd) => {
                 backoff = 50;
-                let _ = session(fd);
+                if session(fd).is_err() {
+                    first_contact_done();
+                }
                 COORD_FD.store(-1, Ordering::Release);
                 crate::dump::remove_own_fd(fd);
                 sys::close(fd);
             }
-            Err(_) => {}
+            Err(_) => first_contact_done(),
         }
         sleep_ms(backoff);
         backoff = (backoff * 2).min(2000);
@@ -226,13 +251,20 @@ fn session(fd: i32) -> Result<(), String> {
         },
     )?;
     match recv(fd)? {
-        FromCoord::Welcome { comp_id, .. } => COMP_ID.store(comp_id, Ordering::Relaxed),
+        FromCoord::Welcome { comp_id, .. } => {
+            COMP_ID.store(comp_id, Ordering::Relaxed);
+            first_contact_done();
+        }
         FromCoord::Rejected { reason } => {
+            first_contact_done();
             // Not fatal for the program: try again later (quietly).
             sleep_ms(2000);
             return Err(reason);
         }
-        _ => return Err("unexpected first message".to_string()),
+        _ => {
+            first_contact_done();
+            return Err("unexpected first message".to_string());
+        }
     }
     loop {
         match recv(fd)? {

@@ -51,6 +51,8 @@ extern "C" fn init(argc: i32, argv: *const *const u8, envp: *const *const u8) {
     wrappers::resolve_real_symbols();
     quiesce::install_handler();
     ckpt_thread::start();
+    // Register before main(): a checkpoint asked for right after launch then includes us.
+    ckpt_thread::wait_first_contact(2_000_000_000);
 }
 
 #[used]
