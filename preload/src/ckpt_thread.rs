@@ -15,7 +15,6 @@ use crate::sys::{self, sc};
 use core::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use crust_format::wire::{self, FromCoord, ImageReport, Phase, ToCoord};
 use std::string::{String, ToString};
-use std::vec::Vec;
 
 /// The coordinator socket (-1 when disconnected).
 pub static COORD_FD: AtomicI32 = AtomicI32::new(-1);
@@ -83,7 +82,6 @@ extern "C" fn thread_main(_: *mut libc::c_void) -> *mut libc::c_void {
 /// Entry of the recreated checkpoint thread after a restart.
 pub extern "C" fn restart_main(_req: *const restore::CloneReq) {
     unblock_glibc_internal_signals();
-    quiesce::CKPT_TID.store(sys::gettid(), Ordering::Release);
     // The old connection belonged to the old process.
     let old = COORD_FD.swap(-1, Ordering::AcqRel);
     if old >= 0 {
@@ -94,7 +92,6 @@ pub extern "C" fn restart_main(_req: *const restore::CloneReq) {
 
 /// Remember what a restart needs to recreate this thread.
 fn record_self() {
-    quiesce::CKPT_TID.store(sys::gettid(), Ordering::Release);
     let mut info = restore::CkptThreadInfo::default();
     let marker = 0u8;
     // Restart this thread well below the frames of its current stack.
@@ -107,7 +104,7 @@ fn record_self() {
         let rsize = quiesce::RSEQ_SIZE.load(Ordering::Relaxed);
         if rsize > 0 {
             let addr = info.fs_base.wrapping_add(quiesce::RSEQ_OFFSET.load(Ordering::Relaxed));
-            if sc!(sys::SYS_rseq, addr, 32u32, 0, 0x5305_3053u32) == -(libc::EBUSY as isize) {
+            if sc!(sys::SYS_rseq, addr, 32u32, 0, quiesce::RSEQ_SIG) == -(libc::EBUSY as isize) {
                 info.rseq_addr = addr;
             }
         }
@@ -222,15 +219,6 @@ fn set_recv_timeout(fd: i32, secs: i64) {
     }
 }
 
-fn hostname() -> String {
-    // SAFETY: plain old data.
-    let mut u: libc::utsname = unsafe { core::mem::zeroed() };
-    // SAFETY: valid out-pointer.
-    unsafe { sc!(sys::SYS_uname, &mut u as *mut libc::utsname) };
-    let b: Vec<u8> = u.nodename.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
-    String::from_utf8_lossy(&b).into_owned()
-}
-
 fn session(fd: i32) -> Result<(), String> {
     let cfg = crate::config::get();
     let comp = COMP_ID.load(Ordering::Relaxed);
@@ -244,7 +232,7 @@ fn session(fd: i32) -> Result<(), String> {
             vpid: crate::vpid::vpid(),
             vppid: crate::vpid::to_virtual(sys::getppid()),
             real_pid: sys::getpid(),
-            hostname: hostname(),
+            hostname: crate::dump::uname().0,
             program: cfg.program.clone(),
             args: cfg.args.clone(),
             restored_from: (restored != 0).then_some(restored),
@@ -278,14 +266,6 @@ fn session(fd: i32) -> Result<(), String> {
     }
 }
 
-/// Copyable numbers that survive the end of the scratch window.
-struct Outcome {
-    ok: bool,
-    report: Option<(u64, u64, u64, u64)>,
-    file_name: [u8; 64],
-    file_len: usize,
-}
-
 fn checkpoint(fd: i32, generation: u64, dir: &str) -> Result<(), String> {
     let t0 = sys::clock_monotonic_ns();
     if let Err(quiesce::SuspendError::Timeout { detail, .. }) = quiesce::suspend_all(30_000_000_000) {
@@ -302,29 +282,17 @@ fn checkpoint(fd: i32, generation: u64, dir: &str) -> Result<(), String> {
     let outcome = window(fd, generation, dir, t0);
     quiesce::resume_all();
     set_recv_timeout(fd, 0);
-    let total_us = (sys::clock_monotonic_ns() - t0) / 1000;
-    let _ = total_us;
-    match outcome {
-        Ok(o) if o.ok => send(fd, &ToCoord::Reached { generation, phase: Phase::Resumed }),
-        Ok(o) => {
-            if o.report.is_none() {
-                // Aborted by the coordinator.
-                send(fd, &ToCoord::Reached { generation, phase: Phase::Resumed })
-            } else {
-                Ok(())
-            }
-        }
-        Err(e) => Err(e),
-    }
+    outcome?;
+    send(fd, &ToCoord::Reached { generation, phase: Phase::Resumed })
 }
 
-/// The part of a checkpoint during which the program is stopped.
-fn window(fd: i32, generation: u64, dir: &str, t0: u64) -> Result<Outcome, String> {
-    let mut out = Outcome { ok: false, report: None, file_name: [0; 64], file_len: 0 };
+/// The part of a checkpoint during which the program is stopped. Returns once the
+/// coordinator says Resumed or Abort (also after this process reported Failed).
+fn window(fd: i32, generation: u64, dir: &str, t0: u64) -> Result<(), String> {
     send(fd, &ToCoord::Reached { generation, phase: Phase::Suspended })?;
     match recv(fd)? {
         FromCoord::Proceed { phase: Phase::Written, .. } => {}
-        FromCoord::Abort { .. } => return Ok(out),
+        FromCoord::Abort { .. } => return Ok(()),
         _ => return Err("unexpected message while suspended".to_string()),
     }
     let t_write = sys::clock_monotonic_ns();
@@ -348,23 +316,13 @@ fn window(fd: i32, generation: u64, dir: &str, t0: u64) -> Result<Outcome, Strin
                 write_us: (now - t_write) / 1000,
             };
             send(fd, &ToCoord::Written { generation, report })?;
-            let n = res.file_name.len().min(64);
-            out.file_name[..n].copy_from_slice(&res.file_name.as_bytes()[..n]);
-            out.file_len = n;
-            out.report = Some((res.bytes, res.memory_bytes, 0, 0));
         }
         Err(e) => {
             send(fd, &ToCoord::Failed { generation, error: e })?;
-            out.report = None;
         }
     }
     match recv(fd)? {
-        FromCoord::Proceed { phase: Phase::Resumed, .. } => out.ok = true,
-        FromCoord::Abort { .. } => {
-            out.ok = false;
-            out.report = None;
-        }
-        _ => return Err("unexpected message while writing".to_string()),
+        FromCoord::Proceed { phase: Phase::Resumed, .. } | FromCoord::Abort { .. } => Ok(()),
+        _ => Err("unexpected message while writing".to_string()),
     }
-    Ok(out)
 }

@@ -62,10 +62,7 @@ fn file_identity(st: &libc::stat) -> FileIdentity {
     }
 }
 
-fn classify(v: &Vma, scratch: (usize, usize)) -> Option<RegionKind> {
-    if (v.start as usize) >= scratch.0 && (v.end as usize) <= scratch.1 && scratch.0 != 0 {
-        return None;
-    }
+fn classify(v: &Vma) -> Option<RegionKind> {
     match v.name.as_str() {
         "[vsyscall]" => None,
         "[vdso]" => Some(RegionKind::Vdso),
@@ -263,7 +260,8 @@ fn xcr0() -> u64 {
     (hi as u64) << 32 | lo as u64
 }
 
-fn uname() -> (String, String) {
+/// (nodename, kernel release).
+pub(crate) fn uname() -> (String, String) {
     // SAFETY: plain old data.
     let mut u: libc::utsname = unsafe { core::mem::zeroed() };
     // SAFETY: u is a valid out-pointer.
@@ -276,11 +274,7 @@ fn uname() -> (String, String) {
 }
 
 fn umask_now() -> u32 {
-    let s = procfs::read_string(b"/proc/self/status");
-    s.lines()
-        .find_map(|l| l.strip_prefix("Umask:"))
-        .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
-        .unwrap_or(0o022)
+    procfs::status_value(&procfs::read_string(b"/proc/self/status"), "Umask:", 8).map_or(0o022, |v| v as u32)
 }
 
 /// Everything a dump needs to know from the caller.
@@ -346,7 +340,6 @@ fn write_into(fd: i32, req: &DumpRequest, vpid: i32) -> Result<(u64, u64), Strin
     }
     let mut pm = Pagemap::open().map_err(|e| format!("open /proc/self/pagemap: errno {e}"))?;
     add_own_fd(pm.fd());
-    let scratch = crate::heap::scratch_range();
     let fds = describe_fds();
     let mut regions: Vec<Region> = Vec::new();
     let mut offset = HEADER_SIZE as u64;
@@ -354,7 +347,7 @@ fn write_into(fd: i32, req: &DumpRequest, vpid: i32) -> Result<(u64, u64), Strin
     let mut buf = vec![0u8; 4 << 20];
     let result = (|| -> Result<(), String> {
         for v in &maps {
-            let Some(kind) = classify(v, scratch) else { continue };
+            let Some(kind) = classify(v) else { continue };
             let mut runs = Vec::new();
             let special = matches!(kind, RegionKind::Vdso | RegionKind::Vvar | RegionKind::VvarVclock);
             // Unreadable areas (guard pages, PROT_NONE reservations) may still hold data.

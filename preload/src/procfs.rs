@@ -125,6 +125,11 @@ pub fn stat_fields() -> Vec<u64> {
     v
 }
 
+/// The number on a `Key:` line of a /proc status file, in the given radix.
+pub fn status_value(status: &str, key: &str, radix: u32) -> Option<u64> {
+    status.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| u64::from_str_radix(v.trim(), radix).ok())
+}
+
 pub fn readlink_string(path: &[u8]) -> String {
     let mut buf = vec![0u8; 4096];
     match sys::readlink(path, &mut buf) {

@@ -23,7 +23,7 @@
 //! it as the writer before signalling anyone.
 
 use crate::sys::{self, sc};
-use core::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 /// Marker in `si_value` of our checkpoint signals ("CRST").
 pub const SIGVAL_MAGIC: i32 = 0x4352_5354;
@@ -90,7 +90,8 @@ static NPRE: AtomicUsize = AtomicUsize::new(0);
 /// glibc's rseq registration: offset of the rseq area from the thread pointer and size.
 pub static RSEQ_OFFSET: AtomicU64 = AtomicU64::new(0);
 pub static RSEQ_SIZE: AtomicU32 = AtomicU32::new(0);
-const RSEQ_SIG: u32 = 0x5305_3053;
+/// The signature glibc registers its rseq areas with (x86-64).
+pub const RSEQ_SIG: u32 = 0x5305_3053;
 
 /// The application's own disposition of the checkpoint signal (kept virtual).
 pub static mut APP_ACTION: sys::KSigaction = sys::KSigaction { handler: 0, flags: 0, restorer: 0, mask: 0 };
@@ -465,8 +466,7 @@ fn blocked_detail(tid: i32, sig: i32) -> std::string::String {
     let path = std::format!("/proc/self/task/{tid}/status");
     let mut buf = std::vec::Vec::new();
     let _ = sys::read_file(path.as_bytes(), &mut buf);
-    let s = std::string::String::from_utf8_lossy(&buf);
-    let blk = s.lines().find_map(|l| l.strip_prefix("SigBlk:")).map(|v| u64::from_str_radix(v.trim(), 16).unwrap_or(0)).unwrap_or(0);
+    let blk = crate::procfs::status_value(&std::string::String::from_utf8_lossy(&buf), "SigBlk:", 16).unwrap_or(0);
     if blk & (1u64 << (sig - 1)) != 0 {
         std::format!("thread {tid} blocks the checkpoint signal {sig} (set with a raw rt_sigprocmask?)")
     } else {
@@ -495,6 +495,3 @@ pub fn slots() -> &'static [ThreadSlot] {
     // SAFETY: after suspend_all the slots are stable until the next checkpoint.
     unsafe { &(&*core::ptr::addr_of!(SLOTS))[..n] }
 }
-
-/// Real tid of the checkpoint thread (so that wrappers and dumps can tell it apart).
-pub static CKPT_TID: AtomicI32 = AtomicI32::new(0);

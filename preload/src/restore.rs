@@ -131,19 +131,10 @@ pub fn save_process_state() {
         *t = v;
     }
     let status = crate::procfs::read_string(b"/proc/self/status");
-    s.shared_pending = status
-        .lines()
-        .find_map(|l| l.strip_prefix("ShdPnd:"))
-        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        .unwrap_or(0);
+    s.shared_pending = crate::procfs::status_value(&status, "ShdPnd:", 16).unwrap_or(0);
     for (i, slot) in quiesce::slots().iter().enumerate() {
         let st = crate::procfs::read_string(std::format!("/proc/self/task/{}/status", slot.real_tid).as_bytes());
-        s.thread_pending[i] = st
-            .lines()
-            .find_map(|l| l.strip_prefix("SigPnd:"))
-            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-            .unwrap_or(0)
-            & !(1u64 << (ours - 1));
+        s.thread_pending[i] = crate::procfs::status_value(&st, "SigPnd:", 16).unwrap_or(0) & !(1u64 << (ours - 1));
         s.vtids[i] = crate::vpid::to_virtual(slot.real_tid);
     }
     s.shared_pending &= !(1u64 << (ours - 1));
@@ -380,7 +371,7 @@ pub unsafe extern "C" fn crust_restart_entry(args: *const RestartArgs) -> ! {
         r.robust_len = ck.robust_len;
         r.rseq_addr = ck.rseq_addr;
         r.rseq_len = if ck.rseq_addr != 0 { 32 } else { 0 };
-        r.rseq_sig = 0x5305_3053;
+        r.rseq_sig = quiesce::RSEQ_SIG as u64;
         r.name = *b"crust-ckpt\0\0\0\0\0\0";
         r.mode = 1;
         r.func = crate::ckpt_thread::restart_main as *const () as u64;
@@ -440,11 +431,10 @@ pub unsafe extern "C" fn crust_restart_entry(args: *const RestartArgs) -> ! {
     }
     // Pending signals, raised again.
     requeue_shared(saved, new_pid);
-    for (i, s) in slots.iter().enumerate() {
+    for i in 0..slots.len() {
         let p = saved.thread_pending[i];
         if p != 0 {
             let tid = crate::vpid::to_real(saved.vtids[i]);
-            let _ = s;
             for sig in 1..=64 {
                 if p & (1u64 << (sig - 1)) != 0 {
                     let _ = sys::tgkill(new_pid, tid, sig);

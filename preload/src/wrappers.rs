@@ -413,7 +413,6 @@ pub unsafe extern "C" fn fork() -> pid_t {
             crate::dump::remove_own_fd(fd);
             sys::close(fd);
         }
-        crate::ckpt_thread::COMP_ID.store(crate::ckpt_thread::COMP_ID.load(Ordering::Relaxed), Ordering::Relaxed);
         vpid::clear();
         vpid::VPID.store(0, Ordering::Relaxed);
         crate::restore::RESTARTED_FROM.store(0, Ordering::Relaxed);
