@@ -38,11 +38,16 @@ pub struct Control {
 }
 
 impl Control {
-    /// Connect and say hello.
+    /// Connect and say hello, presenting the shared secret of env `CR_TOKEN` if set.
     pub fn connect(addr: &str, timeout: Duration) -> Result<Control, Error> {
+        Self::connect_with_token(addr, timeout, token_from_env())
+    }
+
+    /// Connect and say hello with an explicit shared secret.
+    pub fn connect_with_token(addr: &str, timeout: Duration, token: Option<String>) -> Result<Control, Error> {
         let mut stream = connect_tcp(addr, timeout)?;
         stream.set_read_timeout(Some(REPLY_TIMEOUT))?;
-        wire::blocking::send(&mut stream, &ToCoord::HelloControl { proto: PROTOCOL_VERSION, token: token_from_env() })?;
+        wire::blocking::send(&mut stream, &ToCoord::HelloControl { proto: PROTOCOL_VERSION, token })?;
         match recv(&mut stream)? {
             FromCoord::Welcome { comp_id, ckpt_dir } => Ok(Control { stream, comp_id, ckpt_dir }),
             FromCoord::Rejected { reason } => Err(Error::Rejected(reason)),

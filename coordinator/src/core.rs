@@ -17,11 +17,21 @@
 //!   generation can never be mistaken for one about a new generation.
 //! * The interval timer re-arms when a generation ends (complete or failed), so automatic
 //!   checkpoints never overlap and a failing checkpoint is not retried in a tight loop.
+//! * A coordinator started again adopts the computation of the first process that comes
+//!   back (its hello carries the computation id) and numbers generations after what is on
+//!   disk, so a restarted coordinator never reuses a generation directory.
+//! * `--keep N` deletes older generations only once the new one's manifest and `latest`
+//!   are durable; directories without a manifest (failed or interrupted generations) never
+//!   count as kept, and those older than the new complete one are removed with them.
+//! * A `RequestCheckpoint` from a process (the application API) that arrives while a
+//!   generation is about to suspend that process is covered by it; otherwise it starts a
+//!   generation, or one more after the running one ends.
 
 use crate::Config;
 use crust_format::manifest::{self, Manifest, ManifestProcess};
 use crust_format::wire::{
-    Command, FromCoord, GenerationSummary, ImageReport, Phase, ProcessInfo, Reply, StatusInfo, ToCoord, PROTOCOL_VERSION,
+    Command, FromCoord, GenerationInfo, GenerationProgress, GenerationSummary, ImageReport, Phase, ProcessInfo, Reply,
+    StatusInfo, ToCoord, PROTOCOL_VERSION,
 };
 use std::collections::BTreeMap;
 use std::os::unix::fs::DirBuilderExt;
@@ -45,6 +55,9 @@ pub enum Input {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     Send(ConnId, FromCoord),
+    /// Run an operator hook (`sh -c cmd`) with these extra environment variables; the
+    /// coordinator does not wait for it.
+    RunHook { cmd: String, env: Vec<(String, String)> },
     /// Close the connection (after sending whatever was queued before).
     Close(ConnId),
     /// SIGKILL a process on this host.
@@ -61,6 +74,7 @@ struct Proc {
     hostname: String,
     program: String,
     args: Vec<String>,
+    restored_from: Option<u64>,
 }
 
 impl Proc {
@@ -102,6 +116,8 @@ struct Member {
     proc: Proc,
     /// Reached the phase the generation is waiting for.
     reached: bool,
+    /// Said it is inside a critical section (`cr_disable`) and suspends when it ends.
+    held: bool,
     report: Option<ImageReport>,
 }
 
@@ -112,7 +128,7 @@ struct Generation {
     dir: PathBuf,
     comp_dir: PathBuf,
     started: Instant,
-    started_unix: u64,
+    started_unix_ms: u64,
     /// `None` when the timeout is too large to represent (never).
     deadline: Option<Instant>,
     phase: GenPhase,
@@ -137,12 +153,18 @@ pub struct Core {
     ever_had_process: bool,
     /// Lowest generation number the next generation may use.
     min_next_generation: u64,
+    /// A process asked for a checkpoint that the running generation does not cover.
+    followup: bool,
+    /// (computation, generation) the on-restart hook last ran for.
+    last_restart_hook: Option<(u64, u64)>,
+    /// The time of the last input or tick (for status).
+    clock: Instant,
     exiting: bool,
     out: Vec<Action>,
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+fn unix_now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 fn phase_of(p: GenPhase, reached: bool) -> &'static str {
@@ -175,6 +197,9 @@ impl Core {
             started: now,
             ever_had_process: false,
             min_next_generation: 1,
+            followup: false,
+            last_restart_hook: None,
+            clock: now,
             exiting: false,
             out: Vec::new(),
         }
@@ -197,6 +222,7 @@ impl Core {
 
     /// Process one input.
     pub fn handle(&mut self, now: Instant, input: Input) -> Vec<Action> {
+        self.clock = now;
         match input {
             Input::Connected(c) => {
                 self.conns.insert(c, Conn::Pending);
@@ -210,10 +236,22 @@ impl Core {
 
     /// Run timers that are due at `now`.
     pub fn tick(&mut self, now: Instant) -> Vec<Action> {
+        self.clock = now;
         if let Some(g) = &self.generation {
             if g.deadline.is_some_and(|d| now >= d) {
-                let late: Vec<String> =
-                    g.members.values().filter(|m| !m.reached).map(|m| m.proc.describe()).collect();
+                let late: Vec<String> = g
+                    .members
+                    .values()
+                    .filter(|m| !m.reached)
+                    .map(|m| {
+                        let d = m.proc.describe();
+                        if m.held {
+                            format!("{d} [in a critical section: cr_disable without cr_enable]")
+                        } else {
+                            d
+                        }
+                    })
+                    .collect();
                 let reason = format!(
                     "timed out after {} s waiting for {} process(es) to {}: {}",
                     self.cfg.generation_timeout.as_secs(),
@@ -349,7 +387,7 @@ impl Core {
                     (None, Some(cur)) => cur,
                     (None, None) => crate::random_comp_id(),
                 };
-                let p = Proc { vpid, vppid, real_pid, hostname, program, args };
+                let p = Proc { vpid, vppid, real_pid, hostname, program, args, restored_from };
                 if self.conns.values().any(|o| matches!(o, Conn::Process(q) if q.vpid == p.vpid)) {
                     warn!("two processes of the computation claim vpid {}", p.vpid);
                 }
@@ -364,6 +402,18 @@ impl Core {
                     "process {} joined",
                     p.program
                 );
+                if self.comp_id != Some(id) {
+                    // A computation that comes back (restarted, or reconnecting to a
+                    // coordinator started again): its last checkpoint is on disk.
+                    self.last_complete = self.latest_on_disk(id);
+                }
+                if let (Some(g), Some(cmd)) = (restored_from, self.cfg.on_restart.clone()) {
+                    if procs == 0 || self.last_restart_hook != Some((id, g)) {
+                        self.last_restart_hook = Some((id, g));
+                        let env = self.hook_env("restart", id, g);
+                        self.out.push(Action::RunHook { cmd, env });
+                    }
+                }
                 self.comp_id = Some(id);
                 self.ever_had_process = true;
                 if procs == 0 && self.interval_base.is_none() {
@@ -384,6 +434,34 @@ impl Core {
                 }
             }
             (Conn::Control, ToCoord::Command(cmd)) => self.on_command(now, c, cmd),
+            (Conn::Process(p), ToCoord::RequestCheckpoint) => {
+                let who = p.describe();
+                match self.generation.as_ref() {
+                    Some(g) if g.phase == GenPhase::Suspend && g.members.get(&c).is_some_and(|m| !m.reached) => {
+                        debug!("checkpoint requested by {who}: covered by generation {}", g.number);
+                    }
+                    Some(g) => {
+                        debug!("checkpoint requested by {who} during generation {}: another follows it", g.number);
+                        self.followup = true;
+                    }
+                    None => match self.start_generation(now) {
+                        Ok(n) => info!(generation = n, "checkpoint requested by {who} (cr_checkpoint)"),
+                        Err(reason) => self.send(c, FromCoord::RequestFailed { reason }),
+                    },
+                }
+            }
+            (Conn::Process(p), ToCoord::Held { generation }) => {
+                let who = p.describe();
+                if let Some(m) = self
+                    .generation
+                    .as_mut()
+                    .filter(|g| g.number == generation && g.phase == GenPhase::Suspend)
+                    .and_then(|g| g.members.get_mut(&c))
+                {
+                    info!(generation, "{who} holds the checkpoint off (critical section)");
+                    m.held = true;
+                }
+            }
             (_, m) => {
                 debug!(conn = c, "unexpected message {m:?}; dropping the connection");
                 self.drop_conn(now, c);
@@ -398,7 +476,7 @@ impl Core {
             ));
         }
         if let Some(want) = &self.cfg.token {
-            if token != Some(want.as_str()) {
+            if !token.is_some_and(|t| crate::same_secret(t, want)) {
                 return Some("wrong or missing token".into());
             }
         }
@@ -416,7 +494,10 @@ impl Core {
             GenPhase::Write => Phase::Written,
         };
         match g.members.get_mut(&c) {
-            Some(m) if phase == expected && g.phase != GenPhase::Write => m.reached = true,
+            Some(m) if phase == expected && g.phase != GenPhase::Write => {
+                m.reached = true;
+                m.held = false;
+            }
             Some(m) => {
                 debug!("ignoring Reached({phase:?}) from {} in generation {generation}", m.proc.describe());
                 return;
@@ -489,7 +570,14 @@ impl Core {
                     downtime_us: 0,
                     write_us: 0,
                 });
+                let header_crc32c = if m.proc.hostname == self.hostname && valid_image_name(&r.file) {
+                    manifest::image_header_crc(&g.dir.join(&r.file)).unwrap_or(0)
+                } else {
+                    0
+                };
                 ManifestProcess {
+                    header_crc32c,
+                    restored_from: m.proc.restored_from,
                     vpid: m.proc.vpid,
                     vppid: m.proc.vppid,
                     real_pid: m.proc.real_pid,
@@ -506,17 +594,34 @@ impl Core {
             .collect();
         processes.sort_by_key(|p| p.vpid);
         let duration_ms = now.saturating_duration_since(g.started).as_millis() as u64;
-        let completed_unix = unix_now();
+        let completed_unix_ms = unix_now_ms().max(g.started_unix_ms);
+        let completed_unix = completed_unix_ms / 1000;
         let bytes: u64 = processes.iter().map(|p| p.bytes).sum();
         let max_downtime_us = processes.iter().map(|p| p.downtime_us).max().unwrap_or(0);
         let nprocs = processes.len();
+        let mut hosts: Vec<String> = processes.iter().map(|p| p.hostname.clone()).collect();
+        hosts.sort();
+        hosts.dedup();
+        // The launched program: the member whose parent is not a member (lowest vpid first).
+        let vpids: Vec<i32> = processes.iter().map(|p| p.vpid).collect();
+        let command = processes
+            .iter()
+            .find(|p| !vpids.contains(&p.vppid))
+            .or(processes.first())
+            .map(|p| p.args.clone())
+            .unwrap_or_default();
         let m = Manifest {
             version: manifest::MANIFEST_VERSION,
             comp_id: g.comp_id,
             generation: g.number,
-            started_unix: g.started_unix,
+            started_unix: g.started_unix_ms / 1000,
             completed_unix,
             duration_ms,
+            started_unix_ms: g.started_unix_ms,
+            completed_unix_ms,
+            bytes,
+            hosts,
+            command,
             processes,
         };
         if let Err(e) =
@@ -545,13 +650,83 @@ impl Core {
         for w in &g.waiters {
             self.reply(*w, Reply::Done(summary.clone()));
         }
+        for c in g.members.keys() {
+            if matches!(self.conns.get(c), Some(Conn::Process(_))) {
+                self.send(*c, FromCoord::Completed { generation: g.number });
+            }
+        }
         self.last_complete = Some(summary);
         self.interval_base = Some(now);
+        self.apply_retention(&g.comp_dir, g.number);
+        if let Some(cmd) = self.cfg.on_checkpoint.clone() {
+            let env = self.hook_env("checkpoint", g.comp_id, g.number);
+            self.out.push(Action::RunHook { cmd, env });
+        }
         if g.kill_after {
             info!("killing the computation after generation {} (--kill)", g.number);
             self.kill_all();
+            self.followup = false;
         }
+        self.start_followup(now);
         self.forget_comp_if_empty();
+    }
+
+    /// Environment of an operator hook.
+    fn hook_env(&self, event: &str, comp_id: u64, generation: u64) -> Vec<(String, String)> {
+        vec![
+            ("CR_HOOK".into(), event.into()),
+            ("CR_GENERATION".into(), generation.to_string()),
+            (
+                "CR_GENERATION_DIR".into(),
+                manifest::generation_dir(&self.cfg.ckpt_dir, comp_id, generation).display().to_string(),
+            ),
+            ("CR_COMP_ID".into(), format!("{comp_id:016x}")),
+            ("CR_CKPT_DIR".into(), self.cfg.ckpt_dir.display().to_string()),
+        ]
+    }
+
+    /// `--keep N`: called once generation `newest` is durable (manifest and `latest`).
+    fn apply_retention(&mut self, comp_dir: &std::path::Path, newest: u64) {
+        let Some(keep) = self.cfg.keep else { return };
+        let keep = keep.max(1) as usize;
+        let complete = manifest::complete_generations(comp_dir);
+        let older: Vec<u64> = complete.iter().copied().filter(|&n| n < newest).collect();
+        // `newest` itself is one of the kept ones.
+        let excess = older.len().saturating_sub(keep - 1);
+        let dead: Vec<u64> = manifest::incomplete_generations(comp_dir).into_iter().filter(|&n| n < newest).collect();
+        for n in older.into_iter().take(excess).chain(dead) {
+            match manifest::remove_generation(comp_dir, n) {
+                Ok(()) => info!(generation = n, "removed (--keep {keep})"),
+                Err(e) => warn!("cannot remove generation {n}: {e}"),
+            }
+        }
+    }
+
+    /// Start the generation a process asked for while another one ran.
+    fn start_followup(&mut self, now: Instant) {
+        if !std::mem::take(&mut self.followup) || self.generation.is_some() || self.process_count() == 0 {
+            return;
+        }
+        match self.start_generation(now) {
+            Ok(n) => info!(generation = n, "checkpoint requested during the previous one started"),
+            Err(e) => warn!("requested checkpoint not started: {e}"),
+        }
+    }
+
+    /// The summary of the newest complete generation of a computation on disk.
+    fn latest_on_disk(&self, comp_id: u64) -> Option<GenerationSummary> {
+        let comp_dir = manifest::computation_dir(&self.cfg.ckpt_dir, comp_id);
+        let n = *manifest::complete_generations(&comp_dir).last()?;
+        let dir = manifest::generation_dir(&self.cfg.ckpt_dir, comp_id, n);
+        let m = manifest::read_manifest(&dir).ok()?;
+        Some(GenerationSummary {
+            generation: n,
+            path: dir.display().to_string(),
+            completed_unix: m.completed_unix,
+            duration_ms: m.duration_ms,
+            bytes: m.processes.iter().map(|p| p.bytes).sum(),
+            max_downtime_us: m.processes.iter().map(|p| p.downtime_us).max().unwrap_or(0),
+        })
     }
 
     /// Abort the generation in progress: tell the members, remove its directory, tell the waiters.
@@ -573,6 +748,7 @@ impl Core {
             self.reply(*w, Reply::Error { message: message.clone() });
         }
         self.interval_base = Some(now);
+        self.start_followup(now);
         self.forget_comp_if_empty();
     }
 
@@ -594,7 +770,7 @@ impl Core {
             .conns
             .iter()
             .filter_map(|(c, conn)| match conn {
-                Conn::Process(p) => Some((*c, Member { proc: p.clone(), reached: false, report: None })),
+                Conn::Process(p) => Some((*c, Member { proc: p.clone(), reached: false, held: false, report: None })),
                 _ => None,
             })
             .collect();
@@ -630,7 +806,7 @@ impl Core {
             dir,
             comp_dir,
             started: now,
-            started_unix: unix_now(),
+            started_unix_ms: unix_now_ms(),
             deadline: now.checked_add(self.cfg.generation_timeout),
             phase: GenPhase::Suspend,
             members,
@@ -698,12 +874,42 @@ impl Core {
             Command::Interval { secs } => {
                 info!("checkpoint interval set to {secs} s");
                 self.cfg.interval_secs = secs;
-                if self.process_count() > 0 && self.interval_base.is_none() {
+                // The new interval counts from now (or from the end of the running generation).
+                if self.process_count() > 0 {
                     self.interval_base = Some(now);
                 }
                 self.reply(c, Reply::Ok);
             }
+            Command::Generations => {
+                let list = self.generations_on_disk();
+                self.reply(c, Reply::Generations(list));
+            }
         }
+    }
+
+    /// The complete generations of the current computation on disk, oldest first.
+    pub fn generations_on_disk(&self) -> Vec<GenerationInfo> {
+        let Some(id) = self.comp_id else { return Vec::new() };
+        let comp_dir = manifest::computation_dir(&self.cfg.ckpt_dir, id);
+        let latest = std::fs::read_link(comp_dir.join(manifest::LATEST_NAME))
+            .ok()
+            .and_then(|l| l.file_name().and_then(|n| n.to_str()).and_then(manifest::parse_generation_name));
+        manifest::complete_generations(&comp_dir)
+            .into_iter()
+            .filter_map(|n| {
+                let dir = manifest::generation_dir(&self.cfg.ckpt_dir, id, n);
+                let m = manifest::read_manifest(&dir).ok()?;
+                Some(GenerationInfo {
+                    generation: n,
+                    path: dir.display().to_string(),
+                    completed_unix: m.completed_unix,
+                    duration_ms: m.duration_ms,
+                    bytes: m.processes.iter().map(|p| p.bytes).sum(),
+                    processes: m.processes.len(),
+                    latest: latest == Some(n),
+                })
+            })
+            .collect()
     }
 
     /// What `crctl status` shows.
@@ -714,15 +920,23 @@ impl Core {
             .filter_map(|(c, conn)| match conn {
                 Conn::Process(p) => {
                     let state = match &self.generation {
-                        Some(g) => g.members.get(c).map_or("running", |m| phase_of(g.phase, m.reached)),
+                        Some(g) => g.members.get(c).map_or("running", |m| {
+                            if m.held && !m.reached {
+                                "held"
+                            } else {
+                                phase_of(g.phase, m.reached)
+                            }
+                        }),
                         None => "running",
                     };
                     Some(ProcessInfo {
                         vpid: p.vpid,
+                        vppid: p.vppid,
                         real_pid: p.real_pid,
                         hostname: p.hostname.clone(),
                         program: p.program.clone(),
                         state: state.into(),
+                        restored_from: p.restored_from,
                     })
                 }
                 _ => None,
@@ -734,7 +948,24 @@ impl Core {
             interval_secs: self.cfg.interval_secs,
             processes,
             in_progress: self.in_progress(),
+            progress: self.generation.as_ref().map(|g| GenerationProgress {
+                generation: g.number,
+                path: g.dir.display().to_string(),
+                phase: match g.phase {
+                    GenPhase::Suspend => "suspend",
+                    GenPhase::Write => "write",
+                    GenPhase::Resume => "resume",
+                }
+                .into(),
+                processes: g.members.len(),
+                done: g.members.values().filter(|m| m.reached).count(),
+                held_by: g.members.values().filter(|m| m.held && !m.reached).map(|m| m.proc.vpid).collect(),
+                bytes: g.members.values().filter_map(|m| m.report.as_ref()).map(|r| r.bytes).sum(),
+                elapsed_ms: self.clock.saturating_duration_since(g.started).as_millis() as u64,
+            }),
             last_complete: self.last_complete.clone(),
+            keep: self.cfg.keep,
+            next_checkpoint_in_secs: self.interval_due().map(|d| d.saturating_duration_since(self.clock).as_secs()),
         }
     }
 
@@ -1047,7 +1278,8 @@ mod tests {
         f.msg(1, ToCoord::Written { generation: 1, report: report(vpid) });
         let a = f.msg(1, ToCoord::Reached { generation: 1, phase: Phase::Resumed });
         assert!(matches!(a[0], Action::Send(9, FromCoord::Reply(Reply::Done(_)))));
-        assert_eq!(a[1], Action::Kill { real_pid: vpid });
+        assert_eq!(sends_to(&a, 1), vec![FromCoord::Completed { generation: 1 }]);
+        assert_eq!(a.last(), Some(&Action::Kill { real_pid: vpid }));
 
         let a = f.cmd(9, Command::Interval { secs: 30 });
         assert_eq!(sends_to(&a, 9), vec![FromCoord::Reply(Reply::Ok)]);
@@ -1123,6 +1355,130 @@ mod tests {
         f.now = t0 + Duration::from_secs(12);
         f.msg(1, ToCoord::Failed { generation: 1, error: "x".into() });
         assert_eq!(f.core.next_deadline(), Some(t0 + Duration::from_secs(22)));
+    }
+
+    /// Run generation `n` with the processes on conns 1..=k (vpid = conn) to completion.
+    fn complete_generation(f: &mut Fixture, ctl: ConnId, procs: &[ConnId]) -> (u64, PathBuf, Vec<Action>) {
+        let a = f.cmd(ctl, Command::Checkpoint { wait: true, kill_after: false });
+        let (n, dir) = match &sends_to(&a, procs[0])[..] {
+            [FromCoord::Checkpoint { generation, dir }] => (*generation, PathBuf::from(dir)),
+            other => panic!("{other:?}"),
+        };
+        for &c in procs {
+            f.msg(c, ToCoord::Reached { generation: n, phase: Phase::Suspended });
+        }
+        for &c in procs {
+            std::fs::write(dir.join(manifest::image_file_name(c as i32)), b"image").unwrap();
+            f.msg(c, ToCoord::Written { generation: n, report: report(c as i32) });
+        }
+        let mut last = Vec::new();
+        for &c in procs {
+            last = f.msg(c, ToCoord::Reached { generation: n, phase: Phase::Resumed });
+        }
+        assert!(matches!(sends_to(&last, ctl).as_slice(), [FromCoord::Reply(Reply::Done(_))]), "{last:?}");
+        (n, dir, last)
+    }
+
+    #[test]
+    fn retention_keeps_exactly_n_and_never_counts_partial_directories() {
+        let mut f = fixture("keep");
+        f.core.cfg.keep = Some(2);
+        f.connect(1, hello(Some(0x77), 1));
+        f.control(9);
+        let comp = manifest::computation_dir(&f.dir, 0x77);
+        let (_, d1, _) = complete_generation(&mut f, 9, &[1]);
+        let (_, d2, _) = complete_generation(&mut f, 9, &[1]);
+        assert!(d1.is_dir() && d2.is_dir());
+        // A generation that fails leaves nothing; a stray partial directory (a coordinator
+        // that died mid-checkpoint) does not count as kept and goes once it is older.
+        f.cmd(9, Command::Checkpoint { wait: true, kill_after: false });
+        f.msg(1, ToCoord::Failed { generation: 3, error: "x".into() });
+        std::fs::create_dir(comp.join("gen-000004")).unwrap();
+        f.core.min_next_generation = 5;
+        let (n, d5, _) = complete_generation(&mut f, 9, &[1]);
+        assert_eq!(n, 5);
+        assert_eq!(manifest::complete_generations(&comp), vec![2, 5]);
+        assert_eq!(manifest::incomplete_generations(&comp), Vec::<u64>::new());
+        assert!(!d1.exists() && d2.is_dir() && d5.is_dir());
+        assert_eq!(std::fs::read_link(comp.join("latest")).unwrap(), PathBuf::from("gen-000005"));
+        complete_generation(&mut f, 9, &[1]);
+        assert_eq!(manifest::complete_generations(&comp), vec![5, 6]);
+        let listed: Vec<(u64, bool)> = f.core.generations_on_disk().iter().map(|g| (g.generation, g.latest)).collect();
+        assert_eq!(listed, vec![(5, false), (6, true)]);
+        // The manifest carries hosts, the command line, timings and checksums.
+        let m = manifest::read_manifest(&manifest::generation_dir(&f.dir, 0x77, 6)).unwrap();
+        assert_eq!(m.hosts, vec![crate::hostname()]);
+        assert_eq!(m.bytes, 100);
+        assert!(m.completed_unix_ms >= m.started_unix_ms && m.started_unix_ms > 0);
+        assert_eq!(m.processes[0].header_crc32c, crc32c::crc32c(b"image"));
+    }
+
+    #[test]
+    fn checkpoint_requests_from_processes() {
+        let mut f = fixture("request");
+        f.connect(1, hello(Some(5), 1));
+        f.connect(2, hello(None, 2));
+        // A request with nothing running starts a generation for everyone.
+        let a = f.msg(2, ToCoord::RequestCheckpoint);
+        for c in [1, 2] {
+            assert!(matches!(sends_to(&a, c).as_slice(), [FromCoord::Checkpoint { generation: 1, .. }]), "{a:?}");
+        }
+        // A request from a process not yet suspended is covered by it.
+        assert!(f.msg(1, ToCoord::RequestCheckpoint).is_empty());
+        // One from a process that already suspended (sent before, arriving late) is not:
+        // a second generation follows.
+        f.msg(2, ToCoord::Reached { generation: 1, phase: Phase::Suspended });
+        assert!(f.msg(2, ToCoord::RequestCheckpoint).is_empty());
+        // A process in a critical section is shown as holding the generation.
+        f.msg(1, ToCoord::Held { generation: 1 });
+        let st = f.core.status();
+        assert_eq!(st.processes.iter().map(|p| p.state.as_str()).collect::<Vec<_>>(), vec!["held", "suspended"]);
+        let p = st.progress.unwrap();
+        assert_eq!((p.generation, p.phase.as_str(), p.done, p.processes, p.held_by), (1, "suspend", 1, 2, vec![1]));
+        let a = f.msg(1, ToCoord::Failed { generation: 1, error: "critical section too long".into() });
+        // Everyone hears of the abort, and the follow-up generation starts.
+        assert!(matches!(sends_to(&a, 2).as_slice(), [FromCoord::Abort { generation: 1, .. }, FromCoord::Checkpoint { generation: 2, .. }]), "{a:?}");
+        // With no process... a request that cannot start anything is answered.
+        let mut g = fixture("request2");
+        g.connect(1, hello(Some(6), 1));
+        g.core.cfg.ckpt_dir = PathBuf::from("/proc/nonexistent-dir");
+        let a = g.msg(1, ToCoord::RequestCheckpoint);
+        assert!(matches!(sends_to(&a, 1).as_slice(), [FromCoord::RequestFailed { .. }]), "{a:?}");
+    }
+
+    #[test]
+    fn operator_hooks_get_the_generation() {
+        let mut f = fixture("hooks");
+        f.core.cfg.on_checkpoint = Some("echo ckpt".into());
+        f.core.cfg.on_restart = Some("echo restart".into());
+        let mut h = hello(Some(0x99), 1);
+        if let ToCoord::HelloProcess { restored_from, .. } = &mut h {
+            *restored_from = Some(4);
+        }
+        f.input(Input::Connected(1));
+        let a = f.msg(1, h.clone());
+        let hook = a.iter().find_map(|x| if let Action::RunHook { cmd, env } = x { Some((cmd.clone(), env.clone())) } else { None });
+        let (cmd, env) = hook.expect("on-restart hook");
+        assert_eq!(cmd, "echo restart");
+        let get = |env: &[(String, String)], k: &str| env.iter().find(|(x, _)| x == k).map(|(_, v)| v.clone()).unwrap();
+        assert_eq!(get(&env, "CR_GENERATION"), "4");
+        assert_eq!(get(&env, "CR_HOOK"), "restart");
+        assert_eq!(PathBuf::from(get(&env, "CR_GENERATION_DIR")), manifest::generation_dir(&f.dir, 0x99, 4));
+        // A second process of the same restart does not run it again.
+        f.input(Input::Connected(2));
+        if let ToCoord::HelloProcess { vpid, .. } = &mut h {
+            *vpid = 2;
+        }
+        assert!(!f.msg(2, h).iter().any(|x| matches!(x, Action::RunHook { .. })));
+        f.control(9);
+        let (n, dir, last) = complete_generation(&mut f, 9, &[1, 2]);
+        let (cmd, env) = last
+            .iter()
+            .find_map(|x| if let Action::RunHook { cmd, env } = x { Some((cmd.clone(), env.clone())) } else { None })
+            .expect("on-checkpoint hook");
+        assert_eq!(cmd, "echo ckpt");
+        assert_eq!(get(&env, "CR_GENERATION"), n.to_string());
+        assert_eq!(PathBuf::from(get(&env, "CR_GENERATION_DIR")), dir);
     }
 
     const DEFAULT_GENERATION_TIMEOUT_FOR_TEST: Duration = crate::DEFAULT_GENERATION_TIMEOUT;

@@ -60,6 +60,12 @@ pub struct Config {
     pub idle_grace: Duration,
     /// Shared secret required in hellos, if set.
     pub token: Option<String>,
+    /// Keep only the newest N complete generations (None: keep all).
+    pub keep: Option<u32>,
+    /// Shell command run (`sh -c`) after each complete generation.
+    pub on_checkpoint: Option<String>,
+    /// Shell command run when a restarted computation connects.
+    pub on_restart: Option<String>,
 }
 
 impl Config {
@@ -72,6 +78,9 @@ impl Config {
             exit_when_idle: false,
             idle_grace: DEFAULT_IDLE_GRACE,
             token: None,
+            keep: None,
+            on_checkpoint: None,
+            on_restart: None,
         }
     }
 }
@@ -80,9 +89,17 @@ impl Config {
 /// read incrementally, so a peer announcing a large frame and sending nothing costs
 /// nothing. Frames over [`wire::MAX_FRAME`] are an error.
 pub fn recv_frame<R: Read, T: DeserializeOwned>(r: &mut R) -> Result<T, Error> {
+    recv_frame_limited(r, wire::MAX_FRAME)
+}
+
+/// [`recv_frame`] with a lower size limit (used before a peer has said hello).
+pub fn recv_frame_limited<R: Read, T: DeserializeOwned>(r: &mut R, limit: usize) -> Result<T, Error> {
     let mut prefix = [0u8; 4];
     r.read_exact(&mut prefix)?;
     let n = wire::frame_len(prefix)?;
+    if n > limit {
+        return Err(Error::Protocol(crust_format::Error::FrameTooLarge(n)));
+    }
     let mut body = Vec::with_capacity(n.min(64 << 10));
     r.take(n as u64).read_to_end(&mut body)?;
     if body.len() != n {
@@ -112,6 +129,35 @@ pub fn init_logging(verbose: u8) {
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .try_init();
+}
+
+/// Whether a `--bind` address only accepts connections from this host.
+pub fn is_loopback_bind(bind: &str) -> bool {
+    let host = bind.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Read a shared secret from a file (see [`wire::read_token_file`]).
+pub fn read_token_file(path: &std::path::Path) -> Result<String, Error> {
+    wire::read_token_file(path).map_err(Error::Config)
+}
+
+/// The shared secret from `--token-file` if given, else from env `CR_TOKEN`.
+pub fn token_from(file: Option<&std::path::Path>) -> Result<Option<String>, Error> {
+    match file {
+        Some(f) => read_token_file(f).map(Some),
+        None => Ok(std::env::var("CR_TOKEN").ok().map(|t| t.trim().to_string()).filter(|t| !t.is_empty())),
+    }
+}
+
+/// Compare secrets in time independent of where they differ.
+pub fn same_secret(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let mut diff = (a.len() != b.len()) as u8;
+    for i in 0..a.len().max(b.len()) {
+        diff |= a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0);
+    }
+    diff == 0
 }
 
 /// This host's name (used to tell which processes can be signalled locally).

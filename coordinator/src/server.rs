@@ -3,19 +3,27 @@
 //! One thread accepts connections; each connection gets a reader thread that decodes
 //! frames and forwards them over a channel; the thread that called [`Server::run`] owns
 //! the [`Core`] and the write halves of every connection. A connection that sends a frame
-//! over the size limit, or one that does not decode, is dropped (only that one).
+//! over the size limit, or one that does not decode, is dropped (only that one). Before its
+//! hello a connection gets [`HELLO_TIMEOUT`] and frames of at most
+//! [`wire::MAX_HELLO_FRAME`] bytes; at most [`MAX_CONNECTIONS`] are open at once, so
+//! nobody can exhaust the coordinator's threads or memory by connecting and idling.
 
 use crate::core::{Action, ConnId, Core, Input};
-use crate::{recv_frame, Config, Error};
+use crate::{recv_frame, recv_frame_limited, Config, Error};
 use crust_format::wire::{self, ToCoord};
 use std::collections::HashMap;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 use tracing::{debug, warn};
 
 /// A peer that does not read its messages for this long is dropped.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection that has not said hello after this long is dropped.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections beyond this many are closed at once.
+pub const MAX_CONNECTIONS: usize = 4096;
 
 enum Event {
     Connected(ConnId, TcpStream),
@@ -111,14 +119,36 @@ fn execute(core: &mut Core, writers: &mut HashMap<ConnId, TcpStream>, actions: V
                     warn!("cannot kill pid {real_pid}: {e}");
                 }
             }
+            Action::RunHook { cmd, env } => run_hook(&cmd, env),
             Action::Exit => exit = true,
         }
     }
     exit
 }
 
+/// Start an operator hook with `sh -c` and reap it from a thread; its output goes where
+/// the coordinator's goes.
+fn run_hook(cmd: &str, env: Vec<(String, String)>) {
+    let gen = env.iter().find(|(k, _)| k == "CR_GENERATION").map(|(_, v)| v.clone()).unwrap_or_default();
+    let mut c = std::process::Command::new("/bin/sh");
+    c.arg("-c").arg(cmd).envs(env).stdin(std::process::Stdio::null());
+    match c.spawn() {
+        Ok(mut child) => {
+            debug!(pid = child.id(), generation = %gen, "hook started: {cmd}");
+            let cmd = cmd.to_string();
+            let _ = std::thread::Builder::new().name("hook".into()).spawn(move || match child.wait() {
+                Ok(st) if st.success() => debug!("hook finished: {cmd}"),
+                Ok(st) => warn!("hook `{cmd}` (generation {gen}) failed: {st}"),
+                Err(e) => warn!("hook `{cmd}`: {e}"),
+            });
+        }
+        Err(e) => warn!("cannot run hook `{cmd}`: {e}"),
+    }
+}
+
 fn accept_loop(listener: TcpListener, tx: mpsc::Sender<Event>) {
     let mut next: ConnId = 1;
+    let open = Arc::new(AtomicUsize::new(0));
     loop {
         let stream = match listener.accept() {
             Ok((s, peer)) => {
@@ -132,6 +162,11 @@ fn accept_loop(listener: TcpListener, tx: mpsc::Sender<Event>) {
                 continue;
             }
         };
+        if open.load(Ordering::Acquire) >= MAX_CONNECTIONS {
+            warn!("{MAX_CONNECTIONS} connections open; refusing another");
+            drop(stream);
+            continue;
+        }
         let id = next;
         next += 1;
         let _ = stream.set_nodelay(true);
@@ -147,8 +182,14 @@ fn accept_loop(listener: TcpListener, tx: mpsc::Sender<Event>) {
             return;
         }
         let rtx = tx.clone();
-        let spawned = std::thread::Builder::new().name(format!("conn-{id}")).spawn(move || reader(id, stream, rtx));
+        open.fetch_add(1, Ordering::AcqRel);
+        let count = open.clone();
+        let spawned = std::thread::Builder::new().name(format!("conn-{id}")).spawn(move || {
+            reader(id, stream, rtx);
+            count.fetch_sub(1, Ordering::AcqRel);
+        });
         if let Err(e) = spawned {
+            open.fetch_sub(1, Ordering::AcqRel);
             warn!("cannot start a connection thread: {e}");
             if tx.send(Event::Closed(id)).is_err() {
                 return;
@@ -158,6 +199,25 @@ fn accept_loop(listener: TcpListener, tx: mpsc::Sender<Event>) {
 }
 
 fn reader(id: ConnId, mut stream: TcpStream, tx: mpsc::Sender<Event>) {
+    // The hello: small, and soon.
+    let first = stream
+        .set_read_timeout(Some(HELLO_TIMEOUT))
+        .map_err(Error::from)
+        .and_then(|()| recv_frame_limited::<_, ToCoord>(&mut stream, wire::MAX_HELLO_FRAME))
+        .and_then(|m| stream.set_read_timeout(None).map(|()| m).map_err(Error::from));
+    match first {
+        Ok(m) => {
+            if tx.send(Event::Message(id, m)).is_err() {
+                return;
+            }
+        }
+        Err(e) => {
+            debug!(conn = id, "connection dropped before its hello: {e}");
+            let _ = stream.shutdown(Shutdown::Both);
+            let _ = tx.send(Event::Closed(id));
+            return;
+        }
+    }
     loop {
         match recv_frame::<_, ToCoord>(&mut stream) {
             Ok(m) => {

@@ -96,7 +96,14 @@ fn fake_process(addr: &str, vpid: i32) -> TcpStream {
 
 /// Answer one generation as a well-behaved process would.
 fn serve_generation(p: &mut TcpStream, vpid: i32) {
-    let FromCoord::Checkpoint { generation, dir } = wire::blocking::recv(p).unwrap() else { panic!() };
+    // The previous generation's `Completed` may come first.
+    let (generation, dir) = loop {
+        match wire::blocking::recv(p).unwrap() {
+            FromCoord::Checkpoint { generation, dir } => break (generation, dir),
+            FromCoord::Completed { .. } => continue,
+            other => panic!("{other:?}"),
+        }
+    };
     wire::blocking::send(p, &ToCoord::Reached { generation, phase: Phase::Suspended }).unwrap();
     assert_eq!(wire::blocking::recv::<_, FromCoord>(p).unwrap(), FromCoord::Proceed { generation, phase: Phase::Written });
     let file = manifest::image_file_name(vpid);

@@ -34,6 +34,14 @@ pub struct ManifestProcess {
     pub memory_bytes: u64,
     pub downtime_us: u64,
     pub write_us: u64,
+    /// crc32c of the image's header page, which holds the metadata checksum, which holds
+    /// every page run's checksum: ties the manifest to exactly this image. 0 = not read
+    /// (the image is on another host).
+    #[serde(default)]
+    pub header_crc32c: u32,
+    /// The generation this process had been restarted from, if any.
+    #[serde(default)]
+    pub restored_from: Option<u64>,
 }
 
 /// The manifest of a complete generation.
@@ -45,6 +53,20 @@ pub struct Manifest {
     pub started_unix: u64,
     pub completed_unix: u64,
     pub duration_ms: u64,
+    /// Start and completion, unix time in milliseconds.
+    #[serde(default)]
+    pub started_unix_ms: u64,
+    #[serde(default)]
+    pub completed_unix_ms: u64,
+    /// Total image bytes.
+    #[serde(default)]
+    pub bytes: u64,
+    /// Hosts the processes ran on (sorted, distinct).
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// The command line the computation was launched with (its first process's argv).
+    #[serde(default)]
+    pub command: Vec<String>,
     pub processes: Vec<ManifestProcess>,
 }
 
@@ -80,6 +102,52 @@ pub fn next_generation(comp_dir: &Path) -> u64 {
         }
     }
     max + 1
+}
+
+/// Generation numbers of the complete generations (with a manifest) of a computation
+/// directory, ascending.
+pub fn complete_generations(comp_dir: &Path) -> Vec<u64> {
+    let mut v: Vec<u64> = std::fs::read_dir(comp_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(parse_generation_name))
+        .filter(|&n| comp_dir.join(format!("gen-{n:06}")).join(MANIFEST_NAME).is_file())
+        .collect();
+    v.sort_unstable();
+    v
+}
+
+/// Generation numbers of the directories of a computation that have no manifest
+/// (failed, interrupted or in progress), ascending.
+pub fn incomplete_generations(comp_dir: &Path) -> Vec<u64> {
+    let mut v: Vec<u64> = std::fs::read_dir(comp_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(parse_generation_name))
+        .filter(|&n| !comp_dir.join(format!("gen-{n:06}")).join(MANIFEST_NAME).exists())
+        .collect();
+    v.sort_unstable();
+    v
+}
+
+/// Delete a generation directory so that it is never seen half-deleted: it is renamed to
+/// a hidden name first (not a generation any more), then removed.
+pub fn remove_generation(comp_dir: &Path, generation: u64) -> Result<(), crate::Error> {
+    let dir = comp_dir.join(format!("gen-{generation:06}"));
+    let trash = comp_dir.join(format!(".deleting-gen-{generation:06}.{}", std::process::id()));
+    std::fs::rename(&dir, &trash).map_err(|e| crate::Error::Io { path: dir.display().to_string(), source: e })?;
+    crate::fsync_dir(comp_dir)?;
+    std::fs::remove_dir_all(&trash).map_err(|e| crate::Error::Io { path: trash.display().to_string(), source: e })
+}
+
+/// crc32c of an image's header page (as much of it as the file has).
+pub fn image_header_crc(path: &Path) -> Option<u32> {
+    use std::io::Read;
+    let mut b = Vec::with_capacity(crate::image::HEADER_SIZE);
+    std::fs::File::open(path).ok()?.take(crate::image::HEADER_SIZE as u64).read_to_end(&mut b).ok()?;
+    Some(crc32c::crc32c(&b))
 }
 
 /// Read and parse a generation's manifest.
@@ -159,7 +227,20 @@ mod tests {
     fn resolve_picks_newest_complete() {
         let d = std::env::temp_dir().join(format!("crust-manifest-test-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
-        let m = |g| Manifest { version: 1, comp_id: 1, generation: g, started_unix: g, completed_unix: g, duration_ms: 0, processes: vec![] };
+        let m = |g| Manifest {
+            version: 1,
+            comp_id: 1,
+            generation: g,
+            started_unix: g,
+            completed_unix: g,
+            duration_ms: 0,
+            started_unix_ms: 0,
+            completed_unix_ms: 0,
+            bytes: 0,
+            hosts: vec![],
+            command: vec![],
+            processes: vec![],
+        };
         for g in 1..=3 {
             let gd = generation_dir(&d, 1, g);
             std::fs::create_dir_all(&gd).unwrap();
@@ -172,6 +253,12 @@ mod tests {
         assert!(p.ends_with("gen-000002"));
         assert!(matches!(resolve_generation(&generation_dir(&d, 1, 3)), Err(crate::Error::Incomplete(_))));
         assert_eq!(next_generation(&computation_dir(&d, 1)), 4);
+        let comp = computation_dir(&d, 1);
+        assert_eq!(complete_generations(&comp), vec![1, 2]);
+        assert_eq!(incomplete_generations(&comp), vec![3]);
+        remove_generation(&comp, 1).unwrap();
+        assert_eq!(complete_generations(&comp), vec![2]);
+        assert!(std::fs::read_dir(&comp).unwrap().flatten().all(|e| !e.file_name().to_string_lossy().contains("deleting")));
         assert!(matches!(resolve_generation(&d.join("nope")), Err(crate::Error::Missing(_))));
         std::fs::remove_dir_all(&d).unwrap();
     }

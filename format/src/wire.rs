@@ -19,6 +19,17 @@
 //!
 //! At any point the coordinator may send [`FromCoord::Abort`]: the process resumes its
 //! threads, deletes any partial image of that generation, and answers `Reached(Resumed)`.
+//! Once the manifest is durable the coordinator tells every member [`FromCoord::Completed`].
+//!
+//! ## Requests from inside a process (the application API)
+//! A process may send [`ToCoord::RequestCheckpoint`] (the program called `cr_checkpoint`).
+//! The coordinator starts a generation (or lets the one about to suspend this process
+//! cover it) and the process learns the outcome from `Completed`/`Abort`; a request that
+//! cannot start anything is answered by [`FromCoord::RequestFailed`]. A process that
+//! receives `Checkpoint` while the program is inside a critical section (`cr_disable`)
+//! answers [`ToCoord::Held`] first and suspends once the section ends.
+//!
+//! Enum variants are only ever appended, so the encoding of existing messages never changes.
 
 use serde::{Deserialize, Serialize};
 
@@ -27,6 +38,10 @@ pub const PROTOCOL_VERSION: u32 = 1;
 
 /// Largest frame either side accepts (16 MiB).
 pub const MAX_FRAME: usize = 16 << 20;
+
+/// Largest frame accepted before a connection said hello (a hello is small; a peer
+/// that has not identified itself gets no large buffer).
+pub const MAX_HELLO_FRAME: usize = 64 << 10;
 
 /// Default coordinator port.
 pub const DEFAULT_PORT: u16 = 7787;
@@ -94,6 +109,11 @@ pub enum ToCoord {
     Failed { generation: u64, error: String },
     /// A `crctl` command.
     Command(Command),
+    /// The program asked for a checkpoint (`cr_checkpoint`).
+    RequestCheckpoint,
+    /// The program is inside a critical section (`cr_disable`): this process will suspend
+    /// for `generation` when it ends (or fail the generation when it lasts too long).
+    Held { generation: u64 },
 }
 
 /// Commands sent by `crctl`.
@@ -108,17 +128,40 @@ pub enum Command {
     Quit,
     /// Change the checkpoint interval (0 = off).
     Interval { secs: u64 },
+    /// The generations of the computation on disk (complete ones, oldest first).
+    Generations,
 }
 
 /// One process as the coordinator sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessInfo {
     pub vpid: i32,
+    pub vppid: i32,
     pub real_pid: i32,
     pub hostname: String,
     pub program: String,
-    /// "running", "suspended", "writing", ...
+    /// "running", "suspending", "held" (critical section), "suspended", "writing", ...
     pub state: String,
+    /// The generation this process was restarted from, if it was.
+    pub restored_from: Option<u64>,
+}
+
+/// The generation in progress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GenerationProgress {
+    pub generation: u64,
+    pub path: String,
+    /// What the generation waits for: "suspend", "write", "resume".
+    pub phase: String,
+    /// Processes taking part.
+    pub processes: usize,
+    /// How many of them reached the phase.
+    pub done: usize,
+    /// Virtual pids holding the generation off in a critical section (`cr_disable`).
+    pub held_by: Vec<i32>,
+    /// Image bytes reported so far.
+    pub bytes: u64,
+    pub elapsed_ms: u64,
 }
 
 /// Answer to [`Command::Status`].
@@ -130,8 +173,27 @@ pub struct StatusInfo {
     pub processes: Vec<ProcessInfo>,
     /// Generation in progress, if any.
     pub in_progress: Option<u64>,
+    /// Its progress.
+    pub progress: Option<GenerationProgress>,
     /// Last complete generation: (id, path, unix time completed, duration ms, total bytes).
     pub last_complete: Option<GenerationSummary>,
+    /// `--keep N`: complete generations kept (None = all).
+    pub keep: Option<u32>,
+    /// Seconds until the next interval checkpoint, when one is scheduled.
+    pub next_checkpoint_in_secs: Option<u64>,
+}
+
+/// A complete generation on disk (answer to [`Command::Generations`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GenerationInfo {
+    pub generation: u64,
+    pub path: String,
+    pub completed_unix: u64,
+    pub duration_ms: u64,
+    pub bytes: u64,
+    pub processes: usize,
+    /// Whether `latest` points at it.
+    pub latest: bool,
 }
 
 /// Summary of a finished generation.
@@ -157,6 +219,7 @@ pub enum Reply {
     Error { message: String },
     Status(StatusInfo),
     Ok,
+    Generations(Vec<GenerationInfo>),
 }
 
 /// Messages sent by the coordinator.
@@ -174,6 +237,27 @@ pub enum FromCoord {
     Abort { generation: u64, reason: String },
     /// Answer to a `crctl` command.
     Reply(Reply),
+    /// Generation `generation` is complete (its manifest is durable).
+    Completed { generation: u64 },
+    /// A [`ToCoord::RequestCheckpoint`] could not start a generation.
+    RequestFailed { reason: String },
+}
+
+/// Read a shared secret from a file: its first line, without surrounding white space.
+/// A file every user may read, and an empty secret, are refused with a message.
+pub fn read_token_file(path: &std::path::Path) -> Result<String, String> {
+    use std::os::unix::fs::MetadataExt;
+    let bad = |why: String| format!("token file {}: {why}", path.display());
+    let meta = std::fs::metadata(path).map_err(|e| bad(e.to_string()))?;
+    if meta.mode() & 0o004 != 0 {
+        return Err(bad("readable by every user; chmod 600 it".into()));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    let token = text.lines().next().unwrap_or("").trim().to_string();
+    if token.is_empty() {
+        return Err(bad("empty".into()));
+    }
+    Ok(token)
 }
 
 /// Encode one frame (length prefix + postcard body).

@@ -227,7 +227,7 @@ fn session(fd: i32) -> Result<(), String> {
         fd,
         &ToCoord::HelloProcess {
             proto: wire::PROTOCOL_VERSION,
-            token: None,
+            token: cfg.token.clone(),
             comp_id: (comp != 0).then_some(comp),
             vpid: crate::vpid::vpid(),
             vppid: crate::vpid::to_virtual(sys::getppid()),

@@ -6,6 +6,7 @@
 //! | CR_SIGNAL  | checkpoint signal number                              | SIGUSR2          |
 //! | CR_CKPT_DIR| checkpoint directory (informational; the coordinator decides) | cwd      |
 //! | CR_DISABLE | `1`: load but do nothing                              | unset            |
+//! | CR_TOKEN   | shared secret presented to the coordinator            | unset            |
 
 use std::string::String;
 use std::vec::Vec;
@@ -17,6 +18,7 @@ pub struct Config {
     pub ckpt_dir: String,
     pub program: String,
     pub args: Vec<String>,
+    pub token: Option<String>,
 }
 
 static mut CONFIG: Option<Config> = None;
@@ -31,6 +33,7 @@ pub unsafe fn load(argc: i32, argv: *const *const u8, envp: *const *const u8) {
         ckpt_dir: String::new(),
         program: String::new(),
         args: Vec::new(),
+        token: None,
     };
     // SAFETY: the loader passes valid C string arrays (argv has argc entries).
     unsafe {
@@ -54,6 +57,9 @@ pub unsafe fn load(argc: i32, argv: *const *const u8, envp: *const *const u8) {
                 }
             } else if let Some(v) = kv.strip_prefix(b"CR_CKPT_DIR=") {
                 c.ckpt_dir = String::from_utf8_lossy(v).into_owned();
+            } else if let Some(v) = kv.strip_prefix(b"CR_TOKEN=") {
+                let t = String::from_utf8_lossy(v).trim().into();
+                c.token = Some(t).filter(|t: &String| !t.is_empty());
             } else if kv == b"CR_DISABLE=1" {
                 c.disabled = true;
             }

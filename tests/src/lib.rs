@@ -503,14 +503,32 @@ pub struct LaunchOpts {
     /// `ckpt_dir_env`, or, when that is None, no `CR_CKPT_DIR` at all (its cwd).
     pub flags: bool,
     pub ckpt_dir_env: Option<PathBuf>,
+    /// More crlaunch options (before the `--`).
+    pub extra: Vec<String>,
 }
 
 impl LaunchOpts {
     pub fn file(path: impl Into<PathBuf>) -> LaunchOpts {
-        LaunchOpts { stdout: StdoutTo::File(path.into()), signal: None, interval: None, gated: true, flags: true, ckpt_dir_env: None }
+        LaunchOpts {
+            stdout: StdoutTo::File(path.into()),
+            signal: None,
+            interval: None,
+            gated: true,
+            flags: true,
+            ckpt_dir_env: None,
+            extra: Vec::new(),
+        }
     }
     pub fn pipe() -> LaunchOpts {
-        LaunchOpts { stdout: StdoutTo::Pipe, signal: None, interval: None, gated: true, flags: true, ckpt_dir_env: None }
+        LaunchOpts {
+            stdout: StdoutTo::Pipe,
+            signal: None,
+            interval: None,
+            gated: true,
+            flags: true,
+            ckpt_dir_env: None,
+            extra: Vec::new(),
+        }
     }
     pub fn signal(mut self, s: &str) -> LaunchOpts {
         self.signal = Some(s.to_string());
@@ -839,6 +857,7 @@ impl Session {
         if let Some(s) = &opts.signal {
             cmd.arg("--signal").arg(s);
         }
+        cmd.args(&opts.extra);
         cmd.arg("--").arg(&prog.exe).args(&prog.args).current_dir(&self.work_dir);
         self.base_env(&mut cmd);
         if !opts.flags {
@@ -900,6 +919,46 @@ impl Session {
         cmd.arg("--coord").arg(self.coord()).args(args).current_dir(&self.root);
         self.base_env(&mut cmd);
         self.run_captured(cmd, &format!("crctl-{}", args.first().unwrap_or(&"")), CRCTL_TIMEOUT)
+    }
+
+    /// `crctl --coord .. ARGS` with extra environment (e.g. `CR_TOKEN`).
+    pub fn crctl_env(&self, args: &[&str], env: &[(&str, &str)]) -> CmdOutput {
+        let b = bins();
+        let mut cmd = Command::new(&b.crctl);
+        cmd.arg("--coord").arg(self.coord()).args(args).current_dir(&self.root);
+        self.base_env(&mut cmd);
+        cmd.envs(env.iter().copied());
+        self.run_captured(cmd, &format!("crctl-{}", args.first().unwrap_or(&"")), CRCTL_TIMEOUT)
+    }
+
+    /// `crctl status --json`, parsed; None when no coordinator answers.
+    pub fn status_json(&self) -> Option<serde_json::Value> {
+        let out = self.crctl(&["status", "--json"]);
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    /// Start `crcoord --port PORT --ckpt-dir CKPT_DIR -vv EXTRA...` for this session (with
+    /// extra environment) and wait until it listens. Panics if it exits first.
+    #[track_caller]
+    pub fn start_coordinator(&self, extra: &[&str], env: &[(&str, &str)]) -> Running {
+        let b = bins();
+        let mut cmd = Command::new(&b.crcoord);
+        cmd.arg("--port").arg(self.port.to_string()).arg("--ckpt-dir").arg(&self.ckpt_dir).arg("-vv").args(extra);
+        cmd.current_dir(&self.root);
+        self.base_env(&mut cmd);
+        cmd.envs(env.iter().copied());
+        let n = self.next();
+        let out = self.root.join(format!("{n:03}-crcoord.out"));
+        let mut r = self.spawn(cmd, "crcoord", Kind::Plain, &StdoutTo::File(out));
+        let ok = wait_until(READY_TIMEOUT, || port_is_open(self.port) || r.try_status().is_some());
+        if let Some(st) = r.try_status() {
+            panic!("crcoord {extra:?} exited ({}) before listening:\n{}", status_text(&st), r.stderr_text());
+        }
+        assert!(ok, "crcoord did not listen on port {} within {READY_TIMEOUT:?}", self.port);
+        r
     }
 
     /// `crctl ARGS` without `--coord`: the address comes from `CR_COORD`.

@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use clap::Parser;
-use crust_coordinator::{init_logging, server::Server, Config, Error};
+use crust_coordinator::{init_logging, is_loopback_bind, server::Server, token_from, Config, Error};
 use std::io::Write;
 use std::os::fd::{FromRawFd, RawFd};
 use std::path::PathBuf;
@@ -18,9 +18,25 @@ struct Args {
     /// TCP port to listen on.
     #[arg(long, default_value_t = crust_format::wire::DEFAULT_PORT)]
     port: u16,
-    /// Address to listen on.
+    /// Address to listen on. Anything but a loopback address needs a shared secret
+    /// (--token-file or env CR_TOKEN) that every process and crctl must present.
     #[arg(long, default_value = "127.0.0.1")]
     bind: String,
+    /// File holding the shared secret (first line) [default: env CR_TOKEN].
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// Keep only the newest N complete generations (older ones are deleted once a newer
+    /// one is durable).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    keep: Option<u32>,
+    /// Run this shell command after each complete generation, with CR_GENERATION,
+    /// CR_GENERATION_DIR, CR_COMP_ID and CR_CKPT_DIR in its environment.
+    #[arg(long, value_name = "CMD")]
+    on_checkpoint: Option<String>,
+    /// Run this shell command when a restarted computation connects (same environment,
+    /// naming the generation it was restarted from).
+    #[arg(long, value_name = "CMD")]
+    on_restart: Option<String>,
     /// Seconds between automatic checkpoints (0 = off).
     #[arg(long, default_value_t = 0)]
     interval: u64,
@@ -70,6 +86,17 @@ fn run(args: Args) -> anyhow::Result<()> {
     cfg.interval_secs = args.interval;
     cfg.exit_when_idle = args.exit_when_idle;
     cfg.generation_timeout = Duration::from_secs(args.generation_timeout);
+    cfg.keep = args.keep;
+    cfg.on_checkpoint = args.on_checkpoint.filter(|c| !c.trim().is_empty());
+    cfg.on_restart = args.on_restart.filter(|c| !c.trim().is_empty());
+    cfg.token = token_from(args.token_file.as_deref())?;
+    if cfg.token.is_none() && !is_loopback_bind(&args.bind) {
+        anyhow::bail!(
+            "refusing to listen on {} without a shared secret: anyone who can reach it could read and \
+             kill the computation; give --token-file FILE (or set CR_TOKEN) here and in every crlaunch/crctl",
+            args.bind
+        );
+    }
 
     let host = if args.bind.contains(':') && !args.bind.starts_with('[') {
         format!("[{}]", args.bind)
@@ -82,6 +109,8 @@ fn run(args: Args) -> anyhow::Result<()> {
         addr = %server.local_addr()?,
         ckpt_dir = %cfg.ckpt_dir.display(),
         interval = cfg.interval_secs,
+        keep = ?cfg.keep,
+        token = cfg.token.is_some(),
         exit_when_idle = cfg.exit_when_idle,
         "crcoord listening"
     );

@@ -28,6 +28,9 @@ struct Args {
     /// Signal crust uses inside the program (name or number), e.g. SIGUSR1, RTMIN+2.
     #[arg(long, env = "CR_SIGNAL", default_value = "SIGUSR2", value_name = "SIG")]
     signal: String,
+    /// File holding the coordinator's shared secret; the program presents it [default: env CR_TOKEN].
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
     /// Do not start a coordinator when none answers.
     #[arg(long)]
     no_coord_start: bool,
@@ -57,6 +60,12 @@ fn main() {
     }
     .unwrap_or_else(|e| die(2, e));
     let signal = parse_signal(&args.signal).unwrap_or_else(|e| die(2, e));
+    if let Some(f) = &args.token_file {
+        let token = crust_format::wire::read_token_file(f).unwrap_or_else(|e| die(2, e));
+        // Single-threaded here: the coordinator hello below, the coordinator crlaunch may
+        // start and the program all take it from the environment.
+        std::env::set_var("CR_TOKEN", token);
+    }
 
     let program = &args.command[0];
     let shown = program.to_string_lossy();
