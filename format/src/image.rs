@@ -271,6 +271,65 @@ pub struct ImageMeta {
     pub regions: Vec<Region>,
     /// Unix time (seconds) at which the process was stopped.
     pub taken_unix: u64,
+    /// Where the process sits in its process tree and what it shares with the others.
+    pub tree: TreeInfo,
+}
+
+/// A process's place in its process tree, and the kernel objects it shares with other
+/// processes of the computation. Process ids are virtual (what the program sees) unless
+/// named `real_*` (the kernel's at checkpoint time, used to link images together).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct TreeInfo {
+    /// Real parent pid at checkpoint time (a parent's `real_pid` links a child to it).
+    pub real_ppid: i32,
+    /// Virtual process group and session.
+    pub vpgid: i32,
+    pub vsid: i32,
+    /// Start time in clock ticks after boot (`/proc/PID/stat` field 22): of the processes
+    /// whose parent is outside the tree, the earliest is the root (the launched program);
+    /// the others are orphans.
+    pub start_ticks: u64,
+    /// Children, live and exited-but-unreaped (zombies).
+    pub children: Vec<ChildRecord>,
+    /// fds that share their open file description (offset, flags) with an fd of the
+    /// parent, found with kcmp(KCMP_FILE): `(fd here, fd in the parent)`.
+    pub inherited_fds: Vec<(i32, i32)>,
+    /// Named FIFOs among the pipe fds: `(fd, path)`.
+    pub fifos: Vec<(i32, String)>,
+    /// Shared memory that no file path can bring back (MAP_SHARED anonymous, deleted
+    /// files such as POSIX semaphores and shm_open objects, memfds), by kernel object:
+    /// regions with the same `(dev, ino)` in several processes are one object.
+    pub shared_maps: Vec<SharedMap>,
+}
+
+/// A child process at checkpoint time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChildRecord {
+    pub vpid: i32,
+    pub real_pid: i32,
+    /// Set for a child that had exited but was not yet reaped: how it ended.
+    pub exit: Option<ChildExit>,
+}
+
+/// How a zombie child ended, as `waitid` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChildExit {
+    /// `si_code`: CLD_EXITED (1), CLD_KILLED (2) or CLD_DUMPED (3).
+    pub code: i32,
+    /// Exit status (CLD_EXITED) or signal number.
+    pub status: i32,
+}
+
+/// One region of shared memory backed by a kernel object without a usable path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SharedMap {
+    pub start: u64,
+    pub end: u64,
+    /// Device and inode of the backing object (from /proc/PID/maps).
+    pub dev: u64,
+    pub ino: u64,
+    /// Offset of `start` in the object.
+    pub offset: u64,
 }
 
 impl ImageMeta {

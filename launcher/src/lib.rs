@@ -7,6 +7,7 @@
 
 pub mod coord_client;
 pub mod plan;
+pub mod rebuild;
 pub mod restart;
 
 use std::ffi::OsStr;

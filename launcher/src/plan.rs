@@ -80,6 +80,14 @@ pub struct PlanInput<'a> {
     pub coord: &'a str,
     pub generation: u64,
     pub verify: bool,
+    /// The tree's ids (virtual, new real, old real).
+    pub pids: &'a [PlanPid],
+    /// Lowest fd number of crrestart's own descriptors (see [`RestartArgs::close_from`]).
+    pub close_from: i32,
+    /// Regions (by start address) mapped from a shared-memory object that crrestart
+    /// created and filled: `(path to open, offset in the object)`. Their pages are not
+    /// loaded from the image (the object already holds them, for every process).
+    pub shared: &'a std::collections::HashMap<u64, (String, u64)>,
 }
 
 fn push_struct<T: Copy>(out: &mut Vec<u8>, v: &T) {
@@ -124,6 +132,25 @@ pub fn build(p: &PlanInput) -> Result<Vec<u8>, String> {
             flags |= RF_GROWSDOWN;
         }
         let (mut path_off, mut path_len, mut file_offset) = (0u32, 0u32, 0u64);
+        if let Some((path, offset)) = p.shared.get(&g.start) {
+            flags |= RF_FILE | RF_SHARED | RF_FILE_WRITE;
+            path_off = strings.len() as u32;
+            path_len = path.len() as u32;
+            strings.extend_from_slice(path.as_bytes());
+            strings.push(0);
+            regions.push(PlanRegion {
+                start: g.start,
+                end: g.end,
+                prot: g.prot,
+                flags,
+                file_offset: *offset,
+                path_off,
+                path_len,
+                first_run: runs.len() as u32,
+                n_runs: 0,
+            });
+            continue;
+        }
         if let RegionKind::File { path, offset, .. } = &g.kind {
             flags |= RF_FILE;
             if g.shared && g.prot & libc::PROT_WRITE as u32 != 0 {
@@ -182,7 +209,8 @@ pub fn build(p: &PlanInput) -> Result<Vec<u8>, String> {
     let regions_off = ((header_size + 7) & !7) as u64;
     let runs_off = regions_off + (regions.len() * core::mem::size_of::<PlanRegion>()) as u64;
     let strings_off = runs_off + (runs.len() * core::mem::size_of::<PlanRun>()) as u64;
-    let total_len = strings_off + strings.len() as u64;
+    let pids_off = (strings_off + strings.len() as u64 + 7) & !7;
+    let total_len = pids_off + core::mem::size_of_val(p.pids) as u64;
     let h = PlanHeader {
         magic: PLAN_MAGIC,
         version: PLAN_VERSION,
@@ -216,6 +244,9 @@ pub fn build(p: &PlanInput) -> Result<Vec<u8>, String> {
             _pad: 0,
             coord,
             generation: p.generation,
+            pids_addr: p.plan_addr + pids_off,
+            n_pids: p.pids.len() as u32,
+            close_from: p.close_from,
         },
     };
     let mut out = Vec::with_capacity(total_len as usize);
@@ -228,6 +259,10 @@ pub fn build(p: &PlanInput) -> Result<Vec<u8>, String> {
         push_struct(&mut out, r);
     }
     out.extend_from_slice(&strings);
+    align8(&mut out);
+    for pid in p.pids {
+        push_struct(&mut out, pid);
+    }
     debug_assert_eq!(out.len() as u64, total_len);
     Ok(out)
 }

@@ -1,17 +1,22 @@
-//! `crrestart`: check an image, rebuild the process's fds, cwd and limits, write the
-//! restore plan and exec `crust-restorer`, which becomes the restored program (so the
-//! pid, stdio and exit status seen by the caller are the program's).
+//! `crrestart`: check a generation, then rebuild its process tree and turn every process
+//! into `crust-restorer`, which becomes the restored program. crrestart's own process
+//! becomes the tree's root (the launched program), so the pid, stdio and exit status seen
+//! by the caller are the root program's.
 //!
 //! Every check that can fail happens before anything is started or changed: a missing,
-//! truncated, corrupt or wrong-version image, a multi-process generation (not supported
-//! yet), a file the program had open or mapped that vanished or changed, an fd kind that
-//! cannot be restored yet.
+//! truncated, corrupt or wrong-version image, an incomplete generation (a process of the
+//! tree without an image), a file a program had open or mapped that vanished or changed,
+//! an fd kind that cannot be restored yet.
+//!
+//! Then ([`crate::rebuild`]): every kernel object the tree shares (pipes, open files,
+//! shared memory) is created once here, so that forking hands it to every process that
+//! holds it; the processes are forked top-down from the right parents; sessions and
+//! process groups are set up; each process places its fds, writes its restore plan (with
+//! the whole tree's virtual → new real pid table) and execs `crust-restorer`.
 
-use crust_format::image::{self, FdKind, ImageMeta, RegionKind};
+use crust_format::image::{self, ChildRecord, FdKind, FdRecord, ImageMeta, RegionKind};
 use crust_format::manifest;
-use std::collections::HashMap;
-use std::ffi::CString;
-use std::os::fd::{AsRawFd, IntoRawFd};
+use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -24,12 +29,105 @@ pub struct RestartOptions {
     pub verify: bool,
 }
 
-/// What to do with one fd of the program.
-enum FdAction {
-    /// Keep crrestart's own fd at this number (terminal or pipe to the outside).
-    Inherit,
-    /// Open a file (already open at `fd`), place it at the target number.
-    Place(i32),
+/// Where one fd of a restored process comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Src {
+    /// crrestart's own fd with this number (a terminal, socket or pipe to the outside on
+    /// fds 0-2).
+    Inherit(i32),
+    /// An object created once for the whole tree (index into [`TreePlan::objects`]).
+    Obj(usize),
+}
+
+/// A kernel object created by crrestart before forking.
+#[derive(Debug, Clone)]
+pub enum ObjSpec {
+    /// A file, directory or device reopened at its path (and offset).
+    Open(FdRecord),
+    /// /dev/null, for a pipe whose reader is outside the checkpoint.
+    DevNull,
+    /// One end of a pipe (index into [`TreePlan::pipes`]).
+    PipeEnd { pipe: usize, read: bool },
+    /// A shared-memory object (index into [`TreePlan::shms`]).
+    Shm(usize),
+}
+
+/// A pipe (or named FIFO) of the tree.
+#[derive(Debug, Clone, Default)]
+pub struct PipeSpec {
+    pub id: u64,
+    pub capacity: u32,
+    /// Bytes in flight at checkpoint time.
+    pub data: Vec<u8>,
+    /// Path of a named FIFO.
+    pub fifo: Option<String>,
+    /// File status flags of each end's description (None: no process holds that end).
+    pub read_flags: Option<i32>,
+    pub write_flags: Option<i32>,
+}
+
+/// Shared memory without a path: a memfd filled from the images.
+#[derive(Debug, Clone, Default)]
+pub struct ShmSpec {
+    pub size: u64,
+    /// (image, offset of the bytes in the image, length, offset in the object).
+    pub fills: Vec<(PathBuf, u64, u64, u64)>,
+}
+
+/// One process of the tree.
+#[derive(Debug)]
+pub struct ProcPlan {
+    pub img_path: PathBuf,
+    pub meta: ImageMeta,
+    pub parent: Option<usize>,
+    /// Live children, in creation order.
+    pub children: Vec<usize>,
+    /// Exited-but-unreaped children to recreate.
+    pub zombies: Vec<ChildRecord>,
+    /// (target fd, source).
+    pub fds: Vec<(i32, Src)>,
+    /// Region start → (shared-memory object, offset in it).
+    pub shared: HashMap<u64, (usize, u64)>,
+    /// Calls setsid() (it led its session).
+    pub session_leader: bool,
+    /// Process group to join: Some(self) = create its own group; Some(other) = join
+    /// that process's group; None = keep the group it inherits.
+    pub group: Option<usize>,
+}
+
+/// Everything the rebuild needs, computed and checked before anything changes.
+#[derive(Debug)]
+pub struct TreePlan {
+    pub gen_dir: PathBuf,
+    pub procs: Vec<ProcPlan>,
+    /// The root (crrestart's own process).
+    pub root: usize,
+    /// Processes whose parent was outside the tree (re-parented to init or a subreaper).
+    pub orphans: Vec<usize>,
+    /// Top-down creation order (parents first).
+    pub order: Vec<usize>,
+    pub objects: Vec<ObjSpec>,
+    pub pipes: Vec<PipeSpec>,
+    pub shms: Vec<ShmSpec>,
+    /// Files written by the programs, to truncate back to their checkpoint-time size.
+    pub truncations: Vec<(String, u64)>,
+    /// Every fd number of every process is below this.
+    pub stage_base: i32,
+    /// The root's group or session when it came from outside the tree: the virtual id
+    /// maps to crrestart's own at rebuild time: (virtual, "pgid" or "sid").
+    pub outside_ids: Vec<(i32, &'static str)>,
+    pub restorer: PathBuf,
+    pub restorer_range: (u64, u64),
+    pub coord: String,
+    pub warnings: Vec<String>,
+}
+
+impl TreePlan {
+    /// "vpid N (program)".
+    pub fn describe(&self, i: usize) -> String {
+        let m = &self.procs[i].meta;
+        format!("process vpid {} ({})", m.vpid, m.program)
+    }
 }
 
 fn identity_changed(path: &str, want: &image::FileIdentity) -> Result<(), String> {
@@ -74,23 +172,21 @@ fn check_compat(meta: &ImageMeta) -> Result<(), String> {
     Ok(())
 }
 
-fn open_for_fd(rec: &image::FdRecord, keep_files: bool, truncations: &mut Vec<(String, u64)>) -> Result<std::fs::File, String> {
+/// Open a file, directory or device an fd referred to (at its offset).
+pub fn open_for_fd(rec: &FdRecord) -> Result<std::fs::File, String> {
     let acc = rec.flags & libc::O_ACCMODE;
     let mut o = std::fs::OpenOptions::new();
     o.read(acc == libc::O_RDONLY || acc == libc::O_RDWR);
     o.write(acc == libc::O_WRONLY || acc == libc::O_RDWR);
     o.custom_flags(rec.flags & (libc::O_APPEND | libc::O_NONBLOCK | libc::O_DIRECT | libc::O_SYNC | libc::O_DSYNC | libc::O_NOATIME));
     match &rec.kind {
-        FdKind::File { path, identity } => {
+        FdKind::File { path, .. } => {
             if !Path::new(path).exists() {
                 return Err(format!("{path} (fd {}) no longer exists", rec.fd));
             }
             let f = o.open(path).map_err(|e| format!("{path} (fd {}): {e}", rec.fd))?;
-            if acc != libc::O_RDONLY && !keep_files && f.metadata().map(|m| m.len() != identity.size).unwrap_or(false) {
-                truncations.push((path.clone(), identity.size));
-            }
             // SAFETY: lseek on our own fd.
-            unsafe { libc::lseek(f.as_raw_fd(), rec.offset, libc::SEEK_SET) };
+            unsafe { libc::lseek(std::os::fd::AsRawFd::as_raw_fd(&f), rec.offset, libc::SEEK_SET) };
             Ok(f)
         }
         FdKind::Directory { path } => std::fs::File::open(path).map_err(|e| format!("directory {path} (fd {}): {e}", rec.fd)),
@@ -101,217 +197,352 @@ fn open_for_fd(rec: &image::FdRecord, keep_files: bool, truncations: &mut Vec<(S
     }
 }
 
-/// Restart. Returns only on error (on success the process becomes the program).
-pub fn restart(opts: &RestartOptions) -> Result<std::convert::Infallible, String> {
+/// Read, check and link every image of the generation.
+fn load(opts: &RestartOptions) -> Result<TreePlan, String> {
     let (gen_dir, man) = manifest::resolve_generation(&opts.path).map_err(|e| e.to_string())?;
-    if man.processes.len() != 1 {
-        return Err(format!(
-            "{} holds {} processes; restarting process trees is not supported yet (single-process generations only)",
-            gen_dir.display(),
-            man.processes.len()
-        ));
+    if man.processes.is_empty() {
+        return Err(format!("{}: the manifest lists no process", gen_dir.display()));
     }
-    let img_path = gen_dir.join(&man.processes[0].image);
-    let img = image::read_image(&img_path).map_err(|e| format!("{}: {e}", img_path.display()))?;
-    let meta = &img.meta;
-    if opts.verify {
-        image::verify_pages(&img_path, meta).map_err(|e| format!("{}: {e}", img_path.display()))?;
+    let mut procs: Vec<ProcPlan> = Vec::new();
+    for mp in &man.processes {
+        let img_path = gen_dir.join(&mp.image);
+        if mp.image.is_empty() || !img_path.is_file() {
+            return Err(format!(
+                "{}: the generation is incomplete: the image of process vpid {} ({}), {}, is missing",
+                gen_dir.display(),
+                mp.vpid,
+                mp.program,
+                if mp.image.is_empty() { "(none recorded)".to_string() } else { img_path.display().to_string() }
+            ));
+        }
+        let img = image::read_image(&img_path).map_err(|e| format!("{}: {e}", img_path.display()))?;
+        if img.meta.vpid != mp.vpid {
+            return Err(format!(
+                "{}: the image is of vpid {} but the manifest lists it for vpid {} (mixed-up generation)",
+                img_path.display(),
+                img.meta.vpid,
+                mp.vpid
+            ));
+        }
+        if opts.verify {
+            image::verify_pages(&img_path, &img.meta).map_err(|e| format!("{}: {e}", img_path.display()))?;
+        }
+        procs.push(ProcPlan {
+            img_path,
+            meta: img.meta,
+            parent: None,
+            children: Vec::new(),
+            zombies: Vec::new(),
+            fds: Vec::new(),
+            shared: HashMap::new(),
+            session_leader: false,
+            group: None,
+        });
     }
-    check_compat(meta)?;
-    for r in &meta.regions {
-        if let RegionKind::File { path, identity, .. } = &r.kind {
-            identity_changed(path, identity)?;
+    let n = procs.len();
+    // Link children to parents by the kernel's pids at checkpoint time (always unique then).
+    let by_real: HashMap<i32, usize> = procs.iter().enumerate().map(|(i, p)| (p.meta.real_pid, i)).collect();
+    if by_real.len() != n {
+        return Err(format!("{}: two images claim the same process", gen_dir.display()));
+    }
+    for (i, p) in procs.iter_mut().enumerate() {
+        p.parent = by_real.get(&p.meta.tree.real_ppid).copied().filter(|&q| q != i && n > 1);
+    }
+    // Every live child a process had must be in the generation.
+    for p in procs.iter_mut() {
+        for c in &p.meta.tree.children {
+            if c.exit.is_none() && !by_real.contains_key(&c.real_pid) {
+                return Err(format!(
+                    "{}: the generation is incomplete: process vpid {} (a child of vpid {}, {}) has no image; \
+                     it was not under crust's control when the checkpoint was taken",
+                    gen_dir.display(),
+                    c.vpid,
+                    p.meta.vpid,
+                    p.meta.program
+                ));
+            }
+        }
+        p.zombies = p.meta.tree.children.iter().filter(|c| c.exit.is_some()).copied().collect();
+    }
+    let tops: Vec<usize> = (0..n).filter(|&i| procs[i].parent.is_none()).collect();
+    let root = *tops
+        .iter()
+        .min_by_key(|&&i| (procs[i].meta.tree.start_ticks, procs[i].meta.vpid))
+        .ok_or_else(|| format!("{}: the processes form a cycle", gen_dir.display()))?;
+    let orphans: Vec<usize> = tops.iter().copied().filter(|&i| i != root).collect();
+    for i in 0..n {
+        if let Some(p) = procs[i].parent {
+            procs[p].children.push(i);
         }
     }
+    let keys: Vec<(u64, i32)> = procs.iter().map(|p| (p.meta.tree.start_ticks, p.meta.vpid)).collect();
+    for p in procs.iter_mut() {
+        p.children.sort_by_key(|&c| keys[c]);
+    }
+    let mut order = Vec::new();
+    let mut stack: Vec<usize> = std::iter::once(root).chain(orphans.iter().copied()).rev().collect();
+    while let Some(i) = stack.pop() {
+        order.push(i);
+        stack.extend(procs[i].children.iter().rev().copied());
+    }
+    if order.len() != n {
+        return Err(format!("{}: the processes do not form a tree", gen_dir.display()));
+    }
+
     let restorer = crate::find_sibling_binary("crust-restorer").map_err(|e| e.to_string())?;
     let range = crate::plan::restorer_range(&restorer)?;
     // Leave room for the restorer's brk area after its image.
     let range = (range.0, range.1 + (16 << 20));
-    crate::plan::check_no_overlap(meta, range)?;
+    for p in &procs {
+        let who = format!("vpid {} ({})", p.meta.vpid, p.meta.program);
+        check_compat(&p.meta)?;
+        for r in &p.meta.regions {
+            if let RegionKind::File { path, identity, .. } = &r.kind {
+                identity_changed(path, identity).map_err(|e| format!("{who}: {e}"))?;
+            }
+        }
+        crate::plan::check_no_overlap(&p.meta, range).map_err(|e| format!("{who}: {e}"))?;
+        let cwd = Path::new(&p.meta.cwd);
+        if !cwd.is_dir() {
+            return Err(format!("{who}: the program's working directory {} no longer exists", p.meta.cwd));
+        }
+    }
+    let stage_base = procs.iter().flat_map(|p| p.meta.fds.iter().map(|f| f.fd)).max().unwrap_or(2).max(2) + 1;
+    Ok(TreePlan {
+        gen_dir,
+        procs,
+        root,
+        orphans,
+        order,
+        objects: Vec::new(),
+        pipes: Vec::new(),
+        shms: Vec::new(),
+        truncations: Vec::new(),
+        stage_base: stage_base.max(10),
+        outside_ids: Vec::new(),
+        restorer,
+        restorer_range: range,
+        coord: opts.coord.clone(),
+        warnings: Vec::new(),
+    })
+}
 
-    // fds: plan and open everything before touching the process.
-    let mut opened: Vec<(i32, std::fs::File)> = Vec::new();
-    let mut pipes: HashMap<u64, (i32, i32)> = HashMap::new();
-    let mut actions: Vec<(i32, FdAction)> = Vec::new();
-    let mut pipe_writes: Vec<(i32, Vec<u8>)> = Vec::new();
-    let mut truncations: Vec<(String, u64)> = Vec::new();
-    for rec in &meta.fds {
-        let action = match &rec.kind {
-            FdKind::Tty { .. } | FdKind::Socket { .. } if rec.fd <= 2 => FdAction::Inherit,
-            FdKind::Pipe { id, .. } if rec.fd <= 2 && meta.fds.iter().filter(|f| matches!(&f.kind, FdKind::Pipe { id: j, .. } if j == id)).count() < 2 => {
-                FdAction::Inherit
-            }
-            FdKind::Pipe { id, read_end, data, capacity } => {
-                let both = meta.fds.iter().any(|f| matches!(&f.kind, FdKind::Pipe { id: j, read_end: r, .. } if j == id && r != read_end));
-                if !both {
-                    // Typically a descriptor leaked by whatever started the program
-                    // (a build tool's jobserver, a shell's pipe). It cannot be
-                    // reconnected; the program gets /dev/null instead, and is told so.
-                    eprintln!(
-                        "crrestart: warning: fd {} was a pipe to a process outside the checkpoint; it is /dev/null now",
-                        rec.fd
-                    );
-                    let f = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null").map_err(|e| e.to_string())?;
-                    let raw = f.as_raw_fd();
-                    opened.push((rec.fd, f));
-                    actions.push((rec.fd, FdAction::Place(raw)));
-                    continue;
+/// Decide where every fd of every process comes from, and which objects to create.
+fn plan_fds(t: &mut TreePlan, keep_files: bool) -> Result<(), String> {
+    // Pipes: which ends the tree holds.
+    #[derive(Default)]
+    struct Ends {
+        reads: usize,
+        writes: usize,
+        read_rec: Option<FdRecord>,
+        write_rec: Option<FdRecord>,
+        data: Vec<u8>,
+        capacity: u32,
+        fifo: Option<String>,
+    }
+    let mut ends: BTreeMap<u64, Ends> = BTreeMap::new();
+    for p in &t.procs {
+        for rec in &p.meta.fds {
+            if let FdKind::Pipe { id, read_end, data, capacity } = &rec.kind {
+                let e = ends.entry(*id).or_default();
+                if *read_end {
+                    e.reads += 1;
+                    e.read_rec.get_or_insert_with(|| rec.clone());
+                } else {
+                    e.writes += 1;
+                    e.write_rec.get_or_insert_with(|| rec.clone());
                 }
-                let (r, w) = *pipes.entry(*id).or_insert_with(|| {
-                    let mut p = [0i32; 2];
-                    // SAFETY: p is a valid out-array.
-                    unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) };
-                    // SAFETY: our own fd.
-                    unsafe { libc::fcntl(p[1], libc::F_SETPIPE_SZ, *capacity as libc::c_int) };
-                    (p[0], p[1])
-                });
-                if r < 0 {
-                    return Err("cannot create a pipe".into());
+                if e.data.is_empty() && !data.is_empty() {
+                    e.data = data.clone();
                 }
-                if *read_end && !data.is_empty() {
-                    pipe_writes.push((w, data.clone()));
+                e.capacity = e.capacity.max(*capacity);
+                if let Some((_, path)) = p.meta.tree.fifos.iter().find(|(fd, _)| *fd == rec.fd) {
+                    e.fifo = Some(path.clone());
                 }
-                FdAction::Place(if *read_end { r } else { w })
             }
-            FdKind::Socket { description, .. } => {
-                return Err(format!("fd {} is a socket ({description}); sockets are not restored yet", rec.fd))
+        }
+    }
+    // A pipe on one of the root's fds 0-2 that has an end outside the tree is the
+    // root's connection to the outside: crrestart's own fd of that number replaces it
+    // for every process that holds it.
+    let root_outside: HashMap<u64, i32> = t.procs[t.root]
+        .meta
+        .fds
+        .iter()
+        .filter(|r| r.fd <= 2)
+        .filter_map(|r| match &r.kind {
+            FdKind::Pipe { id, .. } if ends.get(id).is_some_and(|e| e.reads == 0 || e.writes == 0) => Some((*id, r.fd)),
+            _ => None,
+        })
+        .collect();
+    let mut pipe_obj: HashMap<(u64, bool), usize> = HashMap::new();
+    let mut pipe_index: HashMap<u64, usize> = HashMap::new();
+    let mut devnull: Option<usize> = None;
+    let mut resolved: HashMap<(usize, i32), Src> = HashMap::new();
+    let order = t.order.clone();
+    for &i in &order {
+        let who = t.describe(i);
+        let parent = t.procs[i].parent;
+        let recs = t.procs[i].meta.fds.clone();
+        let inherited = t.procs[i].meta.tree.inherited_fds.clone();
+        let mut fds = Vec::new();
+        for rec in &recs {
+            let src = match &rec.kind {
+                FdKind::Pipe { id, read_end, .. } => {
+                    let e = &ends[id];
+                    let internal = e.reads > 0 && e.writes > 0;
+                    if let Some(&k) = root_outside.get(id) {
+                        Src::Inherit(k)
+                    } else if !internal && rec.fd <= 2 {
+                        Src::Inherit(rec.fd)
+                    } else if !internal && !*read_end {
+                        // Typically a descriptor leaked by whatever started the program (a
+                        // build tool's jobserver): it cannot be reconnected.
+                        t.warnings.push(format!(
+                            "{who}: fd {} was a pipe to a process outside the checkpoint; it is /dev/null now",
+                            rec.fd
+                        ));
+                        Src::Obj(*devnull.get_or_insert_with(|| {
+                            t.objects.push(ObjSpec::DevNull);
+                            t.objects.len() - 1
+                        }))
+                    } else {
+                        // Both ends in the tree; or only readers, whose writers are gone:
+                        // the reader gets the bytes in flight, then end-of-file.
+                        let pi = *pipe_index.entry(*id).or_insert_with(|| {
+                            t.pipes.push(PipeSpec {
+                                id: *id,
+                                capacity: e.capacity,
+                                data: e.data.clone(),
+                                fifo: e.fifo.clone(),
+                                read_flags: e.read_rec.as_ref().map(|r| r.flags),
+                                write_flags: e.write_rec.as_ref().map(|r| r.flags),
+                            });
+                            t.pipes.len() - 1
+                        });
+                        Src::Obj(*pipe_obj.entry((*id, *read_end)).or_insert_with(|| {
+                            t.objects.push(ObjSpec::PipeEnd { pipe: pi, read: *read_end });
+                            t.objects.len() - 1
+                        }))
+                    }
+                }
+                _ => {
+                    let from_parent = inherited
+                        .iter()
+                        .find(|(fd, _)| *fd == rec.fd)
+                        .and_then(|(_, pfd)| parent.and_then(|p| resolved.get(&(p, *pfd)).copied()));
+                    match (from_parent, &rec.kind) {
+                        (Some(s), _) => s,
+                        (None, FdKind::Tty { .. } | FdKind::Socket { .. }) if rec.fd <= 2 => Src::Inherit(rec.fd),
+                        (None, FdKind::Socket { description, .. }) => {
+                            return Err(format!("{who}: fd {} is a socket ({description}); sockets are not restored yet", rec.fd))
+                        }
+                        (None, FdKind::Unsupported { description }) => {
+                            return Err(format!("{who}: fd {} ({description}) is of a kind crust cannot restore yet", rec.fd))
+                        }
+                        (None, _) => {
+                            // Check now that it can be opened; it is opened for real later.
+                            let f = open_for_fd(rec).map_err(|e| format!("{who}: {e}"))?;
+                            if let FdKind::File { path, identity } = &rec.kind {
+                                let acc = rec.flags & libc::O_ACCMODE;
+                                if acc != libc::O_RDONLY && !keep_files && f.metadata().map(|m| m.len() != identity.size).unwrap_or(false) {
+                                    t.truncations.push((path.clone(), identity.size));
+                                }
+                            }
+                            t.objects.push(ObjSpec::Open(rec.clone()));
+                            Src::Obj(t.objects.len() - 1)
+                        }
+                    }
+                }
+            };
+            resolved.insert((i, rec.fd), src);
+            fds.push((rec.fd, src));
+        }
+        t.procs[i].fds = fds;
+    }
+    Ok(())
+}
+
+/// Shared memory without a path: one memfd per kernel object, filled from the images.
+fn plan_shared_memory(t: &mut TreePlan) {
+    let mut by_obj: HashMap<(u64, u64), usize> = HashMap::new();
+    for i in 0..t.procs.len() {
+        let maps = t.procs[i].meta.tree.shared_maps.clone();
+        for sm in maps {
+            let Some(region) = t.procs[i].meta.regions.iter().find(|r| r.start == sm.start && r.end == sm.end) else { continue };
+            let k = *by_obj.entry((sm.dev, sm.ino)).or_insert_with(|| {
+                t.shms.push(ShmSpec::default());
+                t.shms.len() - 1
+            });
+            let spec = &mut t.shms[k];
+            spec.size = spec.size.max(sm.offset + (sm.end - sm.start));
+            for run in &region.runs {
+                spec.fills.push((t.procs[i].img_path.clone(), run.offset, run.len, sm.offset + (run.addr - sm.start)));
             }
-            FdKind::Unsupported { description } => {
-                return Err(format!("fd {} ({description}) is of a kind crust cannot restore yet", rec.fd))
-            }
-            _ => {
-                let f = open_for_fd(rec, opts.keep_files, &mut truncations)?;
-                let raw = f.as_raw_fd();
-                opened.push((rec.fd, f));
-                FdAction::Place(raw)
-            }
+            t.objects.push(ObjSpec::Shm(k));
+            let obj = t.objects.len() - 1;
+            t.procs[i].shared.insert(sm.start, (obj, sm.offset));
+        }
+    }
+}
+
+/// Sessions and process groups.
+fn plan_groups(t: &mut TreePlan) {
+    let by_vpid: HashMap<i32, usize> = t.procs.iter().enumerate().map(|(i, p)| (p.meta.vpid, i)).collect();
+    let root = t.root;
+    let (root_pgid, root_sid) = (t.procs[root].meta.tree.vpgid, t.procs[root].meta.tree.vsid);
+    let mut substitute: HashMap<i32, usize> = HashMap::new();
+    for &i in &t.order.clone() {
+        let m = &t.procs[i].meta;
+        let (vpid, vpgid, vsid) = (m.vpid, m.tree.vpgid, m.tree.vsid);
+        if vpgid == 0 {
+            continue; // an image without tree information
+        }
+        t.procs[i].session_leader = vsid == vpid;
+        if vsid != vpid && !by_vpid.contains_key(&vsid) && vsid != root_sid {
+            t.warnings.push(format!(
+                "{}: its session {vsid} lost its leader before the checkpoint; it stays in its parent's session",
+                t.describe(i)
+            ));
+        }
+        t.procs[i].group = match by_vpid.get(&vpgid) {
+            Some(&leader) => Some(leader),
+            None if vpgid == root_pgid => None,
+            None => Some(*substitute.entry(vpgid).or_insert(i)),
         };
-        actions.push((rec.fd, action));
     }
-    let cwd = Path::new(&meta.cwd);
-    if !cwd.is_dir() {
-        return Err(format!("the program's working directory {} no longer exists", meta.cwd));
+    if !by_vpid.contains_key(&root_pgid) && root_pgid != 0 {
+        t.outside_ids.push((root_pgid, "pgid"));
     }
+    if !by_vpid.contains_key(&root_sid) && root_sid != 0 && root_sid != root_pgid {
+        t.outside_ids.push((root_sid, "sid"));
+    }
+    for (vpgid, i) in substitute {
+        t.warnings.push(format!(
+            "process group {vpgid} lost its leader before the checkpoint; {} leads it now",
+            t.describe(i)
+        ));
+    }
+}
 
+/// Everything checked and planned; nothing changed yet.
+pub fn prepare(opts: &RestartOptions) -> Result<TreePlan, String> {
+    let mut t = load(opts)?;
+    plan_fds(&mut t, opts.keep_files)?;
+    plan_shared_memory(&mut t);
+    plan_groups(&mut t);
+    Ok(t)
+}
+
+/// Restart. Returns only on error (on success the process becomes the root program).
+pub fn restart(opts: &RestartOptions) -> Result<std::convert::Infallible, String> {
+    let t = prepare(opts)?;
     if opts.start_coordinator {
-        let ckpt_dir = gen_dir.parent().and_then(|p| p.parent()).unwrap_or(Path::new("."));
+        let ckpt_dir = t.gen_dir.parent().and_then(|p| p.parent()).unwrap_or(Path::new("."));
         crate::coord_client::ensure_coordinator(&opts.coord, ckpt_dir, None).map_err(|e| e.to_string())?;
     }
-
-    // Point of no return: rebuild process state.
-    // Files the program writes go back to their checkpoint-time size, so output the
-    // killed run wrote after the checkpoint is neither left behind nor duplicated.
-    for (path, size) in &truncations {
-        if let Ok(f) = std::fs::OpenOptions::new().write(true).open(path) {
-            let _ = f.set_len(*size);
-        }
+    for w in &t.warnings {
+        eprintln!("crrestart: warning: {w}");
     }
-    for (w, data) in &pipe_writes {
-        let mut done = 0;
-        while done < data.len() {
-            // SAFETY: writing our buffer into our pipe.
-            let n = unsafe { libc::write(*w, data[done..].as_ptr() as *const libc::c_void, data.len() - done) };
-            if n <= 0 {
-                return Err("cannot refill a pipe".into());
-            }
-            done += n as usize;
-        }
-    }
-    let max_app_fd = meta.fds.iter().map(|f| f.fd).max().unwrap_or(2).max(2);
-    let image_file = std::fs::File::open(&img_path).map_err(|e| e.to_string())?;
-    let memfd_name = CString::new("crust-plan").unwrap();
-    // SAFETY: valid name.
-    let plan_raw = unsafe { libc::memfd_create(memfd_name.as_ptr(), 0) };
-    if plan_raw < 0 {
-        return Err("memfd_create failed".into());
-    }
-    // Move our two fds above every fd the program will have.
-    // SAFETY: fcntl on our own fds.
-    let image_fd = unsafe { libc::fcntl(image_file.into_raw_fd(), libc::F_DUPFD, max_app_fd + 100) };
-    // SAFETY: as above.
-    let plan_fd = unsafe { libc::fcntl(plan_raw, libc::F_DUPFD, max_app_fd + 101) };
-    // Every temporary fd must also sit above the program's numbers before placing.
-    let mut staged: Vec<(i32, i32)> = Vec::new();
-    for (target, a) in &actions {
-        if let FdAction::Place(src) = a {
-            // SAFETY: duplicating our own fd.
-            let hi = unsafe { libc::fcntl(*src, libc::F_DUPFD_CLOEXEC, max_app_fd + 200) };
-            staged.push((*target, hi));
-        }
-    }
-    drop(opened);
-    for (_, (r, w)) in &pipes {
-        // SAFETY: our own fds (staged copies exist).
-        unsafe {
-            libc::close(*r);
-            libc::close(*w);
-        }
-    }
-    let keep: Vec<i32> = actions.iter().filter(|(_, a)| matches!(a, FdAction::Inherit)).map(|(t, _)| *t).collect();
-    // Close everything else below the staging area except our fds.
-    for fd in 0..=max_app_fd + 99 {
-        if !keep.contains(&fd) {
-            // SAFETY: closing fds that the program will get anew.
-            unsafe { libc::close(fd) };
-        }
-    }
-    for (target, hi) in &staged {
-        // SAFETY: placing the program's fds; dup2 clears close-on-exec.
-        unsafe {
-            libc::dup2(*hi, *target);
-            libc::close(*hi);
-        }
-    }
-    // SAFETY: clear close-on-exec of our two fds.
-    unsafe {
-        libc::fcntl(image_fd, libc::F_SETFD, 0);
-        libc::fcntl(plan_fd, libc::F_SETFD, 0);
-    }
-
-    let plan_probe = crate::plan::build(&crate::plan::PlanInput {
-        meta,
-        image_fd,
-        plan_fd,
-        restorer: range,
-        plan_addr: 0,
-        scratch_addr: 0,
-        coord: &opts.coord,
-        generation: meta.generation,
-        verify: true,
-    })?;
-    let plan_len = (plan_probe.len() as u64 + 4095) & !4095;
-    let plan_addr = crate::plan::free_range(meta, &[range], plan_len + (64 << 20)).ok_or("no free address range for the restore plan")?;
-    let plan = crate::plan::build(&crate::plan::PlanInput {
-        meta,
-        image_fd,
-        plan_fd,
-        restorer: range,
-        plan_addr,
-        scratch_addr: plan_addr + plan_len + (16 << 20),
-        coord: &opts.coord,
-        generation: meta.generation,
-        verify: true,
-    })?;
-    // SAFETY: writing the plan into our memfd.
-    let n = unsafe { libc::pwrite(plan_fd, plan.as_ptr() as *const libc::c_void, plan.len(), 0) };
-    if n != plan.len() as isize {
-        return Err("cannot write the restore plan".into());
-    }
-    std::env::set_current_dir(cwd).map_err(|e| format!("{}: {e}", meta.cwd))?;
-    // SAFETY: umask and setrlimit only change this process's settings.
-    unsafe {
-        libc::umask(meta.umask as libc::mode_t);
-        for r in &meta.rlimits {
-            let lim = libc::rlimit { rlim_cur: r.soft, rlim_max: r.hard };
-            libc::setrlimit(r.resource as _, &lim);
-        }
-    }
-    let prog = CString::new(restorer.as_os_str().as_encoded_bytes()).unwrap();
-    let a1 = CString::new(plan_fd.to_string()).unwrap();
-    let a2 = CString::new(format!("{plan_addr:x}")).unwrap();
-    let argv = [prog.as_ptr(), a1.as_ptr(), a2.as_ptr(), std::ptr::null()];
-    let envp: [*const libc::c_char; 1] = [std::ptr::null()];
-    // SAFETY: valid NUL-terminated arrays.
-    unsafe { libc::execve(prog.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
-    Err(format!("cannot execute {}: {}", restorer.display(), std::io::Error::last_os_error()))
+    crate::rebuild::rebuild(&t)
 }

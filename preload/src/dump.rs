@@ -10,7 +10,7 @@ use crate::procfs::{self, Pagemap, Vma, PM_FILE, PM_PRESENT, PM_SWAPPED};
 use crate::quiesce;
 use crate::sys;
 use crust_format::image::{
-    FdKind, FdRecord, FileIdentity, Header, ImageMeta, MmInfo, PageRun, Region, RegionKind, RestartEntry, Rlimit,
+    FdKind, FdRecord, FileIdentity, Header, ImageMeta, MmInfo, PageRun, Region, RegionKind, RestartEntry, Rlimit, SharedMap,
     ThreadRecord, HEADER_SIZE, PAGE_SIZE, VERSION,
 };
 use std::format;
@@ -144,13 +144,12 @@ fn collect_runs(v: &Vma, kind: &RegionKind, pm: &mut Pagemap, out: &mut Vec<Page
     Ok(())
 }
 
-fn describe_fds() -> Vec<FdRecord> {
+fn describe_fds(dir: &str) -> Result<Vec<FdRecord>, String> {
     let mut out = Vec::new();
     // SAFETY: only the checkpoint thread writes CLOEXEC_BITS, while threads are stopped.
     let bits = unsafe { &mut *core::ptr::addr_of_mut!(CLOEXEC_BITS) };
     bits.iter_mut().for_each(|b| *b = 0);
     let fds = procfs::list_fds();
-    let mut pipe_fds: Vec<(u64, i32, bool)> = Vec::new();
     for &fd in &fds {
         if is_own_fd(fd) {
             continue;
@@ -181,7 +180,6 @@ fn describe_fds() -> Vec<FdRecord> {
             }
             libc::S_IFIFO => {
                 let read_end = flags & libc::O_ACCMODE == libc::O_RDONLY;
-                pipe_fds.push((st.st_ino, fd, read_end));
                 let capacity = sys::fcntl(fd, libc::F_GETPIPE_SZ, 0).unwrap_or(65536) as u32;
                 FdKind::Pipe { id: st.st_ino, read_end, data: Vec::new(), capacity }
             }
@@ -190,27 +188,15 @@ fn describe_fds() -> Vec<FdRecord> {
         };
         out.push(FdRecord { fd, flags, cloexec, offset, kind });
     }
-    // Pipes with both ends in this process: save the bytes in flight (drained through a
-    // fresh non-blocking description of the read end, then written back).
+    // Bytes in flight: copied without consuming them, by exactly one process of the
+    // computation per pipe (see tree.rs).
     for rec in out.iter_mut() {
-        let FdKind::Pipe { id, read_end: true, data, .. } = &mut rec.kind else { continue };
-        let Some(&(_, wfd, _)) = pipe_fds.iter().find(|(i, _, r)| *i == *id && !*r) else { continue };
-        let Ok(rfd) = sys::open(format!("/proc/self/fd/{}", rec.fd).as_bytes(), libc::O_RDONLY | libc::O_NONBLOCK, 0) else {
-            continue;
-        };
-        let mut chunk = vec![0u8; 65536];
-        loop {
-            match sys::read(rfd, &mut chunk) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => data.extend_from_slice(&chunk[..n]),
-            }
-        }
-        sys::close(rfd);
-        if !data.is_empty() {
-            let _ = sys::write_all(wfd, data);
+        let FdKind::Pipe { id, data, capacity, .. } = &mut rec.kind else { continue };
+        if crate::tree::claim_pipe(dir, *id) {
+            *data = crate::tree::capture_pipe(rec.fd, *capacity)?;
         }
     }
-    out
+    Ok(out)
 }
 
 fn rlimits() -> Vec<Rlimit> {
@@ -340,7 +326,8 @@ fn write_into(fd: i32, req: &DumpRequest, vpid: i32) -> Result<(u64, u64), Strin
     }
     let mut pm = Pagemap::open().map_err(|e| format!("open /proc/self/pagemap: errno {e}"))?;
     add_own_fd(pm.fd());
-    let fds = describe_fds();
+    let fds = describe_fds(req.dir)?;
+    let mut shared_maps = Vec::new();
     let mut regions: Vec<Region> = Vec::new();
     let mut offset = HEADER_SIZE as u64;
     let mut memory_bytes = 0u64;
@@ -393,6 +380,9 @@ fn write_into(fd: i32, req: &DumpRequest, vpid: i32) -> Result<(u64, u64), Strin
                     }
                 }
             }
+            if v.shared && matches!(kind, RegionKind::Detached { .. }) {
+                shared_maps.push(SharedMap { start: v.start, end: v.end, dev: v.dev, ino: v.inode, offset: v.offset });
+            }
             regions.push(Region {
                 start: v.start,
                 end: v.end,
@@ -431,6 +421,7 @@ fn write_into(fd: i32, req: &DumpRequest, vpid: i32) -> Result<(u64, u64), Strin
     if !threads.iter().any(|t| t.is_main) {
         return Err("the main thread is not running (it called pthread_exit?); such processes cannot be checkpointed yet".to_string());
     }
+    let tree = crate::tree::describe(&fds, shared_maps);
     let cfg = crate::config::get();
     let (hostname, release) = uname();
     let meta = ImageMeta {
@@ -457,6 +448,7 @@ fn write_into(fd: i32, req: &DumpRequest, vpid: i32) -> Result<(u64, u64), Strin
         fds,
         regions,
         taken_unix: sys::clock_realtime_secs(),
+        tree,
     };
     let (meta_bytes, meta_crc) = crust_format::image::encode_meta(&meta).map_err(|e| format!("encoding metadata: {e}"))?;
     sys::pwrite_all(fd, &meta_bytes, offset).map_err(|e| format!("writing metadata: errno {e}"))?;

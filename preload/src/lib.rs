@@ -11,6 +11,7 @@
 //! * [`quiesce`]: the checkpoint signal handler, the wrapper lock, stopping and resuming threads.
 //! * [`procfs`]: reading /proc/self (maps, pagemap, stat, fds).
 //! * [`dump`]: writing the image.
+//! * [`tree`]: the process-tree part of the image (children, zombies, shared fds, pipe bytes).
 //! * [`ckpt_thread`]: the checkpoint thread and its coordinator connection.
 //! * [`restore`]: what runs after the restorer has put memory back: threads, signals, timers.
 //! * [`wrappers`]: the libc functions we interpose.
@@ -25,6 +26,7 @@ pub mod procfs;
 pub mod quiesce;
 pub mod restore;
 pub mod sys;
+pub mod tree;
 pub mod vpid;
 pub mod wrappers;
 

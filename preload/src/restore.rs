@@ -19,7 +19,7 @@
 use crate::quiesce::{self, ThreadSlot};
 use crate::sys::{self, sc};
 use core::sync::atomic::{AtomicU32, Ordering};
-use crust_restorer::{RestartArgs, ARGS_MAGIC};
+use crust_restorer::{PlanPid, RestartArgs, ARGS_MAGIC};
 
 /// Stack for the restart path (the restorer jumps here with `rsp` at its top).
 #[repr(C, align(64))]
@@ -256,6 +256,59 @@ unsafe extern "C" fn clone_thread(req: *const CloneReq) -> i64 {
     );
 }
 
+const SYS_CLOSE_RANGE: i64 = 436;
+
+/// Process ids of the restored tree, copied out of the plan.
+static mut PID_TABLE: [PlanPid; 4096] = [PlanPid { virt: 0, real: 0, old_real: 0, _pad: 0 }; 4096];
+
+fn new_real(pids: &[PlanPid], old: i64) -> i64 {
+    pids.iter().find(|p| p.old_real as i64 == old && old > 0).map_or(old, |p| p.real as i64)
+}
+
+/// If the thread whose signal frame is at `uc` is about to (re)issue `wait4` or `waitid`
+/// for a pid or process group, replace the old kernel id in the argument register by
+/// the new one.
+fn fix_interrupted_pid_args(uc: u64, pids: &[PlanPid]) {
+    if uc == 0 || pids.is_empty() {
+        return;
+    }
+    // ucontext_t: the general registers start at byte 40: r8..r15, rdi, rsi, rbp, rbx,
+    // rdx, rax, rcx, rsp, rip.
+    let gregs = (uc + 40) as *mut i64;
+    // SAFETY: the frame is in restored memory, written by the kernel at checkpoint time.
+    unsafe {
+        let rip = *gregs.add(16) as u64;
+        if rip == 0 {
+            return;
+        }
+        // Only a thread sitting on a `syscall` instruction is about to run this call.
+        let insn = core::ptr::read_unaligned(rip as *const [u8; 2]);
+        if insn != [0x0f, 0x05] {
+            return;
+        }
+        let nr = *gregs.add(13);
+        let rdi = gregs.add(8);
+        let rsi = gregs.add(9);
+        match nr {
+            n if n == libc::SYS_wait4 => {
+                let pid = *rdi as i32 as i64;
+                if pid > 0 {
+                    *rdi = new_real(pids, pid);
+                } else if pid < -1 {
+                    *rdi = -new_real(pids, -pid);
+                }
+            }
+            n if n == libc::SYS_waitid => {
+                let idtype = *rdi as i32;
+                if idtype == libc::P_PID as i32 || idtype == libc::P_PGID as i32 {
+                    *rsi = new_real(pids, *rsi as i32 as i64);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 /// Resume the main thread: `rt_sigreturn` on its frame.
 #[unsafe(naked)]
 unsafe extern "C" fn sigreturn_on(uc: u64) -> ! {
@@ -297,6 +350,14 @@ pub unsafe extern "C" fn crust_restart_entry(args: *const RestartArgs) -> ! {
     if a.magic != ARGS_MAGIC {
         fatal("bad restart arguments");
     }
+    // The tree's ids live in the plan: keep them before it goes.
+    // SAFETY: PID_TABLE is only used on this single-threaded path; the table lies in the plan.
+    let pids: &[PlanPid] = unsafe {
+        let t = &mut *core::ptr::addr_of_mut!(PID_TABLE);
+        let n = if a.pids_addr != 0 { (a.n_pids as usize).min(t.len()) } else { 0 };
+        core::ptr::copy_nonoverlapping(a.pids_addr as *const PlanPid, t.as_mut_ptr(), n);
+        &t[..n]
+    };
     // SAFETY: the restorer and its plan are no longer executing or needed.
     unsafe {
         let _ = sys::munmap(a.restorer_start as usize, (a.restorer_end - a.restorer_start) as usize);
@@ -304,6 +365,11 @@ pub unsafe extern "C" fn crust_restart_entry(args: *const RestartArgs) -> ! {
     }
     sys::close(a.plan_fd);
     sys::close(a.image_fd);
+    if a.close_from > 2 {
+        // crrestart's shared-memory objects (mapped by now) and anything else of its own.
+        // SAFETY: these fds are not the program's (all of its fds are below close_from).
+        unsafe { sc!(SYS_CLOSE_RANGE, a.close_from, u32::MAX, 0) };
+    }
     MM_ERRNO.store(a.mm_errno, Ordering::Relaxed);
     RESTARTED_FROM.store(a.generation, Ordering::Relaxed);
     let coord_len = a.coord.iter().position(|&c| c == 0).unwrap_or(0);
@@ -316,7 +382,14 @@ pub unsafe extern "C" fn crust_restart_entry(args: *const RestartArgs) -> ! {
     let saved = unsafe { &*core::ptr::addr_of!(SAVED) };
     let slots: &[ThreadSlot] = quiesce::slots();
     let vpid = crate::vpid::VPID.load(Ordering::Relaxed);
+    // Every real id changed: forget the old mappings, then learn the tree's.
+    crate::vpid::clear();
     crate::vpid::set(vpid, new_pid);
+    for p in pids {
+        if p.virt != vpid {
+            crate::vpid::set(p.virt, p.real);
+        }
+    }
 
     let Some(main_idx) = slots.iter().position(|s| s.real_tid == saved.old_pid) else {
         fatal("the image has no main thread");
@@ -441,6 +514,11 @@ pub unsafe extern "C" fn crust_restart_entry(args: *const RestartArgs) -> ! {
                 }
             }
         }
+    }
+    // System calls interrupted by the checkpoint run again with the arguments they had:
+    // a wait for a child by its old kernel pid must wait for the child's new pid.
+    for s in slots {
+        fix_interrupted_pid_args(s.ucontext, pids);
     }
     quiesce::writer_unlock();
     GATE.store(1, Ordering::Release);

@@ -58,6 +58,27 @@ pub struct RestartArgs {
     pub coord: [u8; 256],
     /// Generation restarted from.
     pub generation: u64,
+    /// The process tree's ids: `n_pids` [`PlanPid`] entries at address `pids_addr`
+    /// (inside the plan), every process of the tree plus this process's zombie children.
+    pub pids_addr: u64,
+    pub n_pids: u32,
+    /// crrestart's descriptors (image, plan, shared-memory objects) are all at or above
+    /// this number, above every fd of the program: the preload closes them all.
+    pub close_from: i32,
+}
+
+/// One process id of the restored tree.
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub struct PlanPid {
+    /// The id the program knows.
+    pub virt: i32,
+    /// The kernel's id now.
+    pub real: i32,
+    /// The kernel's id when the checkpoint was taken (system calls interrupted by the
+    /// checkpoint still carry it in their argument registers).
+    pub old_real: i32,
+    pub _pad: i32,
 }
 
 /// A kernel special mapping (vvar, vdso) and where the image needs it.

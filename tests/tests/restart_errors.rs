@@ -238,6 +238,7 @@ fn image_corruptions_are_rejected_by_the_format_reader_for_the_intended_reason()
             runs: vec![PageRun { addr: 0x10000, len: page_data.len() as u64, offset: HEADER_SIZE as u64, crc: crc32c::crc32c(&page_data) }],
         }],
         taken_unix: 0,
+        tree: Default::default(),
     };
     let (meta_bytes, meta_crc) = encode_meta(&meta).unwrap();
     let meta_offset = (HEADER_SIZE + page_data.len()) as u64;

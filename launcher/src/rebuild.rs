@@ -1,0 +1,539 @@
+//! Rebuilding a checked process tree (see [`crate::restart`]): the point of no return.
+//!
+//! 1. crrestart creates every shared kernel object once, at fds at or above the plan's
+//!    `stage_base` (above every fd number of every program): pipes (refilled with their
+//!    bytes in flight), files opened by several processes through one description,
+//!    memfds holding shared memory. Files written by the programs are truncated back.
+//! 2. It becomes the root and forks the tree top-down: each process forks its own
+//!    children (so they are its real children), then recreates its zombie children (a
+//!    child that exits at once with the recorded status and is left unreaped); the root
+//!    also double-forks the orphans so that init or the nearest subreaper adopts them.
+//!    A session leader calls setsid() before forking anything.
+//! 3. All processes meet at barriers in a shared anonymous mapping (atomics + futexes):
+//!    once all exist, group leaders create their process groups, then members join them.
+//! 4. Each process places its fds, writes its restore plan with the whole tree's
+//!    virtual → new real pid table, and execs `crust-restorer`, with every signal blocked
+//!    until the restored program's own mask comes back.
+//!
+//! A failure anywhere sets a flag every barrier watches: the root then SIGKILLs what was
+//! created and reports the error.
+
+use crate::restart::{ObjSpec, Src, TreePlan};
+use crust_restorer::PlanPid;
+use std::convert::Infallible;
+use std::ffi::CString;
+use std::os::fd::IntoRawFd;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// Most processes one restart rebuilds.
+const MAX_PROCS: usize = 4096;
+/// How long a process waits at a barrier for the others.
+const BARRIER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The rebuild's shared state (a MAP_SHARED anonymous mapping inherited by every fork).
+#[repr(C)]
+struct Control {
+    failed: AtomicU32,
+    created: AtomicU32,
+    grouped: AtomicU32,
+    ready: AtomicU32,
+    real: [AtomicI32; MAX_PROCS],
+}
+
+fn control() -> Result<&'static Control, String> {
+    // SAFETY: a fresh anonymous shared mapping, zero-filled, which is a valid Control
+    // (atomics of integers); it is never unmapped before exec.
+    unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            std::mem::size_of::<Control>(),
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        if p == libc::MAP_FAILED {
+            return Err("cannot map the restart control block".into());
+        }
+        Ok(&*(p as *const Control))
+    }
+}
+
+fn wake(a: &AtomicU32) {
+    // SAFETY: futex wake on a valid word of a shared mapping (not FUTEX_PRIVATE: the
+    // waiters are other processes).
+    unsafe { libc::syscall(libc::SYS_futex, a.as_ptr(), libc::FUTEX_WAKE, i32::MAX, 0, 0, 0) };
+}
+
+fn bump(a: &AtomicU32) {
+    a.fetch_add(1, Ordering::AcqRel);
+    wake(a);
+}
+
+fn fail_all(ctl: &Control) {
+    ctl.failed.store(1, Ordering::Release);
+    for a in [&ctl.failed, &ctl.created, &ctl.grouped, &ctl.ready] {
+        wake(a);
+    }
+}
+
+/// Wait until `a` reaches `target`, or another process failed, or the timeout.
+fn barrier(ctl: &Control, a: &AtomicU32, target: u32, what: &str) -> Result<(), String> {
+    let deadline = Instant::now() + BARRIER_TIMEOUT;
+    loop {
+        let v = a.load(Ordering::Acquire);
+        if v >= target {
+            return Ok(());
+        }
+        if ctl.failed.load(Ordering::Acquire) != 0 {
+            return Err("another process of the tree failed to restart".into());
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(format!("timed out waiting for {} process(es) to {what}", target - v));
+        }
+        let ts = libc::timespec { tv_sec: 0, tv_nsec: 200_000_000 };
+        // SAFETY: futex wait on a valid shared word with a timeout.
+        unsafe { libc::syscall(libc::SYS_futex, a.as_ptr(), libc::FUTEX_WAIT, v, &ts as *const libc::timespec, 0, 0) };
+    }
+}
+
+fn errno() -> std::io::Error {
+    std::io::Error::last_os_error()
+}
+
+/// Move `fd` to the lowest free number >= `base` (close-on-exec) and close the original.
+fn stage(fd: i32, base: i32) -> Result<i32, String> {
+    // SAFETY: fcntl/close on our own fd.
+    unsafe {
+        let hi = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, base);
+        if hi < 0 {
+            return Err(format!("cannot move fd {fd} above {base}: {}", errno()));
+        }
+        libc::close(fd);
+        Ok(hi)
+    }
+}
+
+fn write_all(fd: i32, data: &[u8]) -> Result<(), String> {
+    let mut done = 0;
+    while done < data.len() {
+        // SAFETY: writing our buffer.
+        let n = unsafe { libc::write(fd, data[done..].as_ptr() as *const libc::c_void, data.len() - done) };
+        if n <= 0 {
+            return Err(format!("{}", errno()));
+        }
+        done += n as usize;
+    }
+    Ok(())
+}
+
+/// Flags F_SETFL can change.
+const SETTABLE: i32 = libc::O_APPEND | libc::O_ASYNC | libc::O_DIRECT | libc::O_NOATIME | libc::O_NONBLOCK;
+
+/// Create every shared object; returns the staged fd of each object.
+fn materialize(t: &TreePlan) -> Result<Vec<i32>, String> {
+    let base = t.stage_base;
+    // Pipes (and FIFOs), refilled.
+    let mut pipe_fds: Vec<(i32, i32)> = Vec::new();
+    for p in &t.pipes {
+        let what = format!("pipe {}", p.id);
+        let (r, w, helper) = match &p.fifo {
+            Some(path) => {
+                let c = CString::new(path.as_bytes()).map_err(|_| format!("bad FIFO path {path}"))?;
+                // SAFETY: opening a FIFO read-write never blocks on Linux; it is the writer
+                // that lets the non-blocking opens of both ends succeed.
+                let (h, r, w) = unsafe {
+                    let h = libc::open(c.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC | libc::O_NONBLOCK);
+                    let r = libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NONBLOCK);
+                    let w = libc::open(c.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC | libc::O_NONBLOCK);
+                    (h, r, w)
+                };
+                if h < 0 || r < 0 || w < 0 {
+                    return Err(format!("FIFO {path}: {}", errno()));
+                }
+                (r, w, Some(h))
+            }
+            None => {
+                let mut fds = [0i32; 2];
+                // SAFETY: fds is a valid out-array.
+                if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
+                    return Err(format!("cannot create a pipe: {}", errno()));
+                }
+                (fds[0], fds[1], None)
+            }
+        };
+        let wfd = helper.unwrap_or(w);
+        if p.capacity > 0 {
+            // SAFETY: our own pipe.
+            unsafe { libc::fcntl(wfd, libc::F_SETPIPE_SZ, p.capacity as libc::c_int) };
+        }
+        write_all(wfd, &p.data).map_err(|e| format!("cannot refill {what} with {} bytes: {e}", p.data.len()))?;
+        // SAFETY: setting status flags on our own descriptions.
+        unsafe {
+            libc::fcntl(r, libc::F_SETFL, p.read_flags.unwrap_or(0) & SETTABLE);
+            libc::fcntl(w, libc::F_SETFL, p.write_flags.unwrap_or(0) & SETTABLE);
+            if let Some(h) = helper {
+                libc::close(h);
+            }
+        }
+        pipe_fds.push((r, w));
+    }
+    // Shared memory.
+    let mut shm_fds: Vec<i32> = Vec::new();
+    for (k, s) in t.shms.iter().enumerate() {
+        let name = CString::new(format!("crust-shm-{k}")).unwrap();
+        // SAFETY: valid name.
+        let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(format!("memfd_create: {}", errno()));
+        }
+        // SAFETY: our own memfd.
+        if unsafe { libc::ftruncate(fd, s.size as libc::off_t) } != 0 {
+            return Err(format!("cannot size shared memory ({} bytes): {}", s.size, errno()));
+        }
+        // SAFETY: the memfd stays owned by us through its raw number (into_raw_fd below).
+        let f = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        let mut buf = Vec::new();
+        for (img, off, len, at) in &s.fills {
+            let src = std::fs::File::open(img).map_err(|e| format!("{}: {e}", img.display()))?;
+            buf.resize(*len as usize, 0);
+            src.read_exact_at(&mut buf, *off).map_err(|e| format!("{}: {e}", img.display()))?;
+            f.write_all_at(&buf, *at).map_err(|e| format!("filling shared memory: {e}"))?;
+        }
+        shm_fds.push(f.into_raw_fd());
+    }
+    let mut staged = Vec::with_capacity(t.objects.len());
+    for o in &t.objects {
+        let fd = match o {
+            ObjSpec::Open(rec) => crate::restart::open_for_fd(rec)?.into_raw_fd(),
+            ObjSpec::DevNull => std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/null")
+                .map_err(|e| format!("/dev/null: {e}"))?
+                .into_raw_fd(),
+            ObjSpec::PipeEnd { pipe, read } => {
+                let (r, w) = pipe_fds[*pipe];
+                // SAFETY: duplicating our own fd.
+                unsafe { libc::fcntl(if *read { r } else { w }, libc::F_DUPFD_CLOEXEC, base) }
+            }
+            // SAFETY: duplicating our own fd.
+            ObjSpec::Shm(k) => unsafe { libc::fcntl(shm_fds[*k], libc::F_DUPFD_CLOEXEC, base) },
+        };
+        if fd < 0 {
+            return Err(format!("cannot duplicate a descriptor: {}", errno()));
+        }
+        staged.push(if fd >= base { fd } else { stage(fd, base)? });
+    }
+    for (r, w) in pipe_fds {
+        // SAFETY: the originals; staged copies exist where needed. A pipe whose write end
+        // no process holds now reads as end-of-file after its bytes.
+        unsafe {
+            libc::close(r);
+            libc::close(w);
+        }
+    }
+    for fd in shm_fds {
+        // SAFETY: as above.
+        unsafe { libc::close(fd) };
+    }
+    Ok(staged)
+}
+
+/// A zombie child: end the way the recorded child ended.
+fn die_as(exit: crust_format::image::ChildExit) -> ! {
+    // SAFETY: plain process-control calls in a freshly forked child.
+    unsafe {
+        if exit.code == libc::CLD_KILLED || exit.code == libc::CLD_DUMPED {
+            let lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+            libc::setrlimit(libc::RLIMIT_CORE, &lim);
+            libc::signal(exit.status, libc::SIG_DFL);
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+            libc::kill(libc::getpid(), exit.status);
+            libc::_exit(128 + exit.status);
+        }
+        libc::_exit(exit.status)
+    }
+}
+
+struct Ctx<'a> {
+    t: &'a TreePlan,
+    staged: &'a [i32],
+    ctl: &'static Control,
+    /// crrestart's own process group and session (inherited by the tree).
+    outside_pgid: i32,
+    outside_sid: i32,
+}
+
+/// Rebuild the tree. Returns only on error; the calling process becomes the root.
+pub fn rebuild(t: &TreePlan) -> Result<Infallible, String> {
+    // SAFETY: only this process's settings: children must stay zombies (not be reaped
+    // automatically), and every staged fd needs room.
+    unsafe {
+        libc::signal(libc::SIGCHLD, libc::SIG_DFL);
+        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+        // Nothing of crrestart's above the program's fd numbers may leak into the tree.
+        libc::syscall(libc::SYS_close_range, t.stage_base as u32, u32::MAX, 0u32);
+    }
+    if t.procs.len() > MAX_PROCS {
+        return Err(format!("the generation holds {} processes; crrestart rebuilds at most {MAX_PROCS}", t.procs.len()));
+    }
+    let ctl = control()?;
+    // Files the programs write go back to their checkpoint-time size, so output the
+    // killed run wrote after the checkpoint is neither left behind nor duplicated.
+    for (path, size) in &t.truncations {
+        if let Ok(f) = std::fs::OpenOptions::new().write(true).open(path) {
+            let _ = f.set_len(*size);
+        }
+    }
+    let staged = materialize(t)?;
+    // SAFETY: plain queries.
+    let (outside_pgid, outside_sid) = unsafe { (libc::getpgrp(), libc::getsid(0)) };
+    let cx = Ctx { t, staged: &staged, ctl, outside_pgid, outside_sid };
+    let Err(e) = become_process(&cx, t.root);
+    fail_all(ctl);
+    // SAFETY: SIGKILL the processes this restart created, then reap our children.
+    unsafe {
+        let me = libc::getpid();
+        for a in ctl.real.iter().take(t.procs.len()) {
+            let pid = a.load(Ordering::Acquire);
+            if pid > 0 && pid != me {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+        while libc::waitpid(-1, std::ptr::null_mut(), libc::__WALL) > 0 {}
+    }
+    Err(e)
+}
+
+fn fork() -> Result<i32, String> {
+    // SAFETY: crrestart is single-threaded; the child continues with a copy of it.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(format!("fork: {}", errno()));
+    }
+    Ok(pid)
+}
+
+/// Run in a freshly forked process: become process `i`; never returns.
+fn child_main(cx: &Ctx, i: usize) -> ! {
+    let Err(e) = become_process(cx, i);
+    eprintln!("crrestart: {}: {e}", cx.t.describe(i));
+    fail_all(cx.ctl);
+    // SAFETY: ends this forked process.
+    unsafe { libc::_exit(2) }
+}
+
+/// Turn the calling process into process `i` of the tree.
+fn become_process(cx: &Ctx, i: usize) -> Result<Infallible, String> {
+    let t = cx.t;
+    let p = &t.procs[i];
+    let n = t.procs.len() as u32;
+    // SAFETY: process-control calls on ourselves.
+    unsafe {
+        if p.session_leader && libc::getsid(0) != libc::getpid() && libc::setsid() < 0 {
+            eprintln!(
+                "crrestart: warning: {} led its own session, but cannot now ({}); it stays in crrestart's session",
+                t.describe(i),
+                errno()
+            );
+        }
+    }
+    // SAFETY: getpid has no preconditions.
+    cx.ctl.real[i].store(unsafe { libc::getpid() }, Ordering::Release);
+    bump(&cx.ctl.created);
+    for &c in &p.children {
+        if fork()? == 0 {
+            child_main(cx, c);
+        }
+    }
+    let mut zombies = Vec::new();
+    for z in &p.zombies {
+        let exit = z.exit.expect("zombies have an exit record");
+        let pid = fork()?;
+        if pid == 0 {
+            die_as(exit);
+        }
+        // Wait until it has exited, without reaping it.
+        // SAFETY: info is a valid out-pointer.
+        unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, libc::WEXITED | libc::WNOWAIT);
+        }
+        zombies.push(PlanPid { virt: z.vpid, real: pid, old_real: z.real_pid, _pad: 0 });
+    }
+    if i == t.root {
+        for &o in &t.orphans {
+            let mid = fork()?;
+            if mid == 0 {
+                // The middle process exits at once, so init (or the nearest subreaper)
+                // adopts the orphan, as before the checkpoint.
+                if fork().unwrap_or(-1) == 0 {
+                    child_main(cx, o);
+                }
+                // SAFETY: ends the middle process.
+                unsafe { libc::_exit(0) };
+            }
+            // SAFETY: reaping our own middle process.
+            unsafe { libc::waitpid(mid, std::ptr::null_mut(), 0) };
+        }
+    }
+    // From here on no signal may reach the program before its own mask is back (the
+    // restorer and the preload's restart path run with everything blocked).
+    // SAFETY: blocking signals in this process only.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::sigprocmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
+    }
+    barrier(cx.ctl, &cx.ctl.created, n, "be created")?;
+    let real = |j: usize| cx.ctl.real[j].load(Ordering::Acquire);
+    // Groups: leaders first, then members.
+    // SAFETY: process-group calls on ourselves.
+    unsafe {
+        if p.group == Some(i) && libc::getpgrp() != libc::getpid() && libc::setpgid(0, 0) != 0 {
+            eprintln!("crrestart: warning: {} cannot lead its process group again: {}", t.describe(i), errno());
+        }
+    }
+    bump(&cx.ctl.grouped);
+    barrier(cx.ctl, &cx.ctl.grouped, n, "set up process groups")?;
+    if let Some(g) = p.group.filter(|&g| g != i) {
+        // SAFETY: joining a group of our session.
+        if unsafe { libc::setpgid(0, real(g)) } != 0 {
+            eprintln!(
+                "crrestart: warning: {} cannot join the process group of {}: {}",
+                t.describe(i),
+                t.describe(g),
+                errno()
+            );
+        }
+    }
+    bump(&cx.ctl.ready);
+    barrier(cx.ctl, &cx.ctl.ready, n, "be ready")?;
+
+    // The tree's ids, as every process of it will see them.
+    let mut pids: Vec<PlanPid> = t
+        .procs
+        .iter()
+        .enumerate()
+        .map(|(j, q)| PlanPid { virt: q.meta.vpid, real: real(j), old_real: q.meta.real_pid, _pad: 0 })
+        .collect();
+    pids.extend(zombies);
+    for q in &t.procs {
+        if let Some(g) = q.group {
+            let v = q.meta.tree.vpgid;
+            if t.procs[g].meta.vpid != v && !pids.iter().any(|e| e.virt == v) {
+                pids.push(PlanPid { virt: v, real: real(g), old_real: 0, _pad: 0 });
+            }
+        }
+    }
+    for &(v, what) in &t.outside_ids {
+        if !pids.iter().any(|e| e.virt == v) {
+            let real = if what == "pgid" { cx.outside_pgid } else { cx.outside_sid };
+            pids.push(PlanPid { virt: v, real, old_real: 0, _pad: 0 });
+        }
+    }
+    exec_restorer(cx, i, &pids)
+}
+
+/// Place process `i`'s fds, write its plan and exec the restorer.
+fn exec_restorer(cx: &Ctx, i: usize, pids: &[PlanPid]) -> Result<Infallible, String> {
+    let t = cx.t;
+    let p = &t.procs[i];
+    let meta = &p.meta;
+    let base = t.stage_base;
+    // Everything to place goes above the program's numbers first, then into place.
+    let mut temps: Vec<(i32, i32)> = Vec::new();
+    for &(target, src) in &p.fds {
+        let from = match src {
+            Src::Inherit(k) => k,
+            Src::Obj(o) => cx.staged[o],
+        };
+        // SAFETY: duplicating our own fd.
+        let tmp = unsafe { libc::fcntl(from, libc::F_DUPFD_CLOEXEC, base) };
+        if tmp < 0 {
+            return Err(format!("fd {target}: cannot duplicate fd {from}: {}", errno()));
+        }
+        temps.push((target, tmp));
+    }
+    // SAFETY: closing every fd below the program's highest number; all sources are safe above.
+    unsafe { libc::syscall(libc::SYS_close_range, 0u32, (base - 1) as u32, 0u32) };
+    for &(target, tmp) in &temps {
+        // SAFETY: placing the program's fd; dup2 clears close-on-exec (the preload puts
+        // back the program's close-on-exec flags after the restart).
+        unsafe {
+            libc::dup2(tmp, target);
+            libc::close(tmp);
+        }
+    }
+    // Shared memory the restorer maps by path.
+    let mut shared: std::collections::HashMap<u64, (String, u64)> = std::collections::HashMap::new();
+    for (&start, &(obj, off)) in &p.shared {
+        let fd = cx.staged[obj];
+        // SAFETY: keep this memfd across exec (the preload closes it after the restart).
+        unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
+        shared.insert(start, (format!("/proc/self/fd/{fd}"), off));
+    }
+    let image_file = std::fs::File::open(&p.img_path).map_err(|e| format!("{}: {e}", p.img_path.display()))?;
+    // SAFETY: moving our own fd above the program's numbers, kept across exec.
+    let image_fd = unsafe { libc::fcntl(image_file.into_raw_fd(), libc::F_DUPFD, base) };
+    let memfd_name = CString::new("crust-plan").unwrap();
+    // SAFETY: valid name.
+    let plan_raw = unsafe { libc::memfd_create(memfd_name.as_ptr(), 0) };
+    if plan_raw < 0 || image_fd < 0 {
+        return Err(format!("cannot open the image or create the plan: {}", errno()));
+    }
+    // SAFETY: as above.
+    let plan_fd = unsafe { libc::fcntl(plan_raw, libc::F_DUPFD, base) };
+    let range = t.restorer_range;
+    let input = |plan_addr: u64, scratch_addr: u64| crate::plan::PlanInput {
+        meta,
+        image_fd,
+        plan_fd,
+        restorer: range,
+        plan_addr,
+        scratch_addr,
+        coord: &t.coord,
+        generation: meta.generation,
+        verify: true,
+        pids,
+        close_from: base,
+        shared: &shared,
+    };
+    let plan_probe = crate::plan::build(&input(0, 0))?;
+    let plan_len = (plan_probe.len() as u64 + 4095) & !4095;
+    let plan_addr =
+        crate::plan::free_range(meta, &[range], plan_len + (64 << 20)).ok_or("no free address range for the restore plan")?;
+    let plan = crate::plan::build(&input(plan_addr, plan_addr + plan_len + (16 << 20)))?;
+    // SAFETY: writing the plan into our memfd.
+    let n = unsafe { libc::pwrite(plan_fd, plan.as_ptr() as *const libc::c_void, plan.len(), 0) };
+    if n != plan.len() as isize {
+        return Err("cannot write the restore plan".into());
+    }
+    std::env::set_current_dir(&meta.cwd).map_err(|e| format!("{}: {e}", meta.cwd))?;
+    // SAFETY: umask and setrlimit only change this process's settings.
+    unsafe {
+        libc::umask(meta.umask as libc::mode_t);
+        for r in &meta.rlimits {
+            let lim = libc::rlimit { rlim_cur: r.soft, rlim_max: r.hard };
+            libc::setrlimit(r.resource as _, &lim);
+        }
+    }
+    let prog = CString::new(t.restorer.as_os_str().as_encoded_bytes()).unwrap();
+    let a1 = CString::new(plan_fd.to_string()).unwrap();
+    let a2 = CString::new(format!("{plan_addr:x}")).unwrap();
+    let argv = [prog.as_ptr(), a1.as_ptr(), a2.as_ptr(), std::ptr::null()];
+    let envp: [*const libc::c_char; 1] = [std::ptr::null()];
+    // SAFETY: valid NUL-terminated arrays.
+    unsafe { libc::execve(prog.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+    Err(format!("cannot execute {}: {}", t.restorer.display(), errno()))
+}

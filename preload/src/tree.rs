@@ -1,0 +1,164 @@
+//! What an image records about the process tree (see `crust_format::image::TreeInfo`).
+//!
+//! Runs in the checkpoint thread during the write phase, when every process of the
+//! computation is stopped (the coordinator sends `Proceed(Written)` only once all of them
+//! reached `Suspended`), so what one process reads about another (its parent's fds, a
+//! pipe's contents) holds still while it is read.
+//!
+//! * Children come from `/proc/self/task/*/children`; a child that has exited but was not
+//!   reaped is recognised with `waitid(WNOHANG | WNOWAIT)`, which reports its status
+//!   without reaping it: the checkpointer never reaps a child of the program.
+//! * Open file descriptions shared with the parent (inherited over fork) are found with
+//!   `kcmp(KCMP_FILE)`, so a restart can give both processes one description again
+//!   (one file offset for a shared stdout).
+//! * Pipe contents are copied with `tee(2)`, which duplicates a pipe's buffers without
+//!   consuming them: nothing is taken out of the pipe and put back, so no other process
+//!   (inside or outside the computation) can see bytes reordered. Exactly one process of
+//!   the computation stores a given pipe's bytes: the first to create the claim file
+//!   `.pipe-<inode>` in the generation directory (O_EXCL).
+
+use crate::procfs;
+use crate::sys::{self, sc};
+use crust_format::image::{ChildExit, ChildRecord, FdKind, FdRecord, SharedMap, TreeInfo};
+use std::format;
+use std::string::String;
+use std::vec::Vec;
+
+const SYS_KCMP: i64 = 312;
+const KCMP_FILE: usize = 0;
+const WNOWAIT: usize = 0x0100_0000;
+const WALL: usize = 0x4000_0000;
+
+/// Children of this process (threads other than the calling checkpoint thread).
+fn children() -> Vec<ChildRecord> {
+    let me = sys::gettid();
+    let mut pids: Vec<i32> = Vec::new();
+    for tid in procfs::list_numbers(b"/proc/self/task") {
+        if tid == me {
+            continue; // the checkpoint thread's own helpers are not the program's
+        }
+        let text = procfs::read_string(format!("/proc/self/task/{tid}/children").as_bytes());
+        pids.extend(text.split_ascii_whitespace().filter_map(|p| p.parse::<i32>().ok()));
+    }
+    pids.sort_unstable();
+    pids.dedup();
+    pids.into_iter()
+        .map(|pid| {
+            let mut info = [0u64; 16];
+            // SAFETY: info is a siginfo_t-sized buffer; WNOWAIT leaves the child waitable.
+            let r = unsafe {
+                sc!(libc::SYS_waitid, libc::P_PID, pid, info.as_mut_ptr(), libc::WEXITED as usize | libc::WNOHANG as usize | WNOWAIT | WALL, 0)
+            };
+            let words = info.as_ptr() as *const i32;
+            // SAFETY: siginfo layout: si_code at byte 8, si_pid at 16, si_status at 24.
+            let (code, si_pid, status) = unsafe { (*words.add(2), *words.add(4), *words.add(6)) };
+            let exit = (r == 0 && si_pid == pid).then_some(ChildExit { code, status });
+            ChildRecord { vpid: crate::vpid::to_virtual(pid), real_pid: pid, exit }
+        })
+        .collect()
+}
+
+/// `(fd, parent's fd)` for every recorded fd whose open file description the parent holds too.
+fn inherited_fds(fds: &[FdRecord]) -> Vec<(i32, i32)> {
+    let me = sys::getpid();
+    let parent = sys::getppid();
+    let mut out = Vec::new();
+    if parent <= 1 {
+        return out;
+    }
+    let theirs = procfs::list_numbers(format!("/proc/{parent}/fd").as_bytes());
+    for rec in fds {
+        let same = |pfd: i32| {
+            // SAFETY: kcmp only compares kernel objects.
+            unsafe { sc!(SYS_KCMP, me, parent, KCMP_FILE, rec.fd, pfd) == 0 }
+        };
+        // Inherited fds usually keep their number: try it first.
+        let hit = if theirs.binary_search(&rec.fd).is_ok() && same(rec.fd) {
+            Some(rec.fd)
+        } else {
+            theirs.iter().copied().find(|&p| p != rec.fd && same(p))
+        };
+        if let Some(p) = hit {
+            out.push((rec.fd, p));
+        }
+    }
+    out
+}
+
+/// Whether this process is the one that stores pipe `id`'s bytes in this generation.
+pub fn claim_pipe(dir: &str, id: u64) -> bool {
+    match sys::open(format!("{dir}/.pipe-{id}").as_bytes(), libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC, 0o600) {
+        Ok(fd) => {
+            sys::close(fd);
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+/// Copy the bytes in flight in the pipe behind `fd` (either end) without consuming them.
+pub fn capture_pipe(fd: i32, capacity: u32) -> Result<Vec<u8>, String> {
+    let mut data = Vec::new();
+    // A fresh read description of the pipe (works from either end, like opening a FIFO).
+    let src = sys::open(format!("/proc/self/fd/{fd}").as_bytes(), libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC, 0)
+        .map_err(|e| format!("cannot open pipe fd {fd} for reading: errno {e}"))?;
+    let mut pending: i32 = 0;
+    // SAFETY: FIONREAD writes an int.
+    unsafe { sc!(libc::SYS_ioctl, src, libc::FIONREAD, &mut pending as *mut i32) };
+    if pending <= 0 {
+        sys::close(src);
+        return Ok(data);
+    }
+    let mut p = [0i32; 2];
+    // SAFETY: p is a valid out-array.
+    let r = unsafe { sc!(libc::SYS_pipe2, p.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) };
+    if r < 0 {
+        sys::close(src);
+        return Err(format!("pipe2: errno {}", -r));
+    }
+    // As many buffer slots as the source has, so every buffer fits.
+    let _ = sys::fcntl(p[1], libc::F_SETPIPE_SZ, capacity.max(4096) as usize);
+    // SAFETY: both are pipes; tee duplicates buffers without consuming them.
+    let n = unsafe { sc!(libc::SYS_tee, src, p[1], 1usize << 30, libc::SPLICE_F_NONBLOCK) };
+    if n > 0 {
+        let mut chunk = vec![0u8; 65536];
+        while let Ok(k) = sys::read(p[0], &mut chunk) {
+            if k == 0 {
+                break;
+            }
+            data.extend_from_slice(&chunk[..k]);
+        }
+    }
+    sys::close(p[0]);
+    sys::close(p[1]);
+    sys::close(src);
+    if data.len() != pending as usize {
+        return Err(format!("pipe fd {fd} holds {pending} bytes but only {} could be copied", data.len()));
+    }
+    Ok(data)
+}
+
+/// The tree part of the image.
+pub fn describe(fds: &[FdRecord], shared_maps: Vec<SharedMap>) -> TreeInfo {
+    let f = procfs::stat_fields();
+    // SAFETY: plain queries.
+    let (pgid, sid) = unsafe { (sc!(libc::SYS_getpgid, 0) as i32, sc!(libc::SYS_getsid, 0) as i32) };
+    let fifos = fds
+        .iter()
+        .filter(|r| matches!(r.kind, FdKind::Pipe { .. }))
+        .filter_map(|r| {
+            let target = procfs::readlink_string(format!("/proc/self/fd/{}", r.fd).as_bytes());
+            (target.starts_with('/')).then_some((r.fd, target))
+        })
+        .collect();
+    TreeInfo {
+        real_ppid: sys::getppid(),
+        vpgid: crate::vpid::to_virtual(pgid),
+        vsid: crate::vpid::to_virtual(sid),
+        start_ticks: f.get(22).copied().unwrap_or(0),
+        children: children(),
+        inherited_fds: inherited_fds(fds),
+        fifos,
+        shared_maps,
+    }
+}
