@@ -135,6 +135,8 @@ struct Generation {
     members: BTreeMap<ConnId, Member>,
     /// Control connections waiting for the outcome.
     waiters: Vec<ConnId>,
+    /// Processes whose `RequestCheckpoint` this generation answers.
+    requesters: Vec<ConnId>,
     kill_after: bool,
 }
 
@@ -153,8 +155,9 @@ pub struct Core {
     ever_had_process: bool,
     /// Lowest generation number the next generation may use.
     min_next_generation: u64,
-    /// A process asked for a checkpoint that the running generation does not cover.
-    followup: bool,
+    /// Processes that asked for a checkpoint the running generation does not cover: the
+    /// next generation starts as soon as it ends.
+    pending_requesters: Vec<ConnId>,
     /// (computation, generation) the on-restart hook last ran for.
     last_restart_hook: Option<(u64, u64)>,
     /// The time of the last input or tick (for status).
@@ -197,7 +200,7 @@ impl Core {
             started: now,
             ever_had_process: false,
             min_next_generation: 1,
-            followup: false,
+            pending_requesters: Vec::new(),
             last_restart_hook: None,
             clock: now,
             exiting: false,
@@ -436,17 +439,23 @@ impl Core {
             (Conn::Control, ToCoord::Command(cmd)) => self.on_command(now, c, cmd),
             (Conn::Process(p), ToCoord::RequestCheckpoint) => {
                 let who = p.describe();
-                match self.generation.as_ref() {
+                match self.generation.as_mut() {
                     Some(g) if g.phase == GenPhase::Suspend && g.members.get(&c).is_some_and(|m| !m.reached) => {
                         debug!("checkpoint requested by {who}: covered by generation {}", g.number);
+                        g.requesters.push(c);
                     }
                     Some(g) => {
                         debug!("checkpoint requested by {who} during generation {}: another follows it", g.number);
-                        self.followup = true;
+                        self.pending_requesters.push(c);
                     }
                     None => match self.start_generation(now) {
-                        Ok(n) => info!(generation = n, "checkpoint requested by {who} (cr_checkpoint)"),
-                        Err(reason) => self.send(c, FromCoord::RequestFailed { reason }),
+                        Ok(n) => {
+                            info!(generation = n, "checkpoint requested by {who} (cr_checkpoint)");
+                            if let Some(g) = self.generation.as_mut() {
+                                g.requesters.push(c);
+                            }
+                        }
+                        Err(reason) => self.send(c, FromCoord::RequestFailed { generation: 0, reason }),
                     },
                 }
             }
@@ -665,7 +674,7 @@ impl Core {
         if g.kill_after {
             info!("killing the computation after generation {} (--kill)", g.number);
             self.kill_all();
-            self.followup = false;
+            self.pending_requesters.clear();
         }
         self.start_followup(now);
         self.forget_comp_if_empty();
@@ -702,14 +711,25 @@ impl Core {
         }
     }
 
-    /// Start the generation a process asked for while another one ran.
+    /// Start the generation processes asked for while another one ran.
     fn start_followup(&mut self, now: Instant) {
-        if !std::mem::take(&mut self.followup) || self.generation.is_some() || self.process_count() == 0 {
+        if self.pending_requesters.is_empty() || self.generation.is_some() {
             return;
         }
+        let requesters = std::mem::take(&mut self.pending_requesters);
         match self.start_generation(now) {
-            Ok(n) => info!(generation = n, "checkpoint requested during the previous one started"),
-            Err(e) => warn!("requested checkpoint not started: {e}"),
+            Ok(n) => {
+                info!(generation = n, "checkpoint requested during the previous one started");
+                if let Some(g) = self.generation.as_mut() {
+                    g.requesters = requesters;
+                }
+            }
+            Err(reason) => {
+                warn!("requested checkpoint not started: {reason}");
+                for c in requesters {
+                    self.send(c, FromCoord::RequestFailed { generation: 0, reason: reason.clone() });
+                }
+            }
         }
     }
 
@@ -746,6 +766,11 @@ impl Core {
         let message = format!("checkpoint generation {} failed: {reason}", g.number);
         for w in &g.waiters {
             self.reply(*w, Reply::Error { message: message.clone() });
+        }
+        for c in &g.requesters {
+            if matches!(self.conns.get(c), Some(Conn::Process(_))) {
+                self.send(*c, FromCoord::RequestFailed { generation: g.number, reason: reason.clone() });
+            }
         }
         self.interval_base = Some(now);
         self.start_followup(now);
@@ -811,6 +836,7 @@ impl Core {
             phase: GenPhase::Suspend,
             members,
             waiters: Vec::new(),
+            requesters: Vec::new(),
             kill_after: false,
         });
         for c in ids {
@@ -984,6 +1010,7 @@ impl Core {
             }
             Conn::Process(p) => {
                 info!(vpid = p.vpid, real_pid = p.real_pid, "process {} left", p.program);
+                self.pending_requesters.retain(|x| *x != c);
                 let phase = self.generation.as_ref().filter(|g| g.members.contains_key(&c)).map(|g| g.phase);
                 if phase == Some(GenPhase::Resume) {
                     // Every image is durable already: a process that exits while
@@ -1436,8 +1463,32 @@ mod tests {
         let p = st.progress.unwrap();
         assert_eq!((p.generation, p.phase.as_str(), p.done, p.processes, p.held_by), (1, "suspend", 1, 2, vec![1]));
         let a = f.msg(1, ToCoord::Failed { generation: 1, error: "critical section too long".into() });
-        // Everyone hears of the abort, and the follow-up generation starts.
-        assert!(matches!(sends_to(&a, 2).as_slice(), [FromCoord::Abort { generation: 1, .. }, FromCoord::Checkpoint { generation: 2, .. }]), "{a:?}");
+        // Everyone hears of the abort, the requesters that it covered hear that their
+        // request failed, and the follow-up generation starts.
+        assert!(
+            matches!(
+                sends_to(&a, 2).as_slice(),
+                [FromCoord::Abort { generation: 1, .. }, FromCoord::RequestFailed { generation: 1, .. }, FromCoord::Checkpoint { generation: 2, .. }]
+            ),
+            "{a:?}"
+        );
+        assert!(
+            matches!(sends_to(&a, 1).as_slice(), [FromCoord::Abort { generation: 1, .. }, FromCoord::RequestFailed { generation: 1, .. }, FromCoord::Checkpoint { generation: 2, .. }]),
+            "{a:?}"
+        );
+        // Generation 2 answers the request of process 2 when it completes.
+        for c in [1, 2] {
+            f.msg(c, ToCoord::Reached { generation: 2, phase: Phase::Suspended });
+        }
+        let dir = manifest::generation_dir(&f.dir, 5, 2);
+        for c in [1, 2] {
+            std::fs::write(dir.join(manifest::image_file_name(c as i32)), b"i").unwrap();
+            f.msg(c, ToCoord::Written { generation: 2, report: report(c as i32) });
+        }
+        f.msg(1, ToCoord::Reached { generation: 2, phase: Phase::Resumed });
+        let a = f.msg(2, ToCoord::Reached { generation: 2, phase: Phase::Resumed });
+        assert_eq!(sends_to(&a, 2), vec![FromCoord::Completed { generation: 2 }]);
+        assert_eq!(f.core.in_progress(), None, "no further generation");
         // With no process... a request that cannot start anything is answered.
         let mut g = fixture("request2");
         g.connect(1, hello(Some(6), 1));

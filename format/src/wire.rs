@@ -239,8 +239,9 @@ pub enum FromCoord {
     Reply(Reply),
     /// Generation `generation` is complete (its manifest is durable).
     Completed { generation: u64 },
-    /// A [`ToCoord::RequestCheckpoint`] could not start a generation.
-    RequestFailed { reason: String },
+    /// A [`ToCoord::RequestCheckpoint`] of this process failed: generation `generation`
+    /// (which was to cover it) failed, or, with `generation` 0, none could be started.
+    RequestFailed { generation: u64, reason: String },
 }
 
 /// Read a shared secret from a file: its first line, without surrounding white space.

@@ -87,6 +87,7 @@ pub extern "C" fn restart_main(_req: *const restore::CloneReq) {
     if old >= 0 {
         crate::dump::remove_own_fd(old);
     }
+    crate::api::on_restarted(restore::RESTARTED_FROM.load(Ordering::Relaxed));
     serve_forever();
 }
 
@@ -128,6 +129,7 @@ fn serve_forever() -> ! {
                     first_contact_done();
                 }
                 COORD_FD.store(-1, Ordering::Release);
+                crate::api::disconnected();
                 crate::dump::remove_own_fd(fd);
                 sys::close(fd);
             }
@@ -187,10 +189,10 @@ fn connect() -> Result<i32, i32> {
 
 fn send(fd: i32, msg: &ToCoord) -> Result<(), String> {
     let frame = wire::encode(msg).map_err(|e| e.to_string())?;
-    sys::write_all(fd, &frame).map_err(|e| std::format!("send: errno {e}"))
+    crate::api::send_frame(fd, &frame).map_err(|e| std::format!("send: errno {e}"))
 }
 
-fn recv(fd: i32) -> Result<FromCoord, String> {
+pub(crate) fn recv(fd: i32) -> Result<FromCoord, String> {
     let mut prefix = [0u8; 4];
     read_exact(fd, &mut prefix)?;
     let n = wire::frame_len(prefix).map_err(|e| e.to_string())?;
@@ -241,6 +243,7 @@ fn session(fd: i32) -> Result<(), String> {
     match recv(fd)? {
         FromCoord::Welcome { comp_id, .. } => {
             COMP_ID.store(comp_id, Ordering::Relaxed);
+            crate::api::connected(fd);
             first_contact_done();
         }
         FromCoord::Rejected { reason } => {
@@ -256,7 +259,18 @@ fn session(fd: i32) -> Result<(), String> {
     }
     loop {
         match recv(fd)? {
-            FromCoord::Checkpoint { generation, dir } => checkpoint(fd, generation, &dir)?,
+            FromCoord::Checkpoint { generation, dir } => {
+                // Application API: hooks, critical sections (api.rs).
+                let go = crate::api::before_checkpoint(fd, generation);
+                let done = match go {
+                    Ok(true) => checkpoint(fd, generation, &dir),
+                    Ok(false) => Ok(()),
+                    Err(e) => Err(e),
+                };
+                crate::api::after_checkpoint(generation);
+                done?
+            }
+            m @ (FromCoord::Completed { .. } | FromCoord::RequestFailed { .. }) => crate::api::on_message(&m),
             FromCoord::Abort { generation, .. } => {
                 // Nothing in progress here: just acknowledge.
                 send(fd, &ToCoord::Reached { generation, phase: Phase::Resumed })?;

@@ -151,7 +151,7 @@ fn describe_fds(dir: &str) -> Result<Vec<FdRecord>, String> {
     bits.iter_mut().for_each(|b| *b = 0);
     let fds = procfs::list_fds();
     for &fd in &fds {
-        if is_own_fd(fd) {
+        if is_own_fd(fd) || crate::api::is_ignored_fd(fd) {
             continue;
         }
         let target = procfs::readlink_string(format!("/proc/self/fd/{fd}").as_bytes());

@@ -15,9 +15,11 @@
 //! * [`ckpt_thread`]: the checkpoint thread and its coordinator connection.
 //! * [`restore`]: what runs after the restorer has put memory back: threads, signals, timers.
 //! * [`wrappers`]: the libc functions we interpose.
+//! * [`api`]: the `cr_*` functions programs may call (`api/include/crust.h`).
 
 #![allow(clippy::missing_safety_doc)]
 
+pub mod api;
 pub mod heap;
 pub mod ckpt_thread;
 pub mod config;
@@ -50,6 +52,7 @@ extern "C" fn init(argc: i32, argv: *const *const u8, envp: *const *const u8) {
     if config::get().disabled {
         return;
     }
+    api::ENABLED.store(1, Ordering::Relaxed);
     wrappers::resolve_real_symbols();
     quiesce::install_handler();
     ckpt_thread::start();

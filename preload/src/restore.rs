@@ -520,6 +520,7 @@ pub unsafe extern "C" fn crust_restart_entry(args: *const RestartArgs) -> ! {
     for s in slots {
         fix_interrupted_pid_args(s.ucontext, pids);
     }
+    crate::api::after_restart();
     quiesce::writer_unlock();
     GATE.store(1, Ordering::Release);
     sys::futex_wake(&GATE, u32::MAX);

@@ -262,6 +262,14 @@ pub fn futex_wait(addr: &core::sync::atomic::AtomicU32, val: u32, timeout_ns: Op
     check(unsafe { sc!(SYS_futex, addr.as_ptr(), libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG, val, tsp) }).map(|_| ())
 }
 
+/// Whether `fd` has data to read (or is closed) within `timeout_ms` (0: right now).
+pub fn poll_in(fd: i32, timeout_ms: i32) -> bool {
+    let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd.
+    let r = unsafe { sc!(libc::SYS_poll, &mut p as *mut libc::pollfd, 1, timeout_ms) };
+    r > 0 && p.revents != 0
+}
+
 pub fn futex_wake(addr: &core::sync::atomic::AtomicU32, n: u32) {
     // The kernel reads the count as an int: u32::MAX would mean -1.
     let n = n.min(i32::MAX as u32);
