@@ -5,12 +5,27 @@
 
 use crust_tests::*;
 use std::fs;
+use std::path::Path;
+use std::time::Duration;
 
-/// The canonical scenario for a tree of `procs` processes (at least).
+/// Wait until the coordinator lists exactly `n` processes: the tree is complete and no
+/// process is still starting or exiting.
+fn wait_tree(s: &Session, n: usize) {
+    let ok = wait_until(READY_TIMEOUT, || {
+        if s.registered() == Some(n) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+        false
+    });
+    assert!(ok, "the coordinator did not list exactly {n} processes (it lists {:?})\n{}", s.registered(), s.diagnostics());
+}
+
+/// The canonical scenario for a tree of `procs` processes.
 fn tree_canonical(f: &Flow, procs: usize) -> Checkpointed {
     let mut run = f.launch();
     f.s.advance_to(&mut run, 1);
-    f.s.wait_registered(procs);
+    wait_tree(f.s, procs);
     let ck = f.checkpoint_at(&mut run, 1);
     let man: serde_json::Value =
         serde_json::from_slice(&fs::read(ck.gen.join("manifest.json")).expect("manifest")).expect("manifest is JSON");
@@ -31,4 +46,81 @@ fn parent_and_child_with_pipes_in_flight_restart_identically() {
     let s = Session::new("tree_pipe_pair");
     let f = Flow::new(&s, Program::c("pipe_pair"));
     tree_canonical(&f, 2);
+}
+
+/// `bash -c` running producer | sed | tr | consumer, checkpointed while records sit in
+/// the pipes between the stages and in the tools' stdio buffers.
+#[test]
+fn bash_pipeline_with_data_in_flight_restarts_identically() {
+    let s = Session::new("tree_bash_pipeline");
+    let script = fs::read_to_string(probes_dir().join("pipeline.sh")).expect("read pipeline.sh");
+    let prog = Program::new(bash()).arg("-c").arg(script).arg("pipeline").arg(c_probe("gate_at"));
+    let f = Flow::new(&s, prog);
+    // bash, the producer subshell, gate_at, sed, tr, the consumer subshell.
+    tree_canonical(&f, 6);
+}
+
+/// python3 multiprocessing.Pool (fork): workers blocked in a shared Event inside tasks,
+/// tasks in flight in the task pipe, POSIX semaphores in shared memory.
+#[test]
+fn python_multiprocessing_pool_restarts_identically() {
+    let s = Session::new("tree_pool");
+    let f = Flow::new(&s, Program::python("pool.py"));
+    tree_canonical(&f, 3);
+}
+
+fn manifest_without(gen: &Path, vpid: i64) {
+    let p = gen.join("manifest.json");
+    let mut man: serde_json::Value = serde_json::from_slice(&fs::read(&p).expect("manifest")).expect("JSON");
+    man["processes"].as_array_mut().expect("processes").retain(|e| e["vpid"].as_i64() != Some(vpid));
+    fs::write(&p, serde_json::to_vec_pretty(&man).expect("JSON")).expect("write manifest");
+}
+
+/// A generation missing one process's image (or that process altogether) is refused with
+/// a message naming the problem, before anything starts; the complete one still restarts.
+#[test]
+fn generation_missing_a_process_is_refused() {
+    let s = Session::new("tree_incomplete");
+    let f = Flow::new(&s, Program::c("pipe_pair"));
+    let mut run = f.launch();
+    f.s.advance_to(&mut run, 1);
+    wait_tree(&s, 2);
+    let ck = f.checkpoint_at(&mut run, 1);
+    f.kill(&mut [&mut run]);
+    let man: serde_json::Value =
+        serde_json::from_slice(&fs::read(ck.gen.join("manifest.json")).expect("manifest")).expect("JSON");
+    let child = man["processes"]
+        .as_array()
+        .expect("processes")
+        .iter()
+        .find(|p| p["vpid"].as_i64() != Some(run.pid as i64))
+        .expect("a child in the manifest")
+        .clone();
+    let child_vpid = child["vpid"].as_i64().expect("vpid");
+    let child_image = child["image"].as_str().expect("image").to_string();
+
+    for case in ["image-missing", "process-missing"] {
+        let gen = s.root.join("copies").join(case).join(ck.gen.file_name().expect("name"));
+        copy_dir_files(&ck.gen, &gen);
+        fs::remove_file(gen.join(&child_image)).expect("remove the child's image");
+        if case == "process-missing" {
+            manifest_without(&gen, child_vpid);
+        }
+        s.prepare_restart_at(1);
+        let before = fs::read(&f.out).expect("program output");
+        let out = s.restart_expecting_failure(&gen);
+        assert!(out.status.code().is_some_and(|c| c != 0), "crrestart must fail ({case}): {}", out.describe());
+        let text = out.all_text_lower();
+        assert!(
+            text.contains("incomplete") && text.contains(&format!("vpid {child_vpid}")),
+            "crrestart must say the generation is incomplete and name vpid {child_vpid} ({case}): {}",
+            out.describe()
+        );
+        let left = s.leftovers_after(Duration::from_secs(10));
+        assert!(left.is_empty(), "crrestart left processes behind ({case}): {left:?}");
+        assert!(s.gate.reached().is_empty(), "the program ran although crrestart failed ({case})");
+        assert_eq!(fs::read(&f.out).expect("program output"), before, "crrestart touched the output ({case})");
+    }
+    let mut r = f.restart(&ck);
+    f.finish(&mut r);
 }
