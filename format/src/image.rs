@@ -2,13 +2,15 @@
 //!
 //! ```text
 //! offset 0      Header (one 4 KiB page): magic, version, section offsets, checksums
-//! offset 4096   page data: runs of whole pages, each starting on a 4 KiB boundary so that
-//!               a run can be mapped straight from the file
+//! offset 4096   page data: uncompressed, runs of whole pages, each starting on a 4 KiB
+//!               boundary so that a run can be mapped straight from the file; compressed,
+//!               a sequence of independently compressed chunks (see [`Chunk`])
 //! meta_offset   ImageMeta, postcard-encoded, checksummed (crc32c) as a whole
 //! ```
-//! Every page run carries its own crc32c. The writer streams page data first, then the
-//! metadata, then writes the header last (under a temporary file name), fsyncs and renames;
-//! a reader that finds a valid header therefore finds a complete file.
+//! Every page run carries the crc32c of its (uncompressed) bytes, every compressed chunk the
+//! crc32c of its compressed bytes. The writer streams page data first, then the metadata,
+//! then writes the header last (under a temporary file name), fsyncs and renames; a reader
+//! that finds a valid header therefore finds a complete file.
 //!
 //! The full format is described in `docs/IMAGE_FORMAT.md`.
 
@@ -16,14 +18,65 @@ use serde::{Deserialize, Serialize};
 
 /// First 8 bytes of every image.
 pub const MAGIC: [u8; 8] = *b"CRUSTIMG";
-/// Current image format version.
-pub const VERSION: u32 = 1;
+/// Current image format version (2: compressed page data, chunk table).
+pub const VERSION: u32 = 2;
 /// Size of the header page; page data starts here.
 pub const HEADER_SIZE: usize = 4096;
 /// Page size the format is built around.
 pub const PAGE_SIZE: u64 = 4096;
 /// Number of header bytes covered by `header_crc`.
 const HEADER_CRC_SPAN: usize = 72;
+/// Uncompressed size of a compressed chunk (the last one of an image may be shorter).
+pub const CHUNK_SIZE: usize = 1 << 20;
+
+/// How the page data of an image is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Compression {
+    /// Runs stored as they are, page-aligned: they can be mapped from the file.
+    #[default]
+    None,
+    /// zstd frames, one per chunk.
+    Zstd,
+    /// LZ4 blocks (raw block format, no frame), one per chunk.
+    Lz4,
+}
+
+impl Compression {
+    /// `none`, `zstd`, `lz4` (the command-line and `CR_COMPRESS` spelling).
+    pub fn parse(s: &str) -> Option<Compression> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "" | "none" | "off" | "0" => Some(Compression::None),
+            "zstd" => Some(Compression::Zstd),
+            "lz4" => Some(Compression::Lz4),
+            _ => None,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Zstd => "zstd",
+            Compression::Lz4 => "lz4",
+        }
+    }
+}
+
+/// One compressed chunk of page data.
+///
+/// The uncompressed page data of a compressed image is one stream: every run's bytes, in
+/// the order of `ImageMeta::regions` and their `runs`. The stream is cut into chunks of
+/// [`CHUNK_SIZE`] bytes, compressed independently and stored one after the other. A chunk
+/// whose `clen` equals its `ulen` is stored raw (it did not compress).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Chunk {
+    /// Offset of the compressed bytes in the image file.
+    pub offset: u64,
+    /// Compressed length in bytes.
+    pub clen: u32,
+    /// Uncompressed length in bytes.
+    pub ulen: u32,
+    /// crc32c of the compressed bytes (as stored in the file).
+    pub crc: u32,
+}
 
 /// The fixed header at offset 0 (little endian).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -140,9 +193,11 @@ pub struct PageRun {
     pub addr: u64,
     /// Length in bytes (a multiple of [`PAGE_SIZE`]).
     pub len: u64,
-    /// Offset of the data in the image file (a multiple of [`PAGE_SIZE`]).
+    /// Offset of the data in the image file (a multiple of [`PAGE_SIZE`]). In a compressed
+    /// image: the offset the run would have in the uncompressed image, i.e. [`HEADER_SIZE`]
+    /// plus its position in the uncompressed page-data stream.
     pub offset: u64,
-    /// crc32c of the data.
+    /// crc32c of the (uncompressed) data.
     pub crc: u32,
 }
 
@@ -273,6 +328,10 @@ pub struct ImageMeta {
     pub taken_unix: u64,
     /// Where the process sits in its process tree and what it shares with the others.
     pub tree: TreeInfo,
+    /// How page data is stored.
+    pub compression: Compression,
+    /// The compressed chunks, in stream order (empty when `compression` is `None`).
+    pub chunks: Vec<Chunk>,
 }
 
 /// A process's place in its process tree, and the kernel objects it shares with other
@@ -370,26 +429,71 @@ pub fn read_image(path: &std::path::Path) -> Result<Image, crate::Error> {
         return Err(crate::Error::Corrupt("metadata checksum mismatch".into()));
     }
     let meta: ImageMeta = postcard::from_bytes(&meta_bytes)?;
-    for r in &meta.regions {
-        for run in &r.runs {
-            let end = run.offset.checked_add(run.len);
-            if run.offset % PAGE_SIZE != 0
-                || run.len % PAGE_SIZE != 0
-                || end.is_none_or(|e| e > header.meta_offset)
-                || run.addr < r.start
-                || run.addr + run.len > r.end
-            {
-                return Err(crate::Error::Corrupt(format!("page run at {:#x} out of bounds", run.addr)));
-            }
-        }
-    }
+    check_layout(&header, &meta)?;
     Ok(Image { header, meta })
 }
 
-/// Read every page run and check its crc32c.
+/// Check that every page run and chunk lies where the format says it must.
+pub fn check_layout(header: &Header, meta: &ImageMeta) -> Result<(), crate::Error> {
+    let data_end = header.meta_offset;
+    let compressed = meta.compression != Compression::None;
+    if !compressed && !meta.chunks.is_empty() {
+        return Err(crate::Error::Corrupt("chunk table in an uncompressed image".into()));
+    }
+    // In a compressed image the runs are laid out back to back in the stream.
+    let mut stream = HEADER_SIZE as u64;
+    for r in &meta.regions {
+        for run in &r.runs {
+            let end = run.offset.checked_add(run.len);
+            let bad_place = if compressed { run.offset != stream } else { end.is_none_or(|e| e > data_end) };
+            if run.offset % PAGE_SIZE != 0
+                || run.len % PAGE_SIZE != 0
+                || bad_place
+                || run.addr < r.start
+                || run.addr.checked_add(run.len).is_none_or(|e| e > r.end)
+            {
+                return Err(crate::Error::Corrupt(format!("page run at {:#x} out of bounds", run.addr)));
+            }
+            stream = stream.saturating_add(run.len);
+        }
+    }
+    if compressed {
+        let mut total = HEADER_SIZE as u64;
+        for (i, c) in meta.chunks.iter().enumerate() {
+            if c.ulen as usize > CHUNK_SIZE
+                || c.clen as u64 > max_compressed_len(CHUNK_SIZE) as u64
+                || c.offset < header.data_offset
+                || c.offset.checked_add(c.clen as u64).is_none_or(|e| e > data_end)
+            {
+                return Err(crate::Error::Corrupt(format!("compressed chunk {i} out of bounds")));
+            }
+            total += c.ulen as u64;
+        }
+        if total != stream {
+            return Err(crate::Error::Corrupt(format!(
+                "the chunks hold {} bytes of page data but the runs need {}",
+                total - HEADER_SIZE as u64,
+                stream - HEADER_SIZE as u64
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Upper bound of a compressed chunk's size for `ulen` input bytes (either codec).
+pub fn max_compressed_len(ulen: usize) -> usize {
+    // lz4_flex wants room for 110 % of the input plus 20 bytes before it starts.
+    ulen + ulen / 8 + 1024
+}
+
+/// Read every page run and check its crc32c (for a compressed image: check every chunk's
+/// checksum, decompress it and check the runs).
 pub fn verify_pages(path: &std::path::Path, meta: &ImageMeta) -> Result<(), crate::Error> {
     use std::os::unix::fs::FileExt;
     let f = std::fs::File::open(path).map_err(|e| crate::Error::Io { path: path.display().to_string(), source: e })?;
+    if meta.compression != Compression::None {
+        return crate::codec::unpack(&f, meta, &mut crate::codec::Discard::new(), &mut |_| {});
+    }
     let mut buf = vec![0u8; 1 << 20];
     for r in &meta.regions {
         for run in &r.runs {

@@ -1,9 +1,11 @@
 //! The image format and the wire protocol shared by every part of crust.
 //!
 //! * [`image`]: the per-process checkpoint image (header, page data, metadata).
+//! * [`codec`]: compressing and unpacking page data (zstd, LZ4).
 //! * [`manifest`]: generations on disk (directories, manifest, `latest`).
 //! * [`wire`]: coordinator protocol frames.
 
+pub mod codec;
 pub mod image;
 pub mod manifest;
 pub mod wire;
@@ -25,6 +27,8 @@ pub enum Error {
     Truncated { what: &'static str, have: u64, need: u64 },
     #[error("corrupt image: {0}")]
     Corrupt(String),
+    #[error("compression error: {0}")]
+    Codec(String),
     #[error("encoding error: {0}")]
     Encoding(#[from] postcard::Error),
     #[error("frame of {0} bytes exceeds the protocol limit")]
