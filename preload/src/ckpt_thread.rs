@@ -318,6 +318,7 @@ fn window(fd: i32, generation: u64, dir: &str, t0: u64) -> Result<(), String> {
             entry: restore::crust_restart_entry as *const () as u64,
             stack_top: restore::restart_stack_top(),
         },
+        compression: crate::config::get().compress,
     };
     match crate::dump::write_image(&req) {
         Ok(res) => {

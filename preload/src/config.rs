@@ -7,6 +7,7 @@
 //! | CR_CKPT_DIR| checkpoint directory (informational; the coordinator decides) | cwd      |
 //! | CR_DISABLE | `1`: load but do nothing                              | unset            |
 //! | CR_TOKEN   | shared secret presented to the coordinator            | unset            |
+//! | CR_COMPRESS| page data compression: none, zstd, lz4                | none             |
 
 use std::string::String;
 use std::vec::Vec;
@@ -19,6 +20,8 @@ pub struct Config {
     pub program: String,
     pub args: Vec<String>,
     pub token: Option<String>,
+    /// Page data compression (CR_COMPRESS; the coordinator's setting overrides it).
+    pub compress: crust_format::image::Compression,
 }
 
 static mut CONFIG: Option<Config> = None;
@@ -34,6 +37,7 @@ pub unsafe fn load(argc: i32, argv: *const *const u8, envp: *const *const u8) {
         program: String::new(),
         args: Vec::new(),
         token: None,
+        compress: crust_format::image::Compression::None,
     };
     // SAFETY: the loader passes valid C string arrays (argv has argc entries).
     unsafe {
@@ -60,6 +64,10 @@ pub unsafe fn load(argc: i32, argv: *const *const u8, envp: *const *const u8) {
             } else if let Some(v) = kv.strip_prefix(b"CR_TOKEN=") {
                 let t = String::from_utf8_lossy(v).trim().into();
                 c.token = Some(t).filter(|t: &String| !t.is_empty());
+            } else if let Some(v) = kv.strip_prefix(b"CR_COMPRESS=") {
+                if let Some(k) = core::str::from_utf8(v).ok().and_then(crust_format::image::Compression::parse) {
+                    c.compress = k;
+                }
             } else if kv == b"CR_DISABLE=1" {
                 c.disabled = true;
             }

@@ -1,26 +1,64 @@
 //! Writing the checkpoint image of this process (see `crust_format::image`).
 //!
-//! Runs in the checkpoint thread while every application thread is stopped, with the
-//! allocator in scratch mode. Order: open a temp file, describe every memory area and
-//! write the pages worth keeping (present or swapped, not all zero, and for private file
-//! mappings only pages that no longer equal the file), then the metadata, then the
-//! header, fsync, rename.
+//! Runs while every application thread is stopped (in the checkpoint thread, or in a
+//! forked copy of the process), with the allocator in scratch mode: no libc, no locks, raw
+//! system calls only. Order: open a temp file, describe every memory area and write the
+//! pages worth keeping (present or swapped, not all zero, and for private file mappings
+//! only pages that no longer equal the file), then the metadata, then the header, fsync,
+//! rename.
+//!
+//! Which pages hold data comes from `PAGEMAP_SCAN` (`pagescan.rs`): unpopulated pages are
+//! never touched. Uncompressed page data goes straight from the process's memory to the
+//! file with `pwritev` (up to 1024 runs per call); compressed data goes through one chunk
+//! buffer and the codec (`crust_format::codec`), whose zstd context lives in memory reserved
+//! here.
 
-use crate::procfs::{self, Pagemap, Vma, PM_FILE, PM_PRESENT, PM_SWAPPED};
+use crate::pagescan::{PageScanner, PAGE_IS_FILE, PAGE_IS_PFNZERO, PAGE_IS_PRESENT, PAGE_IS_SWAPPED};
+use crate::procfs::{self, Vma};
 use crate::quiesce;
 use crate::sys;
+use core::sync::atomic::{AtomicU64, Ordering};
+use crust_format::codec::Encoder;
 use crust_format::image::{
-    FdKind, FdRecord, FileIdentity, Header, ImageMeta, MmInfo, PageRun, Region, RegionKind, RestartEntry, Rlimit, SharedMap,
-    ThreadRecord, HEADER_SIZE, PAGE_SIZE, VERSION,
+    max_compressed_len, Chunk, Compression, FdKind, FdRecord, FileIdentity, Header, ImageMeta, MmInfo, PageRun,
+    Region, RegionKind, RestartEntry, Rlimit, SharedMap, ThreadRecord, CHUNK_SIZE, HEADER_SIZE, PAGE_SIZE, VERSION,
 };
 use std::format;
 use std::string::{String, ToString};
 use std::vec::Vec;
 
-/// Longest page run written with one system call.
-const MAX_RUN: u64 = 64 << 20;
-/// Pages examined per pagemap read.
-const PM_BATCH: usize = 4096;
+/// Longest page run recorded as one run.
+const MAX_RUN: u64 = 1 << 30;
+/// Most iovecs per pwritev (IOV_MAX).
+const MAX_IOV: usize = 1024;
+
+/// Device and inode of the image (or unpacked page memfd) this process was restarted
+/// from: crust-restorer maps page runs straight from it, so at the next checkpoint such
+/// mappings are the program's anonymous memory, not a file mapping (0 = none).
+static RESTORED_FROM_DEV: AtomicU64 = AtomicU64::new(0);
+static RESTORED_FROM_INO: AtomicU64 = AtomicU64::new(0);
+
+/// Remember the image file the restorer mapped memory from (called at restart with the
+/// image fd, before it is closed).
+pub fn note_restored_image(image_fd: i32) {
+    if let Ok(st) = sys::fstat(image_fd) {
+        RESTORED_FROM_DEV.store(st.st_dev, Ordering::Relaxed);
+        RESTORED_FROM_INO.store(st.st_ino, Ordering::Relaxed);
+    }
+}
+
+/// A mapping of the image this process was restarted from.
+fn is_restored_image(v: &Vma) -> bool {
+    let ino = RESTORED_FROM_INO.load(Ordering::Relaxed);
+    if ino == 0 || v.inode != ino || v.shared {
+        return false;
+    }
+    // /proc/PID/maps shows the superblock's device, which can differ from st_dev (btrfs
+    // subvolumes): accept the name as a second witness.
+    v.dev == RESTORED_FROM_DEV.load(Ordering::Relaxed)
+        || v.name.contains(".crimg")
+        || v.name.starts_with("/memfd:crust-pages")
+}
 
 /// What a dump produced.
 pub struct DumpResult {
@@ -62,7 +100,11 @@ fn file_identity(st: &libc::stat) -> FileIdentity {
     }
 }
 
-fn classify(v: &Vma) -> Option<RegionKind> {
+fn classify(v: &Vma, mm: &MmInfo) -> Option<RegionKind> {
+    if is_restored_image(v) {
+        let heap = mm.start_brk < mm.brk && v.start >= mm.start_brk && v.end <= (mm.brk + PAGE_SIZE - 1) & !(PAGE_SIZE - 1);
+        return Some(if heap { RegionKind::Heap } else { RegionKind::Anon });
+    }
     match v.name.as_str() {
         "[vsyscall]" => None,
         "[vdso]" => Some(RegionKind::Vdso),
@@ -99,49 +141,286 @@ fn page_is_zero(addr: u64) -> bool {
 }
 
 /// Decide which pages of a region to store and return the runs (offsets not yet assigned).
-fn collect_runs(v: &Vma, kind: &RegionKind, pm: &mut Pagemap, out: &mut Vec<PageRun>) -> Result<(), i32> {
-    let all_pages = matches!(kind, RegionKind::Detached { .. });
-    let private_file = matches!(kind, RegionKind::File { .. }) && !v.shared;
-    if matches!(kind, RegionKind::File { .. }) && v.shared {
+fn collect_runs(v: &Vma, kind: &RegionKind, scanner: &mut PageScanner, out: &mut Vec<PageRun>) -> Result<(), i32> {
+    let file = matches!(kind, RegionKind::File { .. });
+    if file && v.shared {
         return Ok(()); // the file holds the data
     }
-    let mut run_start = 0u64;
-    let mut run_len = 0u64;
-    let mut addr = v.start;
-    while addr < v.end {
-        let n = (((v.end - addr) / PAGE_SIZE) as usize).min(PM_BATCH);
-        let entries = pm.read(addr, n)?.to_vec();
-        for (i, e) in entries.iter().enumerate() {
-            let pa = addr + i as u64 * PAGE_SIZE;
-            let keep = if all_pages {
-                true
-            } else if private_file {
-                (e & PM_PRESENT != 0 && e & PM_FILE == 0) || e & PM_SWAPPED != 0
-            } else {
-                e & (PM_PRESENT | PM_SWAPPED) != 0
+    let mut runs = RunBuilder { out, start: 0, len: 0 };
+    // Memory whose backing is gone (deleted files, shared anonymous memory) and memory
+    // mapped from the image this process was restarted from: every page holds data,
+    // present in the page tables or not. Store the non-zero ones.
+    if matches!(kind, RegionKind::Detached { .. }) || is_restored_image(v) {
+        let mut pa = v.start;
+        while pa < v.end {
+            if !page_is_zero(pa) {
+                runs.add(pa, PAGE_SIZE);
+            }
+            pa += PAGE_SIZE;
+        }
+        runs.finish();
+        return Ok(());
+    }
+    scanner.scan(v.start, v.end, &mut |start, end, cat| {
+        if cat & PAGE_IS_PFNZERO != 0 {
+            return; // the shared zero page: reads as zeros, restart maps zeros anyway
+        }
+        // Private file mappings: only copy-on-write copies (anonymous pages) differ from
+        // the file; the rest is mapped from the file again at restart.
+        let keep = if file {
+            (cat & PAGE_IS_PRESENT != 0 && cat & PAGE_IS_FILE == 0) || cat & PAGE_IS_SWAPPED != 0
+        } else {
+            cat & (PAGE_IS_PRESENT | PAGE_IS_SWAPPED) != 0
+        };
+        if !keep {
+            return;
+        }
+        // An all-zero page need not be stored where restart maps zeros anyway (anonymous
+        // memory) — but never in a file mapping, where the file's bytes would come back.
+        let mut pa = start.max(v.start);
+        let end = end.min(v.end);
+        while pa < end {
+            if file || !page_is_zero(pa) {
+                runs.add(pa, PAGE_SIZE);
+            }
+            pa += PAGE_SIZE;
+        }
+    })?;
+    runs.finish();
+    Ok(())
+}
+
+/// Coalesces pages into runs.
+struct RunBuilder<'a> {
+    out: &'a mut Vec<PageRun>,
+    start: u64,
+    len: u64,
+}
+
+impl RunBuilder<'_> {
+    fn add(&mut self, addr: u64, len: u64) {
+        if self.len > 0 && self.start + self.len == addr && self.len < MAX_RUN {
+            self.len += len;
+        } else {
+            self.finish();
+            self.start = addr;
+            self.len = len;
+        }
+    }
+    fn finish(&mut self) {
+        if self.len > 0 {
+            self.out.push(PageRun { addr: self.start, len: self.len, offset: 0, crc: 0 });
+            self.len = 0;
+        }
+    }
+}
+
+/// Writes page runs into the image, uncompressed (page-aligned, straight from memory with
+/// pwritev) or as compressed chunks.
+struct PageWriter {
+    fd: i32,
+    /// File offset where the next byte of page data goes.
+    file_off: u64,
+    /// Position in the uncompressed page-data stream (+ HEADER_SIZE): the offset runs get.
+    stream_off: u64,
+    /// Pending iovecs (uncompressed) and the file offset of the first one.
+    iov: Vec<libc::iovec>,
+    iov_off: u64,
+    iov_bytes: u64,
+    /// Copy buffer for memory that changes while it is written (our own stack).
+    copy: Vec<u8>,
+    /// Compression: encoder, its zstd workspace, the chunk being filled, the output buffer.
+    encoder: Option<Encoder>,
+    _workspace: Vec<u64>,
+    stage: Vec<u8>,
+    stage_len: usize,
+    cbuf: Vec<u8>,
+    chunks: Vec<Chunk>,
+}
+
+impl PageWriter {
+    fn new(fd: i32, compression: Compression) -> Result<PageWriter, String> {
+        let mut w = PageWriter {
+            fd,
+            file_off: HEADER_SIZE as u64,
+            stream_off: HEADER_SIZE as u64,
+            iov: Vec::with_capacity(MAX_IOV),
+            iov_off: HEADER_SIZE as u64,
+            iov_bytes: 0,
+            copy: Vec::new(),
+            encoder: None,
+            _workspace: Vec::new(),
+            stage: Vec::new(),
+            stage_len: 0,
+            cbuf: Vec::new(),
+            chunks: Vec::new(),
+        };
+        if compression != Compression::None {
+            // Memory reserved here, from the preload's own allocator: the codec itself
+            // never allocates (see crust_format::codec).
+            let ws_len = Encoder::workspace_len(compression);
+            w._workspace = vec![0u64; ws_len / 8 + 1];
+            // SAFETY: the workspace lives as long as the writer (it is dropped after the
+            // encoder, which is declared before it) and is used by nothing else.
+            let enc = unsafe { Encoder::in_workspace(compression, w._workspace.as_mut_ptr().cast(), ws_len + 8) };
+            w.encoder = Some(enc.ok_or_else(|| format!("cannot set up {} compression", compression.name()))?);
+            w.stage = vec![0u8; CHUNK_SIZE];
+            w.cbuf = vec![0u8; max_compressed_len(CHUNK_SIZE)];
+        } else {
+            w.copy = vec![0u8; 4 << 20];
+        }
+        Ok(w)
+    }
+
+    /// Store one run (its offset and crc are filled in). `volatile`: the memory may change
+    /// while being written (our own stack), so it is copied first.
+    fn add(&mut self, run: &mut PageRun, volatile: bool) -> Result<(), String> {
+        run.offset = self.stream_off;
+        self.stream_off += run.len;
+        if self.encoder.is_some() {
+            return self.add_compressed(run);
+        }
+        if volatile {
+            self.flush()?;
+            let mut crc = 0u32;
+            let mut done = 0usize;
+            let len = run.len as usize;
+            while done < len {
+                let n = (len - done).min(self.copy.len());
+                // SAFETY: the run lies in a readable mapping of this process.
+                let src = unsafe { core::slice::from_raw_parts((run.addr as usize + done) as *const u8, n) };
+                self.copy[..n].copy_from_slice(src);
+                crc = crc32c::crc32c_append(crc, &self.copy[..n]);
+                sys::pwrite_all(self.fd, &self.copy[..n], self.file_off).map_err(|e| format!("writing image: errno {e}"))?;
+                self.file_off += n as u64;
+                done += n;
+            }
+            run.crc = crc;
+            self.iov_off = self.file_off;
+            return Ok(());
+        }
+        // SAFETY: the run lies in a readable mapping of this process that nobody changes
+        // while the image is written (the program's threads are stopped).
+        let data = unsafe { core::slice::from_raw_parts(run.addr as *const u8, run.len as usize) };
+        run.crc = crc32c::crc32c(data);
+        if self.iov.len() == MAX_IOV {
+            self.flush()?;
+        }
+        self.iov.push(libc::iovec { iov_base: run.addr as *mut libc::c_void, iov_len: run.len as usize });
+        self.iov_bytes += run.len;
+        self.file_off += run.len;
+        Ok(())
+    }
+
+    /// Make sure every byte given so far has left the process's memory.
+    fn flush_pending(&mut self) -> Result<(), String> {
+        if self.encoder.is_none() {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Write the pending iovecs with as few pwritev calls as the kernel allows.
+    fn flush(&mut self) -> Result<(), String> {
+        let mut first = 0usize;
+        let mut off = self.iov_off;
+        while first < self.iov.len() {
+            let iov = &self.iov[first..];
+            // SAFETY: every iovec describes readable memory of this process.
+            let r = unsafe { sys::sc!(libc::SYS_pwritev, self.fd, iov.as_ptr(), iov.len().min(MAX_IOV), off, 0) };
+            let mut n = match sys::check(r) {
+                Ok(0) => return Err("writing image: no progress (disk full?)".into()),
+                Ok(n) => n,
+                Err(libc::EINTR) => continue,
+                Err(e) => return Err(format!("writing image: errno {e}")),
             };
-            // An all-zero page need not be stored where restart maps zeros anyway
-            // (anonymous memory) — but never in a file mapping, where the file's bytes
-            // would come back instead.
-            let keep = keep && (private_file || !page_is_zero(pa));
-            if keep {
-                if run_len > 0 && run_start + run_len == pa && run_len < MAX_RUN {
-                    run_len += PAGE_SIZE;
+            off += n as u64;
+            // Skip what was written; a partly written iovec is advanced in place.
+            while n > 0 {
+                let v = &mut self.iov[first];
+                if n >= v.iov_len {
+                    n -= v.iov_len;
+                    first += 1;
                 } else {
-                    if run_len > 0 {
-                        out.push(PageRun { addr: run_start, len: run_len, offset: 0, crc: 0 });
-                    }
-                    run_start = pa;
-                    run_len = PAGE_SIZE;
+                    v.iov_base = (v.iov_base as usize + n) as *mut libc::c_void;
+                    v.iov_len -= n;
+                    n = 0;
                 }
             }
+            while first < self.iov.len() && self.iov[first].iov_len == 0 {
+                first += 1;
+            }
         }
-        addr += n as u64 * PAGE_SIZE;
+        self.iov.clear();
+        self.iov_bytes = 0;
+        self.iov_off = self.file_off;
+        Ok(())
     }
-    if run_len > 0 {
-        out.push(PageRun { addr: run_start, len: run_len, offset: 0, crc: 0 });
+
+    fn add_compressed(&mut self, run: &mut PageRun) -> Result<(), String> {
+        let mut crc = 0u32;
+        let mut done = 0usize;
+        let len = run.len as usize;
+        while done < len {
+            let n = (len - done).min(CHUNK_SIZE - self.stage_len);
+            // SAFETY: the run lies in a readable mapping of this process.
+            let src = unsafe { core::slice::from_raw_parts((run.addr as usize + done) as *const u8, n) };
+            let dst = &mut self.stage[self.stage_len..self.stage_len + n];
+            dst.copy_from_slice(src);
+            // The checksum describes the copy, which is what gets compressed.
+            crc = crc32c::crc32c_append(crc, dst);
+            self.stage_len += n;
+            done += n;
+            if self.stage_len == CHUNK_SIZE {
+                self.write_chunk()?;
+            }
+        }
+        run.crc = crc;
+        Ok(())
     }
-    Ok(())
+
+    fn write_chunk(&mut self) -> Result<(), String> {
+        if self.stage_len == 0 {
+            return Ok(());
+        }
+        let src = &self.stage[..self.stage_len];
+        let enc = self.encoder.as_mut().expect("compressing writer");
+        let n = enc.compress(src, &mut self.cbuf).map_err(|e| format!("compressing page data: {e}"))?;
+        // Data that does not compress is stored raw (clen == ulen marks it).
+        let stored: &[u8] = if n >= src.len() { src } else { &self.cbuf[..n] };
+        let crc = crc32c::crc32c(stored);
+        sys::pwrite_all(self.fd, stored, self.file_off).map_err(|e| format!("writing image: errno {e}"))?;
+        self.chunks.push(Chunk { offset: self.file_off, clen: stored.len() as u32, ulen: self.stage_len as u32, crc });
+        self.file_off += stored.len() as u64;
+        self.stage_len = 0;
+        Ok(())
+    }
+
+    /// Write what is pending; returns (file offset after the page data, chunk table).
+    fn finish(mut self) -> Result<(u64, Vec<Chunk>), String> {
+        if self.encoder.is_some() {
+            self.write_chunk()?;
+        } else {
+            self.flush()?;
+        }
+        Ok((self.file_off, core::mem::take(&mut self.chunks)))
+    }
+}
+
+/// A static in the preload's initialized data (.data), which changes while we write.
+static DATA_MARKER: AtomicU64 = AtomicU64::new(1);
+/// A static in the preload's zero-initialized data (.bss), which changes while we write.
+static BSS_MARKER: AtomicU64 = AtomicU64::new(0);
+
+/// Addresses inside memory that changes while the image is being written: our stack, and
+/// the preload's own statics (the scratch allocator's bump pointer, fd bookkeeping).
+/// Pages of the mappings that hold them are copied before they are checksummed and
+/// written, so the checksum describes exactly the bytes in the file.
+fn volatile_addresses() -> [u64; 3] {
+    let sp: u64;
+    // SAFETY: reads a register.
+    unsafe { core::arch::asm!("mov {}, rsp", out(reg) sp, options(nomem, nostack, preserves_flags)) };
+    [sp, &DATA_MARKER as *const AtomicU64 as u64, &BSS_MARKER as *const AtomicU64 as u64]
 }
 
 fn describe_fds(dir: &str) -> Result<Vec<FdRecord>, String> {
@@ -269,6 +548,8 @@ pub struct DumpRequest<'a> {
     pub comp_id: u64,
     pub generation: u64,
     pub restart: RestartEntry,
+    /// How to store page data.
+    pub compression: Compression,
 }
 
 /// Write this process's image into `req.dir`. Threads must be stopped.
@@ -324,17 +605,18 @@ fn write_into(fd: i32, req: &DumpRequest, vpid: i32) -> Result<(u64, u64), Strin
             maps.push(b);
         }
     }
-    let mut pm = Pagemap::open().map_err(|e| format!("open /proc/self/pagemap: errno {e}"))?;
-    add_own_fd(pm.fd());
+    let mut scanner = PageScanner::open().map_err(|e| format!("open /proc/self/pagemap: errno {e}"))?;
+    add_own_fd(scanner.fd());
     let fds = describe_fds(req.dir)?;
     let mut shared_maps = Vec::new();
+    let mm = mm_info();
+    let volatile_at = volatile_addresses();
     let mut regions: Vec<Region> = Vec::new();
-    let mut offset = HEADER_SIZE as u64;
     let mut memory_bytes = 0u64;
-    let mut buf = vec![0u8; 4 << 20];
-    let result = (|| -> Result<(), String> {
+    let result = (|| -> Result<(u64, Vec<Chunk>), String> {
+        let mut writer = PageWriter::new(fd, req.compression)?;
         for v in &maps {
-            let Some(kind) = classify(v) else { continue };
+            let Some(kind) = classify(v, &mm) else { continue };
             let mut runs = Vec::new();
             let special = matches!(kind, RegionKind::Vdso | RegionKind::Vvar | RegionKind::VvarVclock);
             // Unreadable areas (guard pages, PROT_NONE reservations) may still hold data.
@@ -346,34 +628,18 @@ fn write_into(fd: i32, req: &DumpRequest, vpid: i32) -> Result<(u64, u64), Strin
                         let _ = sys::mprotect(v.start as usize, (v.end - v.start) as usize, libc::PROT_READ);
                     }
                 }
-                let r = collect_runs(v, &kind, &mut pm, &mut runs);
+                let r = collect_runs(v, &kind, &mut scanner, &mut runs);
                 if let Err(e) = r {
                     return Err(format!("pagemap of {:#x}-{:#x}: errno {e}", v.start, v.end));
                 }
+                let volatile = volatile_at.iter().any(|&a| v.start <= a && a < v.end);
                 for run in runs.iter_mut() {
-                    run.offset = offset;
-                    // Copy through a buffer: the crc must describe exactly the bytes
-                    // written, and memory the checkpoint thread itself uses (its stack)
-                    // changes while it is being written.
-                    let mut crc = 0u32;
-                    let mut done = 0usize;
-                    let len = run.len as usize;
-                    while done < len {
-                        let n = (len - done).min(buf.len());
-                        // SAFETY: the run lies in a readable mapping of this process.
-                        let src = unsafe { core::slice::from_raw_parts((run.addr as usize + done) as *const u8, n) };
-                        buf[..n].copy_from_slice(src);
-                        crc = crc32c::crc32c_append(crc, &buf[..n]);
-                        if let Err(e) = sys::pwrite_all(fd, &buf[..n], offset + done as u64) {
-                            return Err(format!("writing image: errno {e}"));
-                        }
-                        done += n;
-                    }
-                    run.crc = crc;
-                    offset += run.len;
+                    writer.add(run, volatile)?;
                     memory_bytes += run.len;
                 }
                 if unreadable {
+                    // The data must be out before the protection goes back.
+                    writer.flush_pending()?;
                     // SAFETY: restoring the original protection.
                     unsafe {
                         let _ = sys::mprotect(v.start as usize, (v.end - v.start) as usize, v.prot as i32);
@@ -393,11 +659,11 @@ fn write_into(fd: i32, req: &DumpRequest, vpid: i32) -> Result<(u64, u64), Strin
                 runs,
             });
         }
-        Ok(())
+        writer.finish()
     })();
-    remove_own_fd(pm.fd());
-    drop(pm);
-    result?;
+    remove_own_fd(scanner.fd());
+    drop(scanner);
+    let (offset, chunks) = result?;
 
     let threads: Vec<ThreadRecord> = quiesce::slots()
         .iter()
@@ -440,7 +706,7 @@ fn write_into(fd: i32, req: &DumpRequest, vpid: i32) -> Result<(u64, u64), Strin
         cwd: procfs::readlink_string(b"/proc/self/cwd"),
         umask: umask_now(),
         rlimits: rlimits(),
-        mm: mm_info(),
+        mm,
         auxv: auxv(),
         restart: req.restart,
         ckpt_signal: cfg.signal,
@@ -449,6 +715,8 @@ fn write_into(fd: i32, req: &DumpRequest, vpid: i32) -> Result<(u64, u64), Strin
         regions,
         taken_unix: sys::clock_realtime_secs(),
         tree,
+        compression: req.compression,
+        chunks,
     };
     let (meta_bytes, meta_crc) = crust_format::image::encode_meta(&meta).map_err(|e| format!("encoding metadata: {e}"))?;
     sys::pwrite_all(fd, &meta_bytes, offset).map_err(|e| format!("writing metadata: errno {e}"))?;

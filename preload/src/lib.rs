@@ -10,7 +10,7 @@
 //! * [`vpid`]: the virtual pid/tid table (what the program sees vs the kernel's ids).
 //! * [`quiesce`]: the checkpoint signal handler, the wrapper lock, stopping and resuming threads.
 //! * [`procfs`]: reading /proc/self (maps, pagemap, stat, fds).
-//! * [`dump`]: writing the image.
+//! * [`dump`]: writing the image; [`pagescan`]: which pages hold data (PAGEMAP_SCAN).
 //! * [`tree`]: the process-tree part of the image (children, zombies, shared fds, pipe bytes).
 //! * [`ckpt_thread`]: the checkpoint thread and its coordinator connection.
 //! * [`restore`]: what runs after the restorer has put memory back: threads, signals, timers.
@@ -24,6 +24,7 @@ pub mod heap;
 pub mod ckpt_thread;
 pub mod config;
 pub mod dump;
+pub mod pagescan;
 pub mod procfs;
 pub mod quiesce;
 pub mod restore;

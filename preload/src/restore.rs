@@ -364,7 +364,11 @@ pub unsafe extern "C" fn crust_restart_entry(args: *const RestartArgs) -> ! {
         let _ = sys::munmap(a.plan_addr as usize, a.plan_len as usize);
     }
     sys::close(a.plan_fd);
+    crate::dump::note_restored_image(a.image_fd);
     sys::close(a.image_fd);
+    if a.err_fd >= 0 {
+        sys::close(a.err_fd);
+    }
     if a.close_from > 2 {
         // crrestart's shared-memory objects (mapped by now) and anything else of its own.
         // SAFETY: these fds are not the program's (all of its fds are below close_from).
