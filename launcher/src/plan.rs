@@ -88,6 +88,10 @@ pub struct PlanInput<'a> {
     /// created and filled: `(path to open, offset in the object)`. Their pages are not
     /// loaded from the image (the object already holds them, for every process).
     pub shared: &'a std::collections::HashMap<u64, (String, u64)>,
+    /// Map large page runs from the image instead of reading them (`crate::pages`).
+    pub mapped: bool,
+    /// crrestart's stderr for the restorer's error messages (-1: the program's fd 2).
+    pub err_fd: i32,
 }
 
 fn push_struct<T: Copy>(out: &mut Vec<u8>, v: &T) {
@@ -163,9 +167,7 @@ pub fn build(p: &PlanInput) -> Result<Vec<u8>, String> {
             file_offset = *offset;
         }
         let first_run = runs.len() as u32;
-        for r in &g.runs {
-            runs.push(PlanRun { addr: r.addr, len: r.len, image_off: r.offset, crc: r.crc, _pad: 0 });
-        }
+        crate::pages::plan_runs(g, p.mapped, &mut runs);
         regions.push(PlanRegion {
             start: g.start,
             end: g.end,
@@ -175,7 +177,7 @@ pub fn build(p: &PlanInput) -> Result<Vec<u8>, String> {
             path_off,
             path_len,
             first_run,
-            n_runs: g.runs.len() as u32,
+            n_runs: runs.len() as u32 - first_run,
         });
     }
     let mut auxv = [0u64; 64];
@@ -241,7 +243,7 @@ pub fn build(p: &PlanInput) -> Result<Vec<u8>, String> {
             image_fd: p.image_fd,
             plan_fd: p.plan_fd,
             mm_errno: 0,
-            _pad: 0,
+            err_fd: p.err_fd,
             coord,
             generation: p.generation,
             pids_addr: p.plan_addr + pids_off,

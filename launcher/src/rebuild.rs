@@ -483,9 +483,13 @@ fn exec_restorer(cx: &Ctx, i: usize, pids: &[PlanPid]) -> Result<Infallible, Str
         unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
         shared.insert(start, (format!("/proc/self/fd/{fd}"), off));
     }
-    let image_file = std::fs::File::open(&p.img_path).map_err(|e| format!("{}: {e}", p.img_path.display()))?;
-    // SAFETY: moving our own fd above the program's numbers, kept across exec.
-    let image_fd = unsafe { libc::fcntl(image_file.into_raw_fd(), libc::F_DUPFD, base) };
+    // The image file, or the memfd a compressed image was unpacked into (`crate::pages`).
+    // SAFETY: duplicating our own fd above the program's numbers, kept across exec.
+    let image_fd = unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&p.pages), libc::F_DUPFD, base) };
+    // Our stderr, where the restorer reports failures (the program's fd 2 may be a file);
+    // the preload closes it with crrestart's other fds (close_from).
+    // SAFETY: duplicating our own fd, kept across exec.
+    let err_fd = unsafe { libc::fcntl(2, libc::F_DUPFD, base) };
     let memfd_name = CString::new("crust-plan").unwrap();
     // SAFETY: valid name.
     let plan_raw = unsafe { libc::memfd_create(memfd_name.as_ptr(), 0) };
@@ -508,6 +512,8 @@ fn exec_restorer(cx: &Ctx, i: usize, pids: &[PlanPid]) -> Result<Infallible, Str
         pids,
         close_from: base,
         shared: &shared,
+        mapped: t.mapped,
+        err_fd,
     };
     let plan_probe = crate::plan::build(&input(0, 0))?;
     let plan_len = (plan_probe.len() as u64 + 4095) & !4095;

@@ -26,7 +26,11 @@ pub struct RestartOptions {
     pub coord: String,
     pub start_coordinator: bool,
     pub keep_files: bool,
+    /// Check every page checksum before starting (eager mode and compressed images check
+    /// them as they read anyway).
     pub verify: bool,
+    /// Read all page data in instead of mapping large runs from the image (`crate::pages`).
+    pub eager: bool,
 }
 
 /// Where one fd of a restored process comes from.
@@ -78,6 +82,9 @@ pub struct ShmSpec {
 #[derive(Debug)]
 pub struct ProcPlan {
     pub img_path: PathBuf,
+    /// What the restorer reads or maps page data from: the image file itself, or a memfd
+    /// with the unpacked page data of a compressed image (`crate::pages`).
+    pub pages: std::fs::File,
     pub meta: ImageMeta,
     pub parent: Option<usize>,
     /// Live children, in creation order.
@@ -120,6 +127,8 @@ pub struct TreePlan {
     pub restorer_range: (u64, u64),
     pub coord: String,
     pub warnings: Vec<String>,
+    /// Map large page runs from the images (default) rather than reading them (`--eager`).
+    pub mapped: bool,
 }
 
 impl TreePlan {
@@ -233,11 +242,11 @@ fn load(opts: &RestartOptions) -> Result<TreePlan, String> {
                 mp.vpid
             ));
         }
-        if opts.verify {
-            image::verify_pages(&img_path, &img.meta).map_err(|e| format!("{}: {e}", img_path.display()))?;
-        }
+        // Page checksums (`--verify`), unpacking of compressed images.
+        let pages = crate::pages::open_pages(&img_path, &img, opts.verify)?;
         procs.push(ProcPlan {
             img_path,
+            pages: pages.file,
             meta: img.meta,
             parent: None,
             children: Vec::new(),
@@ -333,6 +342,7 @@ fn load(opts: &RestartOptions) -> Result<TreePlan, String> {
         restorer_range: range,
         coord: opts.coord.clone(),
         warnings: Vec::new(),
+        mapped: !opts.eager,
     })
 }
 

@@ -115,9 +115,13 @@ const AT_FDCWD: isize = -100;
 const PR_SET_MM: usize = 35;
 const PR_SET_MM_MAP: usize = 14;
 
+/// Where error messages go: crrestart's stderr once the plan names it.
+static ERR_FD: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(2);
+
 fn write_err(msg: &[u8]) {
-    // SAFETY: writing a valid buffer to stderr.
-    unsafe { sc(SYS_WRITE, 2, msg.as_ptr() as usize, msg.len(), 0, 0, 0) };
+    let fd = ERR_FD.load(core::sync::atomic::Ordering::Relaxed);
+    // SAFETY: writing a valid buffer to an fd.
+    unsafe { sc(SYS_WRITE, fd, msg.as_ptr() as usize, msg.len(), 0, 0, 0) };
 }
 
 fn fail(msg: &[u8], code: i32) -> ! {
@@ -330,6 +334,9 @@ extern "C" fn restorer_main(sp: *const usize) -> ! {
     if h.magic != PLAN_MAGIC || h.version != PLAN_VERSION {
         fail(b"bad plan (version mismatch between crrestart and crust-restorer?)", EXIT_BAD_PLAN);
     }
+    if h.args.err_fd >= 0 {
+        ERR_FD.store(h.args.err_fd as usize, core::sync::atomic::Ordering::Relaxed);
+    }
     let own_start = h.args.restorer_start;
     let own_end = h.args.restorer_end;
 
@@ -436,6 +443,18 @@ extern "C" fn restorer_main(sp: *const usize) -> ! {
         for j in 0..r.n_runs as usize {
             // SAFETY: crrestart wrote the runs of this region.
             let run = unsafe { *runs.add(r.first_run as usize + j) };
+            if run.flags & RUN_MAP != 0 {
+                // Straight from the image: pages come in from the page cache when touched,
+                // and are the program's own (copy-on-write) once written.
+                // SAFETY: the run lies inside the region just mapped; the image fd is open.
+                let m = unsafe {
+                    sc(SYS_MMAP, run.addr as usize, run.len as usize, prot, MAP_PRIVATE | MAP_FIXED, image_fd, run.image_off as usize)
+                };
+                if m != run.addr as isize {
+                    fail_at(b"cannot map page data from the image", run.addr, m, EXIT_MAP_FAILED);
+                }
+                continue;
+            }
             let mut done = 0u64;
             while done < run.len {
                 // SAFETY: the run lies inside the region we just mapped writable.
@@ -448,7 +467,7 @@ extern "C" fn restorer_main(sp: *const usize) -> ! {
                 done += n as u64;
             }
             // SAFETY: the run is mapped and filled.
-            if h.verify != 0 && unsafe { crc32c(run.addr as *const u8, run.len as usize) } != run.crc {
+            if h.verify != 0 && run.flags & RUN_PART == 0 && unsafe { crc32c(run.addr as *const u8, run.len as usize) } != run.crc {
                 fail_at(b"page data fails its checksum (corrupt image)", run.addr, 0, EXIT_BAD_DATA);
             }
         }

@@ -53,7 +53,9 @@ pub struct RestartArgs {
     pub plan_fd: i32,
     /// errno of PR_SET_MM_MAP (0 = the brk heap and /proc cmdline are restored).
     pub mm_errno: i32,
-    pub _pad: i32,
+    /// crrestart's own stderr, where the restorer reports failures (-1: none); the preload
+    /// closes it.
+    pub err_fd: i32,
     /// Coordinator address override (NUL-terminated; empty = keep the saved one).
     pub coord: [u8; 256],
     /// Generation restarted from.
@@ -159,8 +161,14 @@ pub struct PlanRun {
     pub len: u64,
     pub image_off: u64,
     pub crc: u32,
-    pub _pad: u32,
+    /// `RUN_*` flags.
+    pub flags: u32,
 }
+
+/// Map this run from the image file (MAP_PRIVATE) instead of reading it in.
+pub const RUN_MAP: u32 = 1;
+/// Part of a stored run: its checksum covers more than this piece, so it is not checked here.
+pub const RUN_PART: u32 = 2;
 
 /// Exit codes of the restorer.
 pub const EXIT_BAD_PLAN: i32 = 71;

@@ -31,6 +31,10 @@ struct Args {
     /// File holding the coordinator's shared secret; the program presents it [default: env CR_TOKEN].
     #[arg(long, value_name = "FILE")]
     token_file: Option<PathBuf>,
+    /// Compress page data in checkpoint images: none, zstd or lz4 (a coordinator started
+    /// with --compress overrides it).
+    #[arg(long, env = "CR_COMPRESS", value_name = "none|zstd|lz4")]
+    compress: Option<String>,
     /// Do not start a coordinator when none answers.
     #[arg(long)]
     no_coord_start: bool,
@@ -66,6 +70,11 @@ fn main() {
         // start and the program all take it from the environment.
         std::env::set_var("CR_TOKEN", token);
     }
+    let compress = match args.compress.as_deref() {
+        None => crust_format::image::Compression::None,
+        Some(c) => crust_format::image::Compression::parse(c)
+            .unwrap_or_else(|| die(2, format_args!("--compress {c}: expected none, zstd or lz4"))),
+    };
 
     let program = &args.command[0];
     let shown = program.to_string_lossy();
@@ -90,6 +99,7 @@ fn main() {
         .env("CR_COORD", &coord)
         .env("CR_CKPT_DIR", &ckpt_dir)
         .env("CR_SIGNAL", signal.to_string())
+        .env("CR_COMPRESS", compress.name())
         .exec();
     die(127, format_args!("cannot execute {shown}: {err}"));
 }

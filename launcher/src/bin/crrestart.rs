@@ -13,9 +13,15 @@ struct Args {
     /// Keep files the program writes as they are (default: truncate back to checkpoint-time size).
     #[arg(long)]
     keep_files: bool,
-    /// Skip checking page checksums before starting (the restorer still checks them).
+    /// Check every page checksum before starting. Without it, runs mapped from the image
+    /// are not read (so not checked) at restart; eager restore and compressed images
+    /// check every page as they read it.
     #[arg(long)]
-    no_verify: bool,
+    verify: bool,
+    /// Read all memory in (into anonymous memory) instead of mapping large runs straight
+    /// from the image file [env: CR_RESTART_EAGER=1].
+    #[arg(long, env = "CR_RESTART_EAGER", value_parser = clap::builder::BoolishValueParser::new())]
+    eager: bool,
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
     /// A checkpoint directory or one generation's directory.
@@ -30,7 +36,8 @@ fn main() {
         coord: a.coord.unwrap_or_else(crust_launcher::default_coord),
         start_coordinator: !a.no_coord_start,
         keep_files: a.keep_files,
-        verify: !a.no_verify,
+        verify: a.verify,
+        eager: a.eager,
     };
     match crust_launcher::restart::restart(&opts) {
         Ok(never) => match never {},

@@ -1,0 +1,244 @@
+//! Getting an image's page data to crust-restorer: which runs are mapped from the image
+//! and which are read, checking page checksums, and unpacking compressed images.
+//!
+//! * Uncompressed image: the restorer gets the image file itself. In the default *mapped*
+//!   mode, large runs of private anonymous memory (and the brk heap) are mapped straight
+//!   from it (`MAP_PRIVATE | MAP_FIXED`): restart costs a few system calls, and pages come
+//!   in from the page cache when the program touches them. Everything else is read.
+//!   `--eager` reads everything into anonymous memory.
+//! * Compressed image: crrestart decompresses the chunks as a stream into a memfd laid out
+//!   like the uncompressed image (page data at the runs' offsets), checking every chunk's
+//!   checksum and every run's; the restorer then maps or reads from the memfd exactly as
+//!   from an uncompressed image.
+//!
+//! Checksums: the header, the metadata and the run and chunk tables in it are always
+//! checked. Page data is checked as it is read (eager mode, every read run, every
+//! compressed image), or for every run up front with `--verify`. Runs mapped from an
+//! uncompressed image are not read at restart, so without `--verify` their checksums are
+//! not checked (checking them would mean reading the whole image, which is what mapping
+//! avoids).
+
+use crust_format::codec::{self, ChunkSink};
+use crust_format::image::{self, Compression, Image, Region, RegionKind, HEADER_SIZE, PAGE_SIZE};
+use crust_restorer::{PlanRun, RUN_MAP, RUN_PART};
+use std::fs::File;
+use std::os::fd::FromRawFd;
+use std::path::Path;
+
+/// Runs shorter than this are read even in mapped mode: a mapping costs a VMA (the
+/// kernel allows about 65530 per process) and a system call, a 256 KiB read about as much.
+pub const MAP_MIN_RUN: u64 = 256 << 10;
+/// At most this many runs are mapped per process (the rest is read).
+pub const MAP_MAX_RUNS: usize = 4096;
+/// Images with more page data than this get a progress bar on a terminal.
+pub const PROGRESS_MIN_BYTES: u64 = 256 << 20;
+
+/// How the restorer gets page data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadMode {
+    /// Large runs of private anonymous memory are mapped from the image.
+    Mapped,
+    /// Everything is read into anonymous memory.
+    Eager,
+}
+
+/// Whether runs of this region may be mapped from the image. Shared memory must stay
+/// shared anonymous memory, private file mappings must keep showing their file (their
+/// stored runs are small copy-on-write copies anyway), and a grows-down stack must stay
+/// one growable anonymous mapping.
+pub fn region_mappable(g: &Region) -> bool {
+    matches!(g.kind, RegionKind::Anon | RegionKind::Heap)
+        && !g.shared
+        && !g.grows_down
+        && g.prot & libc::PROT_READ as u32 != 0
+}
+
+/// The plan runs of one region. A mapped run never reaches the region's end: its last
+/// page is read into anonymous memory, so that the region is never a single file-backed
+/// mapping that `mremap` could grow into the rest of the image file (glibc's `realloc`
+/// of a large block falls back to copying when `mremap` refuses).
+pub fn plan_runs(g: &Region, mapped: bool, out: &mut Vec<PlanRun>) {
+    let mappable = mapped && region_mappable(g);
+    let mut n_mapped = out.iter().filter(|p| p.flags & RUN_MAP != 0).count();
+    for r in &g.runs {
+        let read = PlanRun { addr: r.addr, len: r.len, image_off: r.offset, crc: r.crc, flags: 0 };
+        if !mappable || n_mapped >= MAP_MAX_RUNS || r.len < MAP_MIN_RUN {
+            out.push(read);
+            continue;
+        }
+        n_mapped += 1;
+        if r.addr + r.len < g.end {
+            out.push(PlanRun { flags: RUN_MAP, ..read });
+        } else if r.len - PAGE_SIZE >= MAP_MIN_RUN {
+            let head = r.len - PAGE_SIZE;
+            out.push(PlanRun { len: head, flags: RUN_MAP | RUN_PART, ..read });
+            out.push(PlanRun { addr: r.addr + head, len: PAGE_SIZE, image_off: r.offset + head, crc: 0, flags: RUN_PART });
+        } else {
+            n_mapped -= 1;
+            out.push(read);
+        }
+    }
+}
+
+/// What the restorer reads page data from, after checks.
+pub struct PageSource {
+    /// The image file, or a memfd with the unpacked page data.
+    pub file: File,
+    /// Every run's checksum was checked here already.
+    pub verified: bool,
+}
+
+/// A terminal progress bar for `total` bytes (hidden when stderr is not a terminal or the
+/// image is small).
+fn progress_bar(total: u64, what: &str) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    if total < PROGRESS_MIN_BYTES || !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let pb = indicatif::ProgressBar::new(total);
+    pb.set_style(
+        indicatif::ProgressStyle::with_template("crrestart: {msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    pb.set_message(what.to_string());
+    pb
+}
+
+/// Prepare the page data of `img` (read from `path`) for the restorer: check what must be
+/// checked (see the module comment) and unpack a compressed image.
+pub fn open_pages(path: &Path, img: &Image, verify: bool) -> Result<PageSource, String> {
+    let name = path.display();
+    let meta = &img.meta;
+    let total: u64 = meta.memory_bytes();
+    if meta.compression == Compression::None {
+        if verify {
+            let pb = progress_bar(total, "verifying");
+            image::verify_pages(path, meta).map_err(|e| format!("{name}: {e}"))?;
+            pb.finish_and_clear();
+        }
+        let file = File::open(path).map_err(|e| format!("{name}: {e}"))?;
+        return Ok(PageSource { file, verified: verify });
+    }
+    let file = File::open(path).map_err(|e| format!("{name}: {e}"))?;
+    let memfd = unpack_to_memfd(&file, meta, total).map_err(|e| format!("{name}: {e}"))?;
+    Ok(PageSource { file: memfd, verified: true })
+}
+
+/// A shared writable mapping of a memfd, filled chunk by chunk.
+struct MemfdSink {
+    base: *mut u8,
+    len: usize,
+}
+
+impl ChunkSink for MemfdSink {
+    fn buffer(&mut self, offset: u64, len: usize) -> Result<&mut [u8], crust_format::Error> {
+        let off = offset as usize;
+        if off.checked_add(len).is_none_or(|e| e > self.len) {
+            return Err(crust_format::Error::Corrupt("a chunk reaches past the page data".into()));
+        }
+        // SAFETY: [off, off+len) is inside our mapping, which nothing else uses.
+        Ok(unsafe { core::slice::from_raw_parts_mut(self.base.add(off), len) })
+    }
+}
+
+impl Drop for MemfdSink {
+    fn drop(&mut self) {
+        // SAFETY: our own mapping.
+        unsafe { libc::munmap(self.base.cast(), self.len) };
+    }
+}
+
+/// Decompress every chunk into a memfd laid out like the uncompressed image.
+fn unpack_to_memfd(file: &File, meta: &image::ImageMeta, total: u64) -> Result<File, String> {
+    let len = HEADER_SIZE as u64 + total;
+    // SAFETY: a valid NUL-terminated name.
+    let fd = unsafe { libc::memfd_create(c"crust-pages".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(format!("memfd_create: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: a fresh fd we own.
+    let memfd = unsafe { File::from_raw_fd(fd) };
+    memfd.set_len(len).map_err(|e| format!("sizing the page memfd ({len} bytes): {e}"))?;
+    // SAFETY: mapping our own memfd, shared, at a kernel-chosen address.
+    let base = unsafe {
+        libc::mmap(core::ptr::null_mut(), len as usize, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, 0)
+    };
+    if base == libc::MAP_FAILED {
+        return Err(format!("mapping the page memfd: {}", std::io::Error::last_os_error()));
+    }
+    let mut sink = MemfdSink { base: base.cast(), len: len as usize };
+    let pb = progress_bar(total, "unpacking");
+    codec::unpack(file, meta, &mut sink, &mut |done| pb.set_position(done)).map_err(|e| e.to_string())?;
+    pb.finish_and_clear();
+    drop(sink);
+    Ok(memfd)
+}
+
+/// Bytes of page data that `plan_runs` would map (for messages and benchmarks).
+pub fn mapped_bytes(regions: &[Region], mapped: bool) -> u64 {
+    let mut v = Vec::new();
+    for g in regions {
+        plan_runs(g, mapped, &mut v);
+    }
+    v.iter().filter(|r| r.flags & RUN_MAP != 0).map(|r| r.len).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crust_format::image::PageRun;
+
+    fn region(kind: RegionKind, runs: &[(u64, u64)]) -> Region {
+        Region {
+            start: 0x100000,
+            end: 0x100000 + (64 << 20),
+            prot: 3,
+            shared: false,
+            grows_down: false,
+            kind,
+            runs: runs.iter().map(|&(a, l)| PageRun { addr: a, len: l, offset: 4096 + a - 0x100000, crc: 1 }).collect(),
+        }
+    }
+
+    #[test]
+    fn large_anonymous_runs_are_mapped_small_ones_read() {
+        let g = region(RegionKind::Anon, &[(0x100000, 4096), (0x200000, 1 << 20)]);
+        let mut v = Vec::new();
+        plan_runs(&g, true, &mut v);
+        assert_eq!(v.len(), 2);
+        assert_eq!(v[0].flags, 0);
+        assert_eq!(v[1].flags, RUN_MAP);
+        let mut e = Vec::new();
+        plan_runs(&g, false, &mut e);
+        assert!(e.iter().all(|r| r.flags == 0), "eager mode maps nothing");
+    }
+
+    #[test]
+    fn a_run_reaching_the_region_end_keeps_its_last_page_anonymous() {
+        let end = 0x100000 + (64 << 20);
+        let g = region(RegionKind::Heap, &[(end - (2 << 20), 2 << 20)]);
+        let mut v = Vec::new();
+        plan_runs(&g, true, &mut v);
+        assert_eq!(v.len(), 2);
+        assert_eq!((v[0].flags, v[0].len), (RUN_MAP | RUN_PART, (2 << 20) - 4096));
+        assert_eq!((v[1].flags, v[1].addr, v[1].image_off), (RUN_PART, end - 4096, v[0].image_off + (2 << 20) - 4096));
+    }
+
+    #[test]
+    fn shared_stack_and_file_regions_are_never_mapped() {
+        for g in [
+            Region { shared: true, ..region(RegionKind::Anon, &[(0x200000, 1 << 20)]) },
+            Region { grows_down: true, ..region(RegionKind::Anon, &[(0x200000, 1 << 20)]) },
+            region(
+                RegionKind::File { path: "/x".into(), offset: 0, identity: Default::default() },
+                &[(0x200000, 1 << 20)],
+            ),
+            region(RegionKind::Detached { name: "x".into() }, &[(0x200000, 1 << 20)]),
+        ] {
+            let mut v = Vec::new();
+            plan_runs(&g, true, &mut v);
+            assert!(v.iter().all(|r| r.flags & RUN_MAP == 0), "{:?} must be read", g.kind);
+        }
+    }
+}
