@@ -538,6 +538,11 @@ impl LaunchOpts {
         self.interval = Some(secs);
         self
     }
+    /// An extra crlaunch option.
+    pub fn arg(mut self, a: &str) -> LaunchOpts {
+        self.extra.push(a.to_string());
+        self
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -896,18 +901,28 @@ impl Session {
 
     /// `crrestart --coord .. PATH`, its own stdout to `stdout`.
     pub fn restart(&self, path: &Path, stdout: &StdoutTo) -> Running {
+        self.restart_with(path, stdout, &[])
+    }
+
+    /// `crrestart --coord .. ARGS PATH`, its own stdout to `stdout`.
+    pub fn restart_with(&self, path: &Path, stdout: &StdoutTo, args: &[&str]) -> Running {
         let b = bins();
         let mut cmd = Command::new(&b.crrestart);
-        cmd.arg("--coord").arg(self.coord()).arg(path).current_dir(&self.root);
+        cmd.arg("--coord").arg(self.coord()).args(args).arg(path).current_dir(&self.root);
         self.base_env(&mut cmd);
         self.spawn(cmd, "crrestart", Kind::Restarted, stdout)
     }
 
     /// Run `crrestart` expecting it to fail: returns its output after it exits.
     pub fn restart_expecting_failure(&self, path: &Path) -> CmdOutput {
+        self.restart_expecting_failure_with(path, &[])
+    }
+
+    /// Run `crrestart ARGS PATH` expecting it to fail: returns its output after it exits.
+    pub fn restart_expecting_failure_with(&self, path: &Path, args: &[&str]) -> CmdOutput {
         let b = bins();
         let mut cmd = Command::new(&b.crrestart);
-        cmd.arg("--coord").arg(self.coord()).arg(path).current_dir(&self.root);
+        cmd.arg("--coord").arg(self.coord()).args(args).arg(path).current_dir(&self.root);
         self.base_env(&mut cmd);
         self.run_captured(cmd, "crrestart-failing", READY_TIMEOUT)
     }
@@ -1352,6 +1367,8 @@ pub struct Flow<'a> {
     pub reference: CmdOutput,
     /// The program's stdout file (when `opts.stdout` is a file).
     pub out: PathBuf,
+    /// Extra crrestart options (e.g. `--eager`) for every restart of this flow.
+    pub restart_args: Vec<String>,
 }
 
 impl<'a> Flow<'a> {
@@ -1368,7 +1385,7 @@ impl<'a> Flow<'a> {
             StdoutTo::File(p) => p.clone(),
             StdoutTo::Pipe => s.root.join("program.out"),
         };
-        Flow { s, prog, opts, reference, out }
+        Flow { s, prog, opts, reference, out, restart_args: Vec::new() }
     }
 
     pub fn launch(&self) -> Running {
@@ -1418,7 +1435,8 @@ impl<'a> Flow<'a> {
         self.s.prepare_restart_at(ck.gate);
         let n = self.s.next();
         let own = self.s.root.join(format!("{n:03}-crrestart-own-stdout.out"));
-        let mut r = self.s.restart(path, &StdoutTo::File(own));
+        let args: Vec<&str> = self.restart_args.iter().map(String::as_str).collect();
+        let mut r = self.s.restart_with(path, &StdoutTo::File(own), &args);
         let at = self.s.wait_any_reached(&mut r);
         assert_eq!(
             at,

@@ -38,9 +38,14 @@ fn the_image(gen: &Path) -> PathBuf {
 
 /// crrestart `path` must fail cleanly, with a message containing one of `keywords`.
 fn expect_clean_failure(f: &Flow, path: &Path, keywords: &[&str], problem: &str) {
+    expect_clean_failure_with(f, path, &[], keywords, problem)
+}
+
+/// `crrestart ARGS path` must fail cleanly, with a message containing one of `keywords`.
+fn expect_clean_failure_with(f: &Flow, path: &Path, args: &[&str], keywords: &[&str], problem: &str) {
     f.s.prepare_restart_at(1);
     let out_before = fs::read(&f.out).expect("read program output");
-    let out = f.s.restart_expecting_failure(path);
+    let out = f.s.restart_expecting_failure_with(path, args);
     assert!(!out.status.success(), "crrestart succeeded on {problem}: {}", out.describe());
     assert!(
         out.status.code().is_some(),
@@ -105,13 +110,20 @@ fn corrupt_page_data(img: &Path) {
     fs::write(img, &bytes).expect("write image");
 }
 
-/// Set the format version to 2 and fix the header checksum (crc32c of bytes 0..72, LE at
-/// 72), so that the version is the only thing wrong.
+/// The version [`patch_version`] writes: one this build does not read.
+const OTHER_VERSION: u32 = crust_format::image::VERSION + 1;
+
+/// Set the format version to the next one and fix the header checksum (crc32c of bytes
+/// 0..72, LE at 72), so that the version is the only thing wrong.
 fn patch_version(img: &Path) {
     let mut bytes = fs::read(img).expect("read image");
     assert_eq!(&bytes[0..8], b"CRUSTIMG", "image magic");
-    assert_eq!(u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes")), 1, "image version");
-    bytes[8..12].copy_from_slice(&2u32.to_le_bytes());
+    assert_eq!(
+        u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes")),
+        crust_format::image::VERSION,
+        "image version"
+    );
+    bytes[8..12].copy_from_slice(&OTHER_VERSION.to_le_bytes());
     let crc = crc32c::crc32c(&bytes[0..72]);
     bytes[72..76].copy_from_slice(&crc.to_le_bytes());
     fs::write(img, &bytes).expect("write image");
@@ -146,15 +158,33 @@ fn crrestart_on_corrupt_metadata_byte_fails_cleanly() {
     pristine_still_restarts(&f, &ck);
 }
 
+/// Page checksums are checked before anything starts with `--verify` (by default, runs
+/// mapped from the image are not read at restart: see README, "Restart modes").
 #[test]
-fn crrestart_on_corrupt_page_data_fails_cleanly() {
+fn crrestart_verify_on_corrupt_page_data_fails_cleanly() {
     let s = Session::new("err_pages");
     let (f, ck) = checkpointed(&s);
     let gen = copy_generation(&f, &ck, "pages");
     let img = the_image(&gen);
     corrupt_page_data(&img);
     assert!(read_image(&img).is_ok(), "the corruption must be in page data only (metadata still valid)");
-    expect_clean_failure(&f, &gen, &["corrupt", "checksum", "crc"], "a corrupted page-data byte");
+    expect_clean_failure_with(&f, &gen, &["--verify"], &["corrupt", "checksum", "crc"], "a corrupted page-data byte");
+    pristine_still_restarts(&f, &ck);
+}
+
+/// Eager restore checks every page as it reads it: a corrupted byte stops the restart with
+/// a message and an error status before the program runs.
+#[test]
+fn crrestart_eager_on_corrupt_page_data_refuses_to_run_the_program() {
+    let s = Session::new("err_pages_eager");
+    let (f, ck) = checkpointed(&s);
+    let gen = copy_generation(&f, &ck, "pages-eager");
+    corrupt_page_data(&the_image(&gen));
+    f.s.prepare_restart_at(1);
+    let out = f.s.restart_expecting_failure_with(&gen, &["--eager"]);
+    assert!(!out.status.success() && out.status.code().is_some(), "{}", out.describe());
+    assert!(out.all_text_lower().contains("checksum"), "the message must name the checksum: {}", out.describe());
+    assert!(f.s.gate.reached().is_empty(), "the program ran from a corrupt image");
     pristine_still_restarts(&f, &ck);
 }
 
@@ -239,6 +269,8 @@ fn image_corruptions_are_rejected_by_the_format_reader_for_the_intended_reason()
         }],
         taken_unix: 0,
         tree: Default::default(),
+        compression: crust_format::image::Compression::None,
+        chunks: vec![],
     };
     let (meta_bytes, meta_crc) = encode_meta(&meta).unwrap();
     let meta_offset = (HEADER_SIZE + page_data.len()) as u64;
@@ -274,6 +306,6 @@ fn image_corruptions_are_rejected_by_the_format_reader_for_the_intended_reason()
     assert!(matches!(check(&img), Err(Error::Corrupt(_))), "{:?}", check(&img));
     write(&img);
     patch_version(&img);
-    assert!(matches!(check(&img), Err(Error::Version { found: 2, .. })), "{:?}", check(&img));
+    assert!(matches!(check(&img), Err(Error::Version { found: OTHER_VERSION, .. })), "{:?}", check(&img));
     fs::remove_dir_all(&dir).unwrap();
 }

@@ -1,0 +1,176 @@
+//! Ways of storing and loading memory: mapped restore (the default: large runs mapped
+//! straight from the image), eager restore (`crrestart --eager`), and compressed images
+//! (`crlaunch --compress zstd|lz4`). Each restarts the probes identically to the
+//! uninterrupted reference; a corrupted compressed chunk is refused with a message naming
+//! the image and the chunk.
+
+use crust_format::image::{read_image, Compression};
+use crust_tests::*;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+fn the_image(gen: &Path) -> PathBuf {
+    let imgs = images_of(gen);
+    assert_eq!(imgs.len(), 1, "expected one image in {}: {imgs:?}", gen.display());
+    imgs.into_iter().next().expect("one")
+}
+
+/// Lines of the restored program's /proc/PID/maps that map an image file.
+fn image_mappings(pid: i32) -> Vec<String> {
+    fs::read_to_string(format!("/proc/{pid}/maps"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(".crimg") || l.contains("crust-pages"))
+        .map(str::to_string)
+        .collect()
+}
+
+fn eager_flow<'a>(s: &'a Session, prog: Program) -> Flow<'a> {
+    let mut f = Flow::new(s, prog);
+    f.restart_args.push("--eager".into());
+    f
+}
+
+#[test]
+fn memory_c_restarts_identically_with_eager_restore() {
+    let s = Session::new("eager_memory");
+    eager_flow(&s, probe::memory()).canonical();
+}
+
+#[test]
+fn threads_c_restarts_identically_with_eager_restore() {
+    let s = Session::new("eager_threads");
+    eager_flow(&s, probe::threads()).canonical();
+}
+
+/// Mapped restore really maps runs from the image; the restored program's next checkpoint
+/// stores that memory as its own, so the newer generation restarts after the older one
+/// (whose image the memory was mapped from) is deleted.
+#[test]
+fn mapped_restore_maps_the_image_and_the_next_generation_stands_alone() {
+    let s = Session::new("mapped_chain");
+    let f = Flow::new(&s, probe::memory());
+    let mut run = f.launch();
+    let ck1 = f.checkpoint_at(&mut run, 1);
+    s.advance_to(&mut run, 2);
+    f.kill(&mut [&mut run]);
+
+    let mut second = f.restart(&ck1);
+    let maps = image_mappings(second.pid);
+    assert!(
+        !maps.is_empty(),
+        "the restored program maps nothing from its image (mapped restore is the default)\n{}",
+        fs::read_to_string(format!("/proc/{}/maps", second.pid)).unwrap_or_default()
+    );
+    let ck2 = f.checkpoint_at(&mut second, 2);
+    s.advance_to(&mut second, 3);
+    f.kill(&mut [&mut second]);
+    fs::remove_dir_all(&ck1.gen).expect("delete the first generation");
+
+    s.prepare_restart_at(2);
+    let mut eager = f.s.restart_with(&ck2.gen, &StdoutTo::File(s.root.join("own.out")), &["--eager"]);
+    assert_eq!(s.wait_any_reached(&mut eager), 2);
+    assert!(image_mappings(eager.pid).is_empty(), "an eager restore maps nothing from the image");
+    f.kill(&mut [&mut eager]);
+
+    let mut third = f.restart(&ck2);
+    f.finish(&mut third);
+}
+
+fn compressed_flow<'a>(s: &'a Session, prog: Program, how: &str) -> Flow<'a> {
+    let out = s.root.join("program.out");
+    Flow::with_opts(s, prog, LaunchOpts::file(&out).arg("--compress").arg(how))
+}
+
+fn check_compressed(gen: &Path, want: Compression) {
+    let img = the_image(gen);
+    let meta = read_image(&img).expect("compressed image reads").meta;
+    assert_eq!(meta.compression, want, "{}", img.display());
+    assert!(!meta.chunks.is_empty(), "a compressed image without chunks: {}", img.display());
+    let stored: u64 = meta.chunks.iter().map(|c| c.clen as u64).sum();
+    assert!(stored < meta.memory_bytes(), "compression saved nothing: {stored} of {} bytes", meta.memory_bytes());
+}
+
+fn compressed_canonical(name: &str, prog: Program, how: &str, want: Compression, eager: bool) {
+    let s = Session::new(name);
+    let mut f = compressed_flow(&s, prog, how);
+    if eager {
+        f.restart_args.push("--eager".into());
+    }
+    let mut run = f.launch();
+    let ck = f.checkpoint_at(&mut run, 1);
+    check_compressed(&ck.gen, want);
+    s.advance_to(&mut run, 2);
+    f.kill(&mut [&mut run]);
+    let mut r = f.restart(&ck);
+    f.finish(&mut r);
+}
+
+#[test]
+fn memory_c_restarts_identically_from_zstd_image() {
+    compressed_canonical("zstd_memory", probe::memory(), "zstd", Compression::Zstd, false);
+}
+
+#[test]
+fn threads_c_restarts_identically_from_zstd_image_eagerly() {
+    compressed_canonical("zstd_threads", probe::threads(), "zstd", Compression::Zstd, true);
+}
+
+#[test]
+fn memory_c_restarts_identically_from_lz4_image_eagerly() {
+    compressed_canonical("lz4_memory", probe::memory(), "lz4", Compression::Lz4, true);
+}
+
+#[test]
+fn threads_c_restarts_identically_from_lz4_image() {
+    compressed_canonical("lz4_threads", probe::threads(), "lz4", Compression::Lz4, false);
+}
+
+/// `CR_COMPRESS` in the environment of crlaunch works like `--compress`.
+#[test]
+fn cr_compress_environment_selects_compression() {
+    let s = Session::new("zstd_env");
+    let f = Flow::new(&s, probe::memory().env("CR_COMPRESS", "zstd"));
+    let mut run = f.launch();
+    let ck = f.checkpoint_at(&mut run, 1);
+    check_compressed(&ck.gen, Compression::Zstd);
+    f.finish(&mut run);
+}
+
+/// A flipped byte in a compressed chunk: crrestart refuses the image before starting
+/// anything, naming the image file and the chunk; the pristine generation still restarts.
+#[test]
+fn corrupted_compressed_chunk_is_refused_naming_image_and_chunk() {
+    let s = Session::new("zstd_corrupt");
+    let f = compressed_flow(&s, probe::memory(), "zstd");
+    let mut run = f.launch();
+    let ck = f.checkpoint_at(&mut run, 1);
+    f.kill(&mut [&mut run]);
+
+    let copy = s.root.join("copies").join(ck.gen.file_name().expect("generation name"));
+    copy_dir_files(&ck.gen, &copy);
+    let img = the_image(&copy);
+    let meta = read_image(&img).expect("pristine image reads").meta;
+    let k = meta.chunks.len() / 2;
+    let chunk = meta.chunks[k];
+    let mut bytes = fs::read(&img).expect("read image");
+    bytes[(chunk.offset + chunk.clen as u64 / 2) as usize] ^= 0x41;
+    fs::write(&img, &bytes).expect("write image");
+
+    s.prepare_restart_at(1);
+    let out_before = fs::read(&f.out).expect("read program output");
+    let out = s.restart_expecting_failure(&copy);
+    assert!(!out.status.success() && out.status.code().is_some(), "crrestart on a corrupt chunk: {}", out.describe());
+    let text = out.stderr_text();
+    let name = img.file_name().and_then(|n| n.to_str()).expect("image name");
+    assert!(
+        text.contains(name) && text.contains(&format!("chunk {k}")) && text.contains("checksum"),
+        "the message must name the image ({name}) and chunk {k}: {}",
+        out.describe()
+    );
+    assert!(s.gate.reached().is_empty(), "the program ran although its image is corrupt");
+    assert_eq!(fs::read(&f.out).expect("read output"), out_before, "crrestart changed the output file");
+
+    let mut r = f.restart(&ck);
+    f.finish(&mut r);
+}
