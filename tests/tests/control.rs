@@ -56,7 +56,7 @@ fn checkpoint_layout_manifest_and_image_header_match_contract() {
 
     let bytes = fs::read(img).expect("read image");
     assert_eq!(&bytes[0..8], b"CRUSTIMG", "magic");
-    assert_eq!(u32::from_le_bytes(bytes[8..12].try_into().unwrap()), 1, "version");
+    assert_eq!(u32::from_le_bytes(bytes[8..12].try_into().unwrap()), crust_format::image::VERSION, "version");
     assert_eq!(
         u32::from_le_bytes(bytes[72..76].try_into().unwrap()),
         crc32c::crc32c(&bytes[0..72]),
