@@ -175,6 +175,35 @@ fn unpack_to_memfd(file: &File, meta: &image::ImageMeta, total: u64) -> Result<F
     Ok(memfd)
 }
 
+/// Move a page source to the lowest free fd number >= `lo` (close-on-exec), so that it
+/// survives crrestart closing the program's fd numbers below `lo`.
+pub fn move_above(f: File, lo: i32) -> Result<File, String> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: duplicating our own fd; the original is closed when `f` drops.
+    let fd = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_DUPFD_CLOEXEC, lo) };
+    if fd < 0 {
+        return Err(format!("cannot move the image's page data to fd >= {lo}: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: a fresh fd we own.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+/// Close every fd >= `lo` except those in `keep` (the page sources).
+pub fn close_from_except(lo: i32, keep: &[i32]) {
+    let mut keep: Vec<i32> = keep.iter().copied().filter(|&k| k >= lo).collect();
+    keep.sort_unstable();
+    let mut from = lo as u32;
+    for k in keep {
+        if k as u32 > from {
+            // SAFETY: closing fds of crrestart's own that nothing uses.
+            unsafe { libc::syscall(libc::SYS_close_range, from, k as u32 - 1, 0u32) };
+        }
+        from = k as u32 + 1;
+    }
+    // SAFETY: as above.
+    unsafe { libc::syscall(libc::SYS_close_range, from, u32::MAX, 0u32) };
+}
+
 /// Bytes of page data that `plan_runs` would map (for messages and benchmarks).
 pub fn mapped_bytes(regions: &[Region], mapped: bool) -> u64 {
     let mut v = Vec::new();

@@ -197,11 +197,12 @@ fn materialize(t: &TreePlan) -> Result<Vec<i32>, String> {
         // SAFETY: the memfd stays owned by us through its raw number (into_raw_fd below).
         let f = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
         let mut buf = Vec::new();
-        for (img, off, len, at) in &s.fills {
-            let src = std::fs::File::open(img).map_err(|e| format!("{}: {e}", img.display()))?;
-            buf.resize(*len as usize, 0);
-            src.read_exact_at(&mut buf, *off).map_err(|e| format!("{}: {e}", img.display()))?;
-            f.write_all_at(&buf, *at).map_err(|e| format!("filling shared memory: {e}"))?;
+        for &(i, off, len, at) in &s.fills {
+            // The image, or the memfd its compressed page data was unpacked into.
+            let (src, img) = (&t.procs[i].pages, t.procs[i].img_path.display());
+            buf.resize(len as usize, 0);
+            src.read_exact_at(&mut buf, off).map_err(|e| format!("{img}: {e}"))?;
+            f.write_all_at(&buf, at).map_err(|e| format!("filling shared memory: {e}"))?;
         }
         shm_fds.push(f.into_raw_fd());
     }
@@ -281,9 +282,13 @@ pub fn rebuild(t: &TreePlan) -> Result<Infallible, String> {
             lim.rlim_cur = lim.rlim_max;
             libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
         }
-        // Nothing of crrestart's above the program's fd numbers may leak into the tree.
-        libc::syscall(libc::SYS_close_range, t.stage_base as u32, u32::MAX, 0u32);
     }
+    // Nothing of crrestart's above the program's fd numbers may leak into the tree, but
+    // the page sources (image files, unpacked memfds; close-on-exec) stay until each
+    // restorer has its own.
+    let mut keep: Vec<i32> = t.procs.iter().map(|p| std::os::fd::AsRawFd::as_raw_fd(&p.pages)).collect();
+    keep.push(std::os::fd::AsRawFd::as_raw_fd(&t.err_out));
+    crate::pages::close_from_except(t.stage_base, &keep);
     if t.procs.len() > MAX_PROCS {
         return Err(format!("the generation holds {} processes; crrestart rebuilds at most {MAX_PROCS}", t.procs.len()));
     }
@@ -489,7 +494,7 @@ fn exec_restorer(cx: &Ctx, i: usize, pids: &[PlanPid]) -> Result<Infallible, Str
     // Our stderr, where the restorer reports failures (the program's fd 2 may be a file);
     // the preload closes it with crrestart's other fds (close_from).
     // SAFETY: duplicating our own fd, kept across exec.
-    let err_fd = unsafe { libc::fcntl(2, libc::F_DUPFD, base) };
+    let err_fd = unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&t.err_out), libc::F_DUPFD, base) };
     let memfd_name = CString::new("crust-plan").unwrap();
     // SAFETY: valid name.
     let plan_raw = unsafe { libc::memfd_create(memfd_name.as_ptr(), 0) };

@@ -74,8 +74,9 @@ pub struct PipeSpec {
 #[derive(Debug, Clone, Default)]
 pub struct ShmSpec {
     pub size: u64,
-    /// (image, offset of the bytes in the image, length, offset in the object).
-    pub fills: Vec<(PathBuf, u64, u64, u64)>,
+    /// (process whose page source holds the bytes, offset of the bytes there, length,
+    /// offset in the object).
+    pub fills: Vec<(usize, u64, u64, u64)>,
 }
 
 /// One process of the tree.
@@ -129,6 +130,8 @@ pub struct TreePlan {
     pub warnings: Vec<String>,
     /// Map large page runs from the images (default) rather than reading them (`--eager`).
     pub mapped: bool,
+    /// crrestart's own stderr (above the program fds), where restorers report failures.
+    pub err_out: std::fs::File,
 }
 
 impl TreePlan {
@@ -326,6 +329,13 @@ fn load(opts: &RestartOptions) -> Result<TreePlan, String> {
         }
     }
     let stage_base = procs.iter().flat_map(|p| p.meta.fds.iter().map(|f| f.fd)).max().unwrap_or(2).max(2) + 1;
+    // Page sources (image files, unpacked memfds) live above every program fd number.
+    for p in procs.iter_mut() {
+        let f = std::mem::replace(&mut p.pages, std::fs::File::open("/dev/null").map_err(|e| e.to_string())?);
+        p.pages = crate::pages::move_above(f, stage_base.max(10))?;
+    }
+    let err_out = std::os::fd::AsFd::as_fd(&std::io::stderr()).try_clone_to_owned().map_err(|e| format!("stderr: {e}"))?;
+    let err_out = crate::pages::move_above(std::fs::File::from(err_out), stage_base.max(10))?;
     Ok(TreePlan {
         gen_dir,
         procs,
@@ -343,6 +353,7 @@ fn load(opts: &RestartOptions) -> Result<TreePlan, String> {
         coord: opts.coord.clone(),
         warnings: Vec::new(),
         mapped: !opts.eager,
+        err_out,
     })
 }
 
@@ -496,7 +507,7 @@ fn plan_shared_memory(t: &mut TreePlan) {
             let spec = &mut t.shms[k];
             spec.size = spec.size.max(sm.offset + (sm.end - sm.start));
             for run in &region.runs {
-                spec.fills.push((t.procs[i].img_path.clone(), run.offset, run.len, sm.offset + (run.addr - sm.start)));
+                spec.fills.push((i, run.offset, run.len, sm.offset + (run.addr - sm.start)));
             }
             t.objects.push(ObjSpec::Shm(k));
             let obj = t.objects.len() - 1;
