@@ -906,6 +906,11 @@ impl Core {
                 }
                 self.reply(c, Reply::Ok);
             }
+            Command::Keep { keep } => {
+                info!("keeping {} complete generation(s)", if keep == 0 { "all".to_string() } else { keep.to_string() });
+                self.cfg.keep = (keep > 0).then_some(keep);
+                self.reply(c, Reply::Ok);
+            }
             Command::Generations => {
                 let list = self.generations_on_disk();
                 self.reply(c, Reply::Generations(list));
@@ -1308,6 +1313,10 @@ mod tests {
         assert_eq!(sends_to(&a, 1), vec![FromCoord::Completed { generation: 1 }]);
         assert_eq!(a.last(), Some(&Action::Kill { real_pid: vpid }));
 
+        assert_eq!(sends_to(&f.cmd(9, Command::Keep { keep: 3 }), 9), vec![FromCoord::Reply(Reply::Ok)]);
+        assert_eq!(f.core.status().keep, Some(3));
+        f.cmd(9, Command::Keep { keep: 0 });
+        assert_eq!(f.core.status().keep, None);
         let a = f.cmd(9, Command::Interval { secs: 30 });
         assert_eq!(sends_to(&a, 9), vec![FromCoord::Reply(Reply::Ok)]);
         assert_eq!(f.core.status().interval_secs, 30);

@@ -130,6 +130,8 @@ pub enum Command {
     Interval { secs: u64 },
     /// The generations of the computation on disk (complete ones, oldest first).
     Generations,
+    /// Keep only the newest `keep` complete generations (0 = keep all).
+    Keep { keep: u32 },
 }
 
 /// One process as the coordinator sees it.

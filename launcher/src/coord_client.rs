@@ -64,6 +64,15 @@ pub fn ensure_coordinator(addr: &str, ckpt_dir: &Path, interval: Option<u64>) ->
     ensure_coordinator_with(None, addr, ckpt_dir, interval)
 }
 
+/// Settings a launcher applies to the coordinator it finds or starts.
+#[derive(Debug, Clone, Default)]
+pub struct CoordSettings {
+    /// `--interval` (seconds).
+    pub interval: Option<u64>,
+    /// `--keep` (complete generations kept; 0 = all).
+    pub keep: Option<u32>,
+}
+
 /// [`ensure_coordinator`] with an explicit `crcoord` binary (`None`: [`crate::find_sibling_binary`]).
 pub fn ensure_coordinator_with(
     crcoord: Option<&Path>,
@@ -71,13 +80,24 @@ pub fn ensure_coordinator_with(
     ckpt_dir: &Path,
     interval: Option<u64>,
 ) -> Result<(), Error> {
+    ensure_coordinator_settings(crcoord, addr, ckpt_dir, &CoordSettings { interval, keep: None })
+}
+
+/// [`ensure_coordinator`] applying every setting of `settings` (to a running coordinator
+/// through control commands, to one it starts through its command line).
+pub fn ensure_coordinator_settings(
+    crcoord: Option<&Path>,
+    addr: &str,
+    ckpt_dir: &Path,
+    settings: &CoordSettings,
+) -> Result<(), Error> {
     let (host, port) = split_addr(addr)?;
     let ckpt_dir = crate::absolute(ckpt_dir)?;
     for attempt in 0..3 {
         match connect(addr) {
             Ok(s) => {
                 debug!("coordinator at {addr} answers");
-                hello(s, addr, &ckpt_dir, interval);
+                hello(s, addr, &ckpt_dir, settings);
                 return Ok(());
             }
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused && is_local_host(&host) => {
@@ -92,7 +112,7 @@ pub fn ensure_coordinator_with(
             None => crate::find_sibling_binary("crcoord")?,
         };
         let bind = if host.eq_ignore_ascii_case("localhost") { "127.0.0.1" } else { host.as_str() };
-        match spawn_coordinator(&bin, bind, port, &ckpt_dir, interval) {
+        match spawn_coordinator(&bin, bind, port, &ckpt_dir, settings) {
             Ok(true) => {
                 info!("started a coordinator at {addr} (checkpoints in {})", ckpt_dir.display());
                 // Readiness means it listens: the next connect succeeds.
@@ -117,9 +137,9 @@ pub fn ensure_coordinator_with(
     })
 }
 
-/// Say hello as a control client: check where the coordinator writes, and apply `interval`.
-/// Problems are warnings only: the coordinator answered, which is what was asked.
-fn hello(mut s: TcpStream, addr: &str, ckpt_dir: &Path, interval: Option<u64>) {
+/// Say hello as a control client: check where the coordinator writes, and apply the
+/// settings. Problems are warnings only: the coordinator answered, which is what was asked.
+fn hello(mut s: TcpStream, addr: &str, ckpt_dir: &Path, settings: &CoordSettings) {
     let r = (|| -> Result<(), crust_format::Error> {
         s.set_read_timeout(Some(REPLY_TIMEOUT))?;
         let token = std::env::var("CR_TOKEN").ok().filter(|t| !t.is_empty());
@@ -143,11 +163,18 @@ fn hello(mut s: TcpStream, addr: &str, ckpt_dir: &Path, interval: Option<u64>) {
                 return Ok(());
             }
         }
-        if let Some(secs) = interval {
+        if let Some(secs) = settings.interval {
             wire::blocking::send(&mut s, &ToCoord::Command(Command::Interval { secs }))?;
             match wire::blocking::recv::<_, FromCoord>(&mut s)? {
                 FromCoord::Reply(Reply::Ok) => info!("checkpoint interval of {addr} set to {secs} s"),
                 other => warn!("cannot set the checkpoint interval of {addr}: {other:?}"),
+            }
+        }
+        if let Some(keep) = settings.keep {
+            wire::blocking::send(&mut s, &ToCoord::Command(Command::Keep { keep }))?;
+            match wire::blocking::recv::<_, FromCoord>(&mut s)? {
+                FromCoord::Reply(Reply::Ok) => info!("{addr} keeps {keep} generation(s) (0 = all)"),
+                other => warn!("cannot set the retention of {addr}: {other:?}"),
             }
         }
         Ok(())
@@ -159,7 +186,7 @@ fn hello(mut s: TcpStream, addr: &str, ckpt_dir: &Path, interval: Option<u64>) {
 
 /// Start `crcoord` detached and wait until it listens. `Ok(true)`: ready; `Ok(false)`: it
 /// exited without becoming ready.
-fn spawn_coordinator(bin: &Path, bind: &str, port: u16, ckpt_dir: &Path, interval: Option<u64>) -> Result<bool, Error> {
+fn spawn_coordinator(bin: &Path, bind: &str, port: u16, ckpt_dir: &Path, settings: &CoordSettings) -> Result<bool, Error> {
     let start_err = |reason: String| Error::CoordinatorStart { addr: format!("{bind}:{port}"), reason };
     let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| start_err(format!("pipe: {e}")))?;
@@ -197,8 +224,11 @@ fn spawn_coordinator(bin: &Path, bind: &str, port: u16, ckpt_dir: &Path, interva
         .arg("--exit-when-idle")
         .arg("--ready-fd")
         .arg(wfd.to_string());
-    if let Some(s) = interval {
+    if let Some(s) = settings.interval {
         cmd.arg("--interval").arg(s.to_string());
+    }
+    if let Some(k) = settings.keep.filter(|&k| k > 0) {
+        cmd.arg("--keep").arg(k.to_string());
     }
     cmd.stdin(Stdio::null()).stdout(out).stderr(err).current_dir("/").env_remove("LD_PRELOAD");
     // SAFETY: the closure runs in the forked child before exec and calls only

@@ -135,7 +135,7 @@ fn unlock_send() {
 /// Write one encoded frame to the coordinator socket, never interleaved with another.
 pub fn send_frame(fd: i32, frame: &[u8]) -> Result<(), i32> {
     lock_send();
-    let r = sys::write_all(fd, frame);
+    let r = sys::send_all(fd, frame);
     unlock_send();
     r
 }

@@ -152,6 +152,23 @@ pub fn write_all(fd: i32, buf: &[u8]) -> SysResult<()> {
     Ok(())
 }
 
+/// Send all of `buf` on a socket without SIGPIPE when the peer is gone (EPIPE instead):
+/// a program thread sending to a dead coordinator must not be killed by it.
+pub fn send_all(fd: i32, buf: &[u8]) -> SysResult<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        // SAFETY: the slice is readable; no address argument.
+        let r = unsafe { sc!(libc::SYS_sendto, fd, buf[done..].as_ptr(), buf.len() - done, libc::MSG_NOSIGNAL, 0, 0) };
+        match check(r) {
+            Ok(0) => return Err(libc::EIO),
+            Ok(n) => done += n,
+            Err(libc::EINTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 pub fn pwrite_all(fd: i32, buf: &[u8], mut off: u64) -> SysResult<()> {
     let mut done = 0;
     while done < buf.len() {

@@ -80,14 +80,15 @@ fn interval_checkpoints_come_on_schedule_and_never_overlap() {
     f.finish(&mut run);
 }
 
-/// `crcoord --keep 2`: after four checkpoints exactly the newest two are on disk, `latest`
-/// names the newest, `crctl list --generations` lists them, and a restart from the
-/// checkpoint directory uses the newest.
+/// `crlaunch --keep 2` (passed to the coordinator it starts): after four checkpoints
+/// exactly the newest two are on disk, `latest` names the newest, `crctl list
+/// --generations` lists them, and a restart from the checkpoint directory uses the newest.
 #[test]
 fn retention_keeps_exactly_n_generations() {
     let s = Session::new("keep");
-    let _coord = s.start_coordinator(&["--keep", "2"], &[]);
-    let f = Flow::new(&s, probe::memory());
+    let mut opts = LaunchOpts::file(s.root.join("program.out"));
+    opts.extra = vec!["--keep".into(), "2".into()];
+    let f = Flow::with_opts(&s, probe::memory(), opts);
     let mut run = f.launch();
     let mut last = None;
     for k in 1..=3 {
@@ -141,6 +142,10 @@ fn status_list_and_checkpoint_kill() {
     assert!(human.contains("VPID") && human.contains(&run.pid.to_string()) && human.contains("running"), "{human}");
     let st = s.crctl(&["status"]).stdout_text();
     assert!(st.contains("interval:     off") && st.contains("last:         none"), "{st}");
+    assert!(!st.contains("keep:"), "{st}");
+    let k = s.crctl(&["keep", "5"]);
+    assert!(k.status.success(), "{}", k.describe());
+    assert_eq!(s.status_json().unwrap()["keep"], 5);
 
     s.settle_gate_fds();
     let k = s.crctl(&["checkpoint", "--kill"]);
@@ -430,4 +435,69 @@ fn operator_hooks_run_with_the_generation_in_their_environment() {
     assert!(wait_for_file(&got, READY_TIMEOUT), "the on-restart hook did not run\n{}", s.diagnostics());
     assert_eq!(fs::read_to_string(&got).unwrap().trim(), format!("restart 1 {} {comp_hex}", ck.gen.display()));
     f.finish(&mut r);
+}
+
+/// The coordinator dies while a generation waits for a stopped process: the other
+/// process, already suspended, runs on; a coordinator started again takes both back,
+/// numbers the next generation after the interrupted one (left on disk, never used), and
+/// a restart from the checkpoint directory would use that complete generation.
+#[test]
+fn the_program_runs_on_when_the_coordinator_dies_mid_checkpoint() {
+    let s = Session::new("coord_dies_mid_checkpoint");
+    let mut coord = s.start_coordinator(&[], &[]);
+    let f = Flow::new(&s, probe::memory());
+    let mut a = f.launch();
+    let gate_b = s.root.join("gate-b");
+    fs::create_dir_all(&gate_b).unwrap();
+    let mut b = s.launch_with(&probe::threads().env("CR_TEST_GATE", &gate_b), &LaunchOpts::file(s.root.join("b.out")));
+    s.wait_reached(&mut a, 1);
+    assert!(wait_for_file(&gate_b.join("reached-1"), READY_TIMEOUT));
+    s.wait_registered(2);
+    // SAFETY: plain kill(2) on a process of this test.
+    assert_eq!(unsafe { libc::kill(b.pid, libc::SIGSTOP) }, 0);
+    let c = s.crctl(&["checkpoint"]);
+    assert!(c.status.success(), "{}", c.describe());
+    assert!(
+        wait_until(READY_TIMEOUT, || s.status_json().is_some_and(|st| st["progress"]["done"] == 1)),
+        "process A never suspended\n{}",
+        s.diagnostics()
+    );
+    coord.kill9();
+    // A resumes: it goes through its next gate.
+    s.advance_to(&mut a, 2);
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(b.pid, libc::SIGCONT) }, 0);
+    let _coord2 = s.start_coordinator(&[], &[]);
+    s.wait_registered(2);
+    let g = s.checkpoint();
+    assert_eq!(g.file_name().unwrap(), "gen-000002", "the interrupted generation 1 is skipped: {}", g.display());
+    let comp = computation_dir(&s.ckpt_dir);
+    assert!(comp.join("gen-000001").is_dir() && !comp.join("gen-000001/manifest.json").exists());
+    let (resolved, m) = crust_format::manifest::resolve_generation(&s.ckpt_dir).unwrap();
+    assert_eq!(resolved, g);
+    assert_eq!(m.processes.len(), 2);
+    b.kill9();
+    f.finish(&mut a);
+}
+
+/// cr_checkpoint without a coordinator returns -1 (after a bounded wait) and the program
+/// runs on.
+#[test]
+fn cr_checkpoint_without_a_coordinator_returns_minus_1() {
+    let s = Session::new("api_no_coord");
+    use std::hash::{Hash, Hasher};
+    let include = workspace_dir().join("api").join("include");
+    let mut h = std::hash::DefaultHasher::new();
+    fs::read(include.join("crust.h")).unwrap().hash(&mut h);
+    let prog = Program::new(compile_c("api", &["-I", include.to_str().unwrap()], &format!("h{:x}", h.finish())));
+    let out = s.root.join("program.out");
+    let mut run = s.launch(&prog, &out);
+    s.wait_reached(&mut run, 1);
+    s.wait_registered(1);
+    s.stop_coordinator();
+    s.advance_to(&mut run, 2);
+    let text = fs::read_to_string(&out).unwrap();
+    assert!(text.contains("checkpoint failed -1\n"), "{text}");
+    let st = s.drive_to_exit(&mut run);
+    assert_eq!(st.code(), Some(PROBE_EXIT_CODE), "{text}");
 }

@@ -57,6 +57,8 @@ enum Cmd {
     Quit,
     /// Set the automatic checkpoint interval in seconds (0 = off).
     Interval { secs: u64 },
+    /// Keep only the newest N complete generations from the next checkpoint on (0 = all).
+    Keep { n: u32 },
 }
 
 fn main() -> ExitCode {
@@ -91,6 +93,7 @@ fn main() -> ExitCode {
         Cmd::Kill => (Command::Kill, Some(REPLY_TIMEOUT)),
         Cmd::Quit => (Command::Quit, Some(REPLY_TIMEOUT)),
         Cmd::Interval { secs } => (Command::Interval { secs: *secs }, Some(REPLY_TIMEOUT)),
+        Cmd::Keep { n } => (Command::Keep { keep: *n }, Some(REPLY_TIMEOUT)),
     };
     let reply = match ctl.command(cmd, timeout) {
         Ok(r) => r,

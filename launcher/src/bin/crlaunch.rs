@@ -25,6 +25,9 @@ struct Args {
     /// Checkpoint automatically every SECS seconds.
     #[arg(long, value_name = "SECS")]
     interval: Option<u64>,
+    /// Keep only the newest N complete generations (0 = all).
+    #[arg(long, value_name = "N")]
+    keep: Option<u32>,
     /// Signal crust uses inside the program (name or number), e.g. SIGUSR1, RTMIN+2.
     #[arg(long, env = "CR_SIGNAL", default_value = "SIGUSR2", value_name = "SIG")]
     signal: String,
@@ -83,11 +86,14 @@ fn main() {
     let preload = preload_library_path().unwrap_or_else(|e| die(2, e));
 
     if args.no_coord_start {
-        if args.interval.is_some() {
-            tracing::warn!("--interval has no effect with --no-coord-start");
+        if args.interval.is_some() || args.keep.is_some() {
+            tracing::warn!("--interval and --keep have no effect with --no-coord-start");
         }
-    } else if let Err(e) = coord_client::ensure_coordinator(&coord, &ckpt_dir, args.interval) {
-        die(1, e);
+    } else {
+        let settings = coord_client::CoordSettings { interval: args.interval, keep: args.keep };
+        if let Err(e) = coord_client::ensure_coordinator_settings(None, &coord, &ckpt_dir, &settings) {
+            die(1, e);
+        }
     }
 
     let ld_preload = compose_ld_preload(&preload, std::env::var_os("LD_PRELOAD").as_deref());
