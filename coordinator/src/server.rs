@@ -7,6 +7,11 @@
 //! hello a connection gets [`HELLO_TIMEOUT`] and frames of at most
 //! [`wire::MAX_HELLO_FRAME`] bytes; at most [`MAX_CONNECTIONS`] are open at once, so
 //! nobody can exhaust the coordinator's threads or memory by connecting and idling.
+//!
+//! Without a shared secret the coordinator only listens on loopback, where every user of
+//! the machine can connect: a connection from a socket owned by another user (looked up in
+//! `/proc/net/tcp`, as identd does) is refused before it can say anything, so other users
+//! cannot read the computation's state, register fake processes or have processes killed.
 
 use crate::core::{Action, ConnId, Core, Input};
 use crate::{recv_frame, recv_frame_limited, Config, Error};
@@ -53,7 +58,8 @@ impl Server {
     pub fn run(self) -> Result<(), Error> {
         let (tx, rx) = mpsc::channel::<Event>();
         let listener = self.listener;
-        std::thread::Builder::new().name("accept".into()).spawn(move || accept_loop(listener, tx))?;
+        let same_user_only = self.cfg.token.is_none();
+        std::thread::Builder::new().name("accept".into()).spawn(move || accept_loop(listener, tx, same_user_only))?;
         let mut core = Core::new(self.cfg, Instant::now());
         let mut writers: HashMap<ConnId, TcpStream> = HashMap::new();
         loop {
@@ -146,13 +152,70 @@ fn run_hook(cmd: &str, env: Vec<(String, String)>) {
     }
 }
 
-fn accept_loop(listener: TcpListener, tx: mpsc::Sender<Event>) {
+/// How a socket address appears in `/proc/net/tcp` / `tcp6`.
+fn proc_net_addr(a: &SocketAddr) -> String {
+    match a {
+        SocketAddr::V4(v) => format!("{:08X}:{:04X}", u32::from_ne_bytes(v.ip().octets()), v.port()),
+        SocketAddr::V6(v) => {
+            let o = v.ip().octets();
+            let mut s = String::new();
+            for w in o.chunks(4) {
+                s += &format!("{:08X}", u32::from_ne_bytes([w[0], w[1], w[2], w[3]]));
+            }
+            format!("{s}:{:04X}", v.port())
+        }
+    }
+}
+
+/// The uid owning the other end of a connection on this host: the socket whose local
+/// address is `peer` and remote address is `ours`. `None` when it cannot be told.
+pub fn local_peer_uid(ours: SocketAddr, peer: SocketAddr) -> Option<u32> {
+    let (want_local, want_remote) = (proc_net_addr(&peer), proc_net_addr(&ours));
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else { continue };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() > 7 && f[1] == want_local && f[2] == want_remote {
+                return f[7].parse().ok();
+            }
+        }
+    }
+    None
+}
+
+/// Whether a loopback connection comes from another user (root may always connect).
+fn from_another_user(stream: &TcpStream, peer: SocketAddr) -> Option<u32> {
+    if !peer.ip().is_loopback() && !peer.ip().to_canonical().is_loopback() {
+        return None;
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    let ours = stream.local_addr().ok()?;
+    match local_peer_uid(ours, peer) {
+        Some(uid) if uid != me && uid != 0 => Some(uid),
+        _ => None,
+    }
+}
+
+fn accept_loop(listener: TcpListener, tx: mpsc::Sender<Event>, same_user_only: bool) {
     let mut next: ConnId = 1;
     let open = Arc::new(AtomicUsize::new(0));
     loop {
         let stream = match listener.accept() {
-            Ok((s, peer)) => {
+            Ok((mut s, peer)) => {
                 debug!(conn = next, %peer, "connection");
+                if same_user_only {
+                    if let Some(uid) = from_another_user(&s, peer) {
+                        warn!("refusing a connection from {peer}: it belongs to uid {uid}, not to this coordinator's user");
+                        let reason = format!(
+                            "this coordinator serves uid {} only (connection from uid {uid}); without a shared secret \
+                             other users may not connect",
+                            nix::unistd::geteuid()
+                        );
+                        let _ = s.set_write_timeout(Some(Duration::from_secs(1)));
+                        let _ = wire::blocking::send(&mut s, &crust_format::wire::FromCoord::Rejected { reason });
+                        continue;
+                    }
+                }
                 s
             }
             Err(e) => {
@@ -261,6 +324,18 @@ mod tests {
             Ok(n) => panic!("expected the connection to be dropped, got {n} bytes"),
             Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
         }
+    }
+
+    #[test]
+    fn the_peer_of_a_loopback_connection_is_found() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (s, peer) = l.accept().unwrap();
+        assert_eq!(peer, c.local_addr().unwrap());
+        let uid = local_peer_uid(s.local_addr().unwrap(), peer);
+        assert_eq!(uid, Some(nix::unistd::geteuid().as_raw()));
+        assert_eq!(from_another_user(&s, peer), None);
+        assert_eq!(proc_net_addr(&"127.0.0.1:7787".parse().unwrap()), "0100007F:1E6B");
     }
 
     #[test]

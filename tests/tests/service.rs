@@ -501,3 +501,32 @@ fn cr_checkpoint_without_a_coordinator_returns_minus_1() {
     let st = s.drive_to_exit(&mut run);
     assert_eq!(st.code(), Some(PROBE_EXIT_CODE), "{text}");
 }
+
+/// Without a shared secret a coordinator serves its own user only: a connection from
+/// another user's socket on the same machine is refused before it can say anything (run
+/// as root, the test connects as `nobody`; as another user it checks nothing but the
+/// owner's access).
+#[test]
+fn another_user_cannot_use_a_loopback_coordinator() {
+    use std::os::unix::process::CommandExt;
+    let s = Session::new("other_user");
+    let _coord = s.start_coordinator(&[], &[]);
+    let own = s.crctl(&["status"]);
+    assert!(own.status.success(), "{}", own.describe());
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("not root: cannot connect as another user; skipping that part");
+        return;
+    }
+    let o = std::process::Command::new(&bins().crctl)
+        .args(["--coord", &s.coord(), "status"])
+        .env("CRUST_TEST_TAG", "other-user")
+        .current_dir("/")
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .expect("run crctl as nobody");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "crctl as another user: {o:?}");
+    assert!(err.contains("other users may not connect"), "{err}");
+}
