@@ -124,3 +124,13 @@ fn generation_missing_a_process_is_refused() {
     let mut r = f.restart(&ck);
     f.finish(&mut r);
 }
+
+/// An orphan (its parent exited, init or a subreaper adopted it) that leads its own
+/// session comes back adopted the same way, still connected to the root by a pipe and
+/// reachable by the pid the root knows.
+#[test]
+fn orphan_comes_back_adopted_and_connected() {
+    let s = Session::new("tree_orphan");
+    let f = Flow::new(&s, Program::c("orphan"));
+    tree_canonical(&f, 2);
+}
