@@ -26,9 +26,17 @@
 //! * A `RequestCheckpoint` from a process (the application API) that arrives while a
 //!   generation is about to suspend that process is covered by it; otherwise it starts a
 //!   generation, or one more after the running one ends.
+//! * Process trees: a process that says hello while a generation waits for processes to
+//!   suspend joins that generation (its parent, which waits for the child's registration
+//!   inside `fork`, cannot suspend before it: so no generation misses a new process). A
+//!   process that said `Leaving` is waited for until its connection closes, which is then
+//!   not a failure; after `Leaving{exec}` the hello of the same real pid takes its place
+//!   (also in a generation in progress and in generations started meanwhile: the exec'ing
+//!   process is "awaited"). Processes reported `Excluded` (outside control) are listed
+//!   in manifests while they live.
 
 use crate::Config;
-use crust_format::manifest::{self, Manifest, ManifestProcess};
+use crust_format::manifest::{self, ExcludedProcess, Manifest, ManifestProcess};
 use crust_format::wire::{
     Command, FromCoord, GenerationInfo, GenerationProgress, GenerationSummary, ImageReport, Phase, ProcessInfo, Reply,
     StatusInfo, ToCoord, PROTOCOL_VERSION,
@@ -75,7 +83,25 @@ struct Proc {
     program: String,
     args: Vec<String>,
     restored_from: Option<u64>,
+    /// Said `Leaving` (the value is `exec`): its disconnect is expected.
+    leaving: Option<bool>,
 }
+
+/// How long a process that exec'd may take to say hello again.
+const EXEC_REHELLO: Duration = Duration::from_secs(10);
+
+/// A process whose program exec'd: its old connection closed, the new program's hello
+/// (same host and real pid) is expected.
+#[derive(Debug, Clone)]
+struct Awaited {
+    /// Stands for the process in generations until it says hello again.
+    placeholder: ConnId,
+    proc: Proc,
+    since: Instant,
+}
+
+/// Placeholder connection ids never collide with the driver's (which count from 0).
+const PLACEHOLDER_BASE: ConnId = 1 << 62;
 
 impl Proc {
     fn describe(&self) -> String {
@@ -164,6 +190,11 @@ pub struct Core {
     clock: Instant,
     exiting: bool,
     out: Vec<Action>,
+    /// Processes between an exec and the new program's hello.
+    awaited: Vec<Awaited>,
+    next_placeholder: ConnId,
+    /// Processes of the computation running outside control.
+    excluded: Vec<ExcludedProcess>,
 }
 
 fn unix_now_ms() -> u64 {
@@ -205,6 +236,9 @@ impl Core {
             clock: now,
             exiting: false,
             out: Vec::new(),
+            awaited: Vec::new(),
+            next_placeholder: PLACEHOLDER_BASE,
+            excluded: Vec::new(),
         }
     }
 
@@ -213,9 +247,9 @@ impl Core {
         self.comp_id
     }
 
-    /// Number of connected processes.
+    /// Number of processes: connected, or between an exec and their new hello.
     pub fn process_count(&self) -> usize {
-        self.conns.values().filter(|c| matches!(c, Conn::Process(_))).count()
+        self.conns.values().filter(|c| matches!(c, Conn::Process(_))).count() + self.awaited.len()
     }
 
     /// The generation in progress, if any.
@@ -240,6 +274,7 @@ impl Core {
     /// Run timers that are due at `now`.
     pub fn tick(&mut self, now: Instant) -> Vec<Action> {
         self.clock = now;
+        self.expire_awaited(now);
         if let Some(g) = &self.generation {
             if g.deadline.is_some_and(|d| now >= d) {
                 let late: Vec<String> = g
@@ -289,6 +324,11 @@ impl Core {
         }
         if let Some(t) = self.interval_due() {
             consider(t);
+        }
+        for a in &self.awaited {
+            if let Some(t) = a.since.checked_add(EXEC_REHELLO) {
+                consider(t);
+            }
         }
         if self.cfg.exit_when_idle && !self.ever_had_process && !self.exiting {
             if let Some(t) = self.started.checked_add(self.cfg.idle_grace) {
@@ -390,7 +430,7 @@ impl Core {
                     (None, Some(cur)) => cur,
                     (None, None) => crate::random_comp_id(),
                 };
-                let p = Proc { vpid, vppid, real_pid, hostname, program, args, restored_from };
+                let p = Proc { vpid, vppid, real_pid, hostname, program, args, restored_from, leaving: None };
                 if self.conns.values().any(|o| matches!(o, Conn::Process(q) if q.vpid == p.vpid)) {
                     warn!("two processes of the computation claim vpid {}", p.vpid);
                 }
@@ -422,9 +462,21 @@ impl Core {
                 if procs == 0 && self.interval_base.is_none() {
                     self.interval_base = Some(now);
                 }
-                self.conns.insert(c, Conn::Process(p));
+                self.conns.insert(c, Conn::Process(p.clone()));
                 let ckpt_dir = self.cfg.ckpt_dir.display().to_string();
                 self.send(c, FromCoord::Welcome { comp_id: id, ckpt_dir });
+                self.joined(c, p);
+            }
+            (Conn::Process(_), ToCoord::Leaving { exec }) => self.set_leaving(c, exec),
+            (Conn::Process(p), ToCoord::Excluded { vpid, real_pid, program, reason }) => {
+                let me = p.real_pid == real_pid;
+                let hostname = p.hostname.clone();
+                info!(vpid, real_pid, "process {program} runs outside control: {reason}");
+                self.excluded.retain(|e| !(e.hostname == hostname && e.real_pid == real_pid));
+                self.excluded.push(ExcludedProcess { vpid, real_pid, hostname, program, reason });
+                if me {
+                    self.set_leaving(c, false);
+                }
             }
             (Conn::Process(_), ToCoord::Reached { generation, phase }) => self.on_reached(now, c, generation, phase),
             (Conn::Process(_), ToCoord::Written { generation, report }) => self.on_written(now, c, generation, report),
@@ -567,6 +619,8 @@ impl Core {
     }
 
     fn finish_generation(&mut self, now: Instant) {
+        self.prune_excluded();
+        let excluded = self.excluded.clone();
         let Some(g) = self.generation.as_ref() else { return };
         let mut processes: Vec<ManifestProcess> = g
             .members
@@ -632,6 +686,7 @@ impl Core {
             hosts,
             command,
             processes,
+            excluded,
         };
         if let Err(e) =
             manifest::write_manifest(&g.dir, &m).and_then(|()| manifest::set_latest(&g.comp_dir, g.number))
@@ -799,6 +854,10 @@ impl Core {
                 _ => None,
             })
             .collect();
+        let mut members = members;
+        for a in &self.awaited {
+            members.insert(a.placeholder, Member { proc: a.proc.clone(), reached: false, report: None, held: false });
+        }
         if members.is_empty() {
             return Err("no processes to checkpoint".into());
         }
@@ -840,7 +899,9 @@ impl Core {
             kill_after: false,
         });
         for c in ids {
-            self.send(c, FromCoord::Checkpoint { generation: number, dir: dir_str.clone() });
+            if c < PLACEHOLDER_BASE {
+                self.send(c, FromCoord::Checkpoint { generation: number, dir: dir_str.clone() });
+            }
         }
         Ok(number)
     }
@@ -943,6 +1004,99 @@ impl Core {
             .collect()
     }
 
+    /// A process said hello: it takes the place of an awaited exec'ing process, or joins
+    /// a generation that is still waiting for processes to suspend.
+    fn joined(&mut self, c: ConnId, p: Proc) {
+        self.excluded.retain(|e| !(e.hostname == p.hostname && e.real_pid == p.real_pid));
+        let placeholder = match self.awaited.iter().position(|a| a.proc.hostname == p.hostname && a.proc.real_pid == p.real_pid) {
+            Some(i) => Some(self.awaited.remove(i).placeholder),
+            None => None,
+        };
+        let Some(g) = self.generation.as_mut() else { return };
+        if g.phase != GenPhase::Suspend {
+            return;
+        }
+        if let Some(ph) = placeholder {
+            if g.members.remove(&ph).is_none() {
+                return;
+            }
+        }
+        debug!(generation = g.number, vpid = p.vpid, "new process joins the generation in progress");
+        g.members.insert(c, Member { proc: p, reached: false, report: None, held: false });
+        let (generation, dir) = (g.number, g.dir.display().to_string());
+        self.send(c, FromCoord::Checkpoint { generation, dir });
+    }
+
+    fn set_leaving(&mut self, c: ConnId, exec: bool) {
+        if let Some(Conn::Process(p)) = self.conns.get_mut(&c) {
+            debug!(vpid = p.vpid, exec, "process {} is leaving", p.program);
+            p.leaving = Some(exec);
+        }
+        if let Some(m) = self.generation.as_mut().and_then(|g| g.members.get_mut(&c)) {
+            m.proc.leaving = Some(exec);
+        }
+    }
+
+    /// A process that said `Leaving` disconnected (outside the resume phase).
+    fn left_as_announced(&mut self, now: Instant, c: ConnId, p: Proc, exec: bool) {
+        let member = self.generation.as_mut().and_then(|g| g.members.remove(&c));
+        if exec {
+            self.await_exec(now, p, member.is_some());
+        }
+        self.advance(now);
+    }
+
+    /// Expect the hello of the program `p` exec'd; with `in_generation`, the generation
+    /// waiting for processes to suspend waits for it too.
+    fn await_exec(&mut self, now: Instant, p: Proc, in_generation: bool) {
+        // The new program's hello may be read before the old connection's end.
+        if self.conns.values().any(|c| matches!(c, Conn::Process(q) if q.hostname == p.hostname && q.real_pid == p.real_pid)) {
+            return;
+        }
+        let placeholder = self.next_placeholder;
+        self.next_placeholder += 1;
+        let proc = Proc { leaving: None, ..p };
+        if let Some(g) = self.generation.as_mut().filter(|g| in_generation && g.phase == GenPhase::Suspend) {
+            g.members.insert(placeholder, Member { proc: proc.clone(), reached: false, report: None, held: false });
+        }
+        self.awaited.push(Awaited { placeholder, proc, since: now });
+    }
+
+    /// Give up on exec'd processes that never said hello: they run outside control.
+    fn expire_awaited(&mut self, now: Instant) {
+        let (late, keep): (Vec<Awaited>, Vec<Awaited>) =
+            std::mem::take(&mut self.awaited).into_iter().partition(|a| a.since.checked_add(EXEC_REHELLO).is_some_and(|t| now >= t));
+        self.awaited = keep;
+        for a in late {
+            warn!("process {} exec'd and did not register again within {} s", a.proc.describe(), EXEC_REHELLO.as_secs());
+            self.excluded.push(ExcludedProcess {
+                vpid: a.proc.vpid,
+                real_pid: a.proc.real_pid,
+                hostname: a.proc.hostname.clone(),
+                program: a.proc.program.clone(),
+                reason: "exec'd a program that did not register with the coordinator".into(),
+            });
+            if let Some(g) = self.generation.as_mut() {
+                g.members.remove(&a.placeholder);
+            }
+            self.advance(now);
+        }
+    }
+
+    /// Forget excluded processes of this host that are gone.
+    fn prune_excluded(&mut self) {
+        let host = self.hostname.clone();
+        self.excluded.retain(|e| {
+            if e.hostname != host {
+                return true;
+            }
+            match std::fs::read_to_string(format!("/proc/{}/stat", e.real_pid)) {
+                Ok(st) => st.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
+                Err(_) => false,
+            }
+        });
+    }
+
     /// What `crctl status` shows.
     pub fn status(&self) -> StatusInfo {
         let processes = self
@@ -1023,7 +1177,12 @@ impl Core {
                     if let Some(m) = self.generation.as_mut().and_then(|g| g.members.get_mut(&c)) {
                         m.reached = true;
                     }
+                    if p.leaving == Some(true) {
+                        self.await_exec(now, p, false);
+                    }
                     self.advance(now);
+                } else if let Some(exec) = p.leaving {
+                    self.left_as_announced(now, c, p, exec);
                 } else if let Some(phase) = phase {
                     if let Some(g) = self.generation.as_mut() {
                         g.members.remove(&c);
@@ -1200,19 +1359,18 @@ mod tests {
         f.control(8);
         let a = f.cmd(8, Command::Checkpoint { wait: false, kill_after: false });
         assert_eq!(sends_to(&a, 8), vec![FromCoord::Reply(Reply::Started { generation: 1 })]);
-        // A process joining now does not take part.
-        f.connect(3, hello(None, 103));
-
         assert!(f.msg(1, ToCoord::Reached { generation: 1, phase: Phase::Suspended }).is_empty());
         assert_eq!(f.core.status().processes[0].state, "suspended");
         // Stale or wrong messages are ignored.
         assert!(f.msg(2, ToCoord::Reached { generation: 7, phase: Phase::Suspended }).is_empty());
-        assert!(f.msg(3, ToCoord::Reached { generation: 1, phase: Phase::Suspended }).is_empty());
         let a = f.msg(2, ToCoord::Reached { generation: 1, phase: Phase::Suspended });
         for c in [1, 2] {
             assert_eq!(sends_to(&a, c), vec![FromCoord::Proceed { generation: 1, phase: Phase::Written }]);
         }
-        assert!(sends_to(&a, 3).is_empty());
+        // A process joining once everyone is suspended does not take part.
+        let a = f.connect(3, hello(None, 103));
+        assert_eq!(welcome_id(&a), 0x42);
+        assert!(f.msg(3, ToCoord::Reached { generation: 1, phase: Phase::Suspended }).is_empty());
 
         for (c, vpid) in [(1, 101), (2, 102)] {
             std::fs::write(dir.join(manifest::image_file_name(vpid)), b"img").unwrap();
@@ -1562,5 +1720,82 @@ mod tests {
         let t1 = g.now;
         assert!(g.core.tick(t1 + Duration::from_secs(59)).is_empty());
         assert_eq!(g.core.tick(t1 + Duration::from_secs(60)), vec![Action::Exit]);
+    }
+
+    /// Process trees: a process saying hello while the generation waits for processes to
+    /// suspend takes part; an exiting process is waited for until it is gone; an exec'ing
+    /// process is replaced by the hello of the same real pid; an excluded one is listed.
+    #[test]
+    fn tree_joins_leaves_execs_and_exclusions() {
+        let mut f = fixture("tree");
+        f.connect(1, hello(Some(0x42), 101));
+        f.connect(2, hello(None, 102));
+        f.control(9);
+        let a = f.cmd(9, Command::Checkpoint { wait: true, kill_after: false });
+        let dir = match sends_to(&a, 1).as_slice() {
+            [FromCoord::Checkpoint { generation: 1, dir }] => PathBuf::from(dir),
+            other => panic!("{other:?}"),
+        };
+        // A child of 1 registers while 1 is still in its fork: it joins generation 1.
+        let a = f.connect(3, hello(None, 103));
+        assert!(matches!(sends_to(&a, 3).as_slice(), [FromCoord::Welcome { .. }, FromCoord::Checkpoint { generation: 1, .. }]), "{a:?}");
+        // 2 is exiting: its disconnect is no failure, and the generation waits for it.
+        assert!(f.msg(2, ToCoord::Leaving { exec: false }).is_empty());
+        assert!(f.msg(1, ToCoord::Reached { generation: 1, phase: Phase::Suspended }).is_empty());
+        // 3 is exec'ing: its new program (same real pid) takes its place.
+        assert!(f.msg(3, ToCoord::Leaving { exec: true }).is_empty());
+        let a = f.input(Input::Closed(3));
+        assert!(a.is_empty(), "{a:?}");
+        let a = f.input(Input::Closed(2));
+        assert!(a.is_empty(), "the generation still waits for the exec'd program: {a:?}");
+        assert_eq!(f.core.process_count(), 2, "1 and the awaited exec");
+        let a = f.connect(4, hello(None, 103));
+        assert!(matches!(sends_to(&a, 4).as_slice(), [FromCoord::Welcome { .. }, FromCoord::Checkpoint { generation: 1, .. }]), "{a:?}");
+        // 4 reports two static programs it started: excluded; the one that is gone (no
+        // such pid on this host) is pruned, the live one (this test) is listed.
+        let me = std::process::id() as i32;
+        for pid in [me, i32::MAX - 1] {
+            let m = ToCoord::Excluded { vpid: pid, real_pid: pid, program: "static".into(), reason: "statically linked".into() };
+            assert!(f.msg(4, m).is_empty());
+        }
+        let a = f.msg(4, ToCoord::Reached { generation: 1, phase: Phase::Suspended });
+        assert_eq!(sends_to(&a, 1), vec![FromCoord::Proceed { generation: 1, phase: Phase::Written }]);
+        for (c, vpid) in [(1, 101), (4, 103)] {
+            std::fs::write(dir.join(manifest::image_file_name(vpid)), b"img").unwrap();
+            f.msg(c, ToCoord::Written { generation: 1, report: report(vpid) });
+        }
+        f.msg(1, ToCoord::Reached { generation: 1, phase: Phase::Resumed });
+        let a = f.msg(4, ToCoord::Reached { generation: 1, phase: Phase::Resumed });
+        assert!(matches!(sends_to(&a, 9).as_slice(), [FromCoord::Reply(Reply::Done(_))]), "{a:?}");
+        let m = manifest::read_manifest(&dir).unwrap();
+        let vpids: Vec<i32> = m.processes.iter().map(|p| p.vpid).collect();
+        assert_eq!(vpids, vec![101, 103]);
+        assert_eq!(m.excluded.iter().map(|e| e.real_pid).collect::<Vec<_>>(), vec![me], "{m:?}");
+    }
+
+    /// An exec'ing process that never says hello again is given up after a while: the
+    /// generation waiting for it goes on without it and names it excluded.
+    #[test]
+    fn exec_without_hello_is_given_up() {
+        let mut f = fixture("execlost");
+        f.connect(1, hello(Some(0x42), 101));
+        f.connect(2, hello(None, 102));
+        f.control(9);
+        assert!(f.msg(2, ToCoord::Leaving { exec: true }).is_empty());
+        f.input(Input::Closed(2));
+        let a = f.cmd(9, Command::Checkpoint { wait: true, kill_after: false });
+        let dir = match sends_to(&a, 1).as_slice() {
+            [FromCoord::Checkpoint { generation: 1, dir }] => PathBuf::from(dir),
+            other => panic!("{other:?}"),
+        };
+        let a = f.msg(1, ToCoord::Reached { generation: 1, phase: Phase::Suspended });
+        assert!(a.is_empty(), "waits for the exec'd process: {a:?}");
+        let later = f.now + EXEC_REHELLO + Duration::from_secs(1);
+        let a = f.core.tick(later);
+        assert_eq!(sends_to(&a, 1), vec![FromCoord::Proceed { generation: 1, phase: Phase::Written }]);
+        std::fs::write(dir.join(manifest::image_file_name(101)), b"img").unwrap();
+        f.msg(1, ToCoord::Written { generation: 1, report: report(101) });
+        f.msg(1, ToCoord::Reached { generation: 1, phase: Phase::Resumed });
+        assert_eq!(manifest::read_manifest(&dir).unwrap().processes.len(), 1);
     }
 }

@@ -68,6 +68,21 @@ pub struct Manifest {
     #[serde(default)]
     pub command: Vec<String>,
     pub processes: Vec<ManifestProcess>,
+    /// Processes of the computation that ran on outside control when the generation was
+    /// taken (a statically linked or set-id program was exec'd or spawned): not in it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub excluded: Vec<ExcludedProcess>,
+}
+
+/// A process that is part of the computation's tree but not under crust's control.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExcludedProcess {
+    pub vpid: i32,
+    pub real_pid: i32,
+    pub hostname: String,
+    pub program: String,
+    /// Why it is not under control (e.g. "statically linked").
+    pub reason: String,
 }
 
 /// `CKPT_DIR/crust-<comp_id>`.
@@ -240,6 +255,7 @@ mod tests {
             hosts: vec![],
             command: vec![],
             processes: vec![],
+            excluded: vec![],
         };
         for g in 1..=3 {
             let gd = generation_dir(&d, 1, g);

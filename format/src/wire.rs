@@ -114,6 +114,16 @@ pub enum ToCoord {
     /// The program is inside a critical section (`cr_disable`): this process will suspend
     /// for `generation` when it ends (or fail the generation when it lasts too long).
     Held { generation: u64 },
+    /// Sent right before this process exits (`exec: false`) or replaces its program
+    /// (`exec: true`), from inside its wrapper lock, so it is never stopped afterwards.
+    /// Its connection closing next is not a failure. A generation in progress waits for
+    /// the close (the process is then gone), and after an exec for the hello of the same
+    /// real pid, which takes this process's place (in a generation in progress too).
+    Leaving { exec: bool },
+    /// A process of the computation runs on outside control (an exec or spawn of a
+    /// statically linked or set-id program): generations list it as excluded while it
+    /// lives. When `real_pid` is the sender's own, the sender is leaving (as `Leaving`).
+    Excluded { vpid: i32, real_pid: i32, program: String, reason: String },
 }
 
 /// Commands sent by `crctl`.

@@ -8,6 +8,15 @@
 //! | CR_DISABLE | `1`: load but do nothing                              | unset            |
 //! | CR_TOKEN   | shared secret presented to the coordinator            | unset            |
 //! | CR_COMPRESS| page data compression: none, zstd, lz4                | none             |
+//!
+//! Per-process variables, set by the preload itself across `exec` and removed from the
+//! environment at load (the program never sees them; see `wrap_proc.rs`):
+//!
+//! | variable      | meaning                                                       |
+//! |---------------|---------------------------------------------------------------|
+//! | CR_VPID       | the virtual pid of the process that exec'd                     |
+//! | CR_VPIDS      | its virtual pid table, `v:r,v:r,...`                           |
+//! | CR_NOTIFY_FD  | fd to write one byte to once registered with the coordinator  |
 
 use std::string::String;
 use std::vec::Vec;
@@ -22,6 +31,22 @@ pub struct Config {
     pub token: Option<String>,
     /// Page data compression (CR_COMPRESS; the coordinator's setting overrides it).
     pub compress: crust_format::image::Compression,
+    /// `LD_PRELOAD=...` and every `CR_*=...` entry of the environment at load (minus the
+    /// per-process ones): what an exec'd program must get back if the caller drops them.
+    pub control_env: Vec<Vec<u8>>,
+    /// `CR_VPID`, `CR_VPIDS`, `CR_NOTIFY_FD` as found at load.
+    pub inherited_vpid: i32,
+    pub inherited_vpids: Vec<u8>,
+    pub notify_fd: i32,
+}
+
+/// Variables that belong to one process only: never copied into an exec'd program's
+/// environment from the saved set, always removed from the environment at load.
+pub const PER_PROCESS_VARS: [&[u8]; 3] = [b"CR_VPID=", b"CR_VPIDS=", b"CR_NOTIFY_FD="];
+
+/// Whether an environment entry is one of [`PER_PROCESS_VARS`].
+pub fn is_per_process(kv: &[u8]) -> bool {
+    PER_PROCESS_VARS.iter().any(|p| kv.starts_with(p))
 }
 
 static mut CONFIG: Option<Config> = None;
@@ -38,6 +63,10 @@ pub unsafe fn load(argc: i32, argv: *const *const u8, envp: *const *const u8) {
         args: Vec::new(),
         token: None,
         compress: crust_format::image::Compression::None,
+        control_env: Vec::new(),
+        inherited_vpid: 0,
+        inherited_vpids: Vec::new(),
+        notify_fd: -1,
     };
     // SAFETY: the loader passes valid C string arrays (argv has argc entries).
     unsafe {
@@ -51,7 +80,17 @@ pub unsafe fn load(argc: i32, argv: *const *const u8, envp: *const *const u8) {
         let mut e = envp;
         while !e.is_null() && !(*e).is_null() {
             let kv = cstr(*e);
-            if let Some(v) = kv.strip_prefix(b"CR_COORD=") {
+            if kv.starts_with(b"LD_PRELOAD=") || (kv.starts_with(b"CR_") && !is_per_process(kv)) {
+                c.control_env.push(kv.to_vec());
+            }
+            let parse = |v: &[u8]| core::str::from_utf8(v).ok().and_then(|s| s.parse::<i32>().ok());
+            if let Some(v) = kv.strip_prefix(b"CR_VPID=") {
+                c.inherited_vpid = parse(v).unwrap_or(0);
+            } else if let Some(v) = kv.strip_prefix(b"CR_VPIDS=") {
+                c.inherited_vpids = v.to_vec();
+            } else if let Some(v) = kv.strip_prefix(b"CR_NOTIFY_FD=") {
+                c.notify_fd = parse(v).unwrap_or(-1);
+            } else if let Some(v) = kv.strip_prefix(b"CR_COORD=") {
                 c.coord = String::from_utf8_lossy(v).into_owned();
             } else if let Some(v) = kv.strip_prefix(b"CR_SIGNAL=") {
                 if let Some(n) = core::str::from_utf8(v).ok().and_then(|s| s.parse::<i32>().ok()) {
@@ -75,8 +114,36 @@ pub unsafe fn load(argc: i32, argv: *const *const u8, envp: *const *const u8) {
         }
     }
     c.program = c.args.first().cloned().unwrap_or_default();
+    // SAFETY: envp is the process's environment array, which we may edit before main.
+    unsafe { strip_per_process(envp as *mut *const u8) };
     // SAFETY: single-threaded at load time.
     unsafe { CONFIG = Some(c) };
+}
+
+/// Remove [`PER_PROCESS_VARS`] entries from the environment array, in place.
+///
+/// # Safety
+/// `envp` is null or the NULL-terminated environment array, not used by another thread.
+unsafe fn strip_per_process(envp: *mut *const u8) {
+    if envp.is_null() {
+        return;
+    }
+    let (mut r, mut w) = (0usize, 0usize);
+    // SAFETY: walking and compacting the NULL-terminated array.
+    unsafe {
+        loop {
+            let p = *envp.add(r);
+            if p.is_null() {
+                *envp.add(w) = p;
+                break;
+            }
+            if !is_per_process(cstr(p)) {
+                *envp.add(w) = p;
+                w += 1;
+            }
+            r += 1;
+        }
+    }
 }
 
 /// The configuration (valid after `load`).

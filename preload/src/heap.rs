@@ -49,6 +49,17 @@ fn unlock() {
     LOCK.store(false, Ordering::Release);
 }
 
+/// Around `fork`: hold the allocator's lock so the child never inherits it taken by
+/// another thread (the checkpoint thread allocates at any time).
+pub fn fork_prepare() {
+    lock();
+}
+
+/// After `fork`, in the parent and in the child.
+pub fn fork_done() {
+    unlock();
+}
+
 fn class_of(size: usize, align: usize) -> Option<usize> {
     let need = size.max(align).max(1 << MIN_SHIFT);
     let c = (usize::BITS - (need - 1).leading_zeros()) as usize - MIN_SHIFT;

@@ -16,6 +16,9 @@
 //! * [`restore`]: what runs after the restorer has put memory back: threads, signals, timers.
 //! * [`wrappers`]: the libc functions we interpose.
 //! * [`api`]: the `cr_*` functions programs may call (`api/include/crust.h`).
+//! * [`wrappers`]: the libc functions we interpose (signals, fds, ids);
+//!   [`wrap_pids`]: virtual pids wherever a pid crosses libc; [`wrap_proc`]: fork, exec,
+//!   spawn, exit — every process of the tree under control.
 
 #![allow(clippy::missing_safety_doc)]
 
@@ -31,6 +34,8 @@ pub mod restore;
 pub mod sys;
 pub mod tree;
 pub mod vpid;
+pub mod wrap_pids;
+pub mod wrap_proc;
 pub mod wrappers;
 
 #[global_allocator]
@@ -50,15 +55,26 @@ extern "C" fn init(argc: i32, argv: *const *const u8, envp: *const *const u8) {
     unsafe {
         config::load(argc, argv, envp);
     }
-    if config::get().disabled {
+    // Real functions are needed even when disabled: the wrappers still forward to them.
+    wrappers::resolve_real_symbols();
+    let cfg = config::get();
+    if cfg.disabled {
+        wrap_proc::notify_registered(cfg.notify_fd);
         return;
     }
     api::ENABLED.store(1, Ordering::Relaxed);
-    wrappers::resolve_real_symbols();
+    // After an exec: the same virtual pid (and what it knew) as before.
+    if cfg.inherited_vpid > 0 {
+        vpid::decode_into(&cfg.inherited_vpids);
+        vpid::set_self(cfg.inherited_vpid);
+    }
     quiesce::install_handler();
+    wrappers::set_active();
     ckpt_thread::start();
     // Register before main(): a checkpoint asked for right after launch then includes us.
     ckpt_thread::wait_first_contact(2_000_000_000);
+    // A spawning parent waits for this (wrap_proc.rs).
+    wrap_proc::notify_registered(cfg.notify_fd);
 }
 
 #[used]

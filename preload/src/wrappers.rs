@@ -27,7 +27,6 @@ static REAL_CLOSE: AtomicUsize = AtomicUsize::new(0);
 static REAL_CLOSE_RANGE: AtomicUsize = AtomicUsize::new(0);
 static REAL_DUP2: AtomicUsize = AtomicUsize::new(0);
 static REAL_DUP3: AtomicUsize = AtomicUsize::new(0);
-static REAL_FORK: AtomicUsize = AtomicUsize::new(0);
 static REAL_SYSCALL: AtomicUsize = AtomicUsize::new(0);
 static REAL_SIGWAIT: AtomicUsize = AtomicUsize::new(0);
 static REAL_SIGWAITINFO: AtomicUsize = AtomicUsize::new(0);
@@ -35,7 +34,7 @@ static REAL_SIGTIMEDWAIT: AtomicUsize = AtomicUsize::new(0);
 
 /// Resolve every real function at load time.
 pub fn resolve_real_symbols() {
-    let table: [(&core::ffi::CStr, &AtomicUsize); 15] = [
+    let table: [(&core::ffi::CStr, &AtomicUsize); 14] = [
         (c"pthread_create", &REAL_PTHREAD_CREATE),
         (c"sigaction", &REAL_SIGACTION),
         (c"signal", &REAL_SIGNAL),
@@ -46,17 +45,23 @@ pub fn resolve_real_symbols() {
         (c"close_range", &REAL_CLOSE_RANGE),
         (c"dup2", &REAL_DUP2),
         (c"dup3", &REAL_DUP3),
-        (c"fork", &REAL_FORK),
         (c"syscall", &REAL_SYSCALL),
         (c"sigwait", &REAL_SIGWAIT),
         (c"sigwaitinfo", &REAL_SIGWAITINFO),
         (c"sigtimedwait", &REAL_SIGTIMEDWAIT),
     ];
     for (name, slot) in table {
-        // SAFETY: dlsym with a valid C string; RTLD_NEXT finds libc's definition.
-        let p = unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr()) };
-        slot.store(p as usize, Ordering::Release);
+        resolve_one(name, slot);
     }
+    crate::wrap_pids::resolve();
+    crate::wrap_proc::resolve();
+}
+
+/// Resolve one real function into `slot` (null when libc does not have it).
+pub fn resolve_one(name: &core::ffi::CStr, slot: &AtomicUsize) {
+    // SAFETY: dlsym with a valid C string; RTLD_NEXT finds libc's definition.
+    let p = unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr()) };
+    slot.store(p as usize, Ordering::Release);
 }
 
 /// The real function stored in `slot`, as type `F` (a function pointer type).
@@ -70,7 +75,7 @@ pub fn real<F: Copy>(slot: &AtomicUsize) -> Option<F> {
     Some(unsafe { core::mem::transmute_copy::<usize, F>(&p) })
 }
 
-fn set_errno(e: c_int) {
+pub fn set_errno(e: c_int) {
     // SAFETY: errno is thread-local and always addressable.
     unsafe { *libc::__errno_location() = e };
 }
@@ -79,8 +84,20 @@ fn ckpt_sig() -> c_int {
     crate::config::get().signal
 }
 
+/// Set once crust is running in this process (not with CR_DISABLE=1).
+static ACTIVE: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// Crust is running in this process: wrappers do their work (otherwise they only forward).
+pub fn set_active() {
+    ACTIVE.store(true, Ordering::Release);
+}
+
+pub fn is_active() -> bool {
+    ACTIVE.load(Ordering::Acquire)
+}
+
 fn active() -> bool {
-    REAL_SIGACTION.load(Ordering::Relaxed) != 0
+    is_active()
 }
 
 /// Remove the checkpoint signal from a sigset the program passes to the kernel.
@@ -157,6 +174,10 @@ pub unsafe extern "C" fn syscall(n: c_long, a1: c_long, a2: c_long, a3: c_long, 
         }
         _ => {}
     }
+    // SAFETY: the program's own call; ids translated.
+    if let Some(r) = unsafe { crate::wrap_pids::syscall_pid(n, [a1, a2, a3, a4, a5, a6]) } {
+        return r;
+    }
     match real::<SyscallFn>(&REAL_SYSCALL) {
         // SAFETY: forwarding the program's own call unchanged.
         Some(f) => unsafe { f(n, a1, a2, a3, a4, a5, a6) },
@@ -219,17 +240,24 @@ pub unsafe extern "C" fn sigaction(sig: c_int, act: *const libc::sigaction, old:
         set_errno(libc::ENOSYS);
         return -1;
     };
+    let prev_app = crate::wrap_pids::app_handler(sig);
     if act.is_null() {
         // SAFETY: forwarding.
-        return unsafe { f(sig, act, old) };
+        let r = unsafe { f(sig, act, old) };
+        crate::wrap_pids::unroute_old(sig, prev_app, old);
+        return r;
     }
     // SAFETY: act is valid; we pass a copy with the checkpoint signal unmasked.
     let mut copy = unsafe { *act };
     let words = &mut copy.sa_mask as *mut libc::sigset_t as *mut u64;
     // SAFETY: sigset_t is at least 8 bytes.
     unsafe { *words &= !(1u64 << (ckpt_sig() - 1)) };
+    // SA_SIGINFO handlers get si_pid translated first.
+    crate::wrap_pids::route_handler(sig, &mut copy);
     // SAFETY: forwarding.
-    unsafe { f(sig, &copy, old) }
+    let r = unsafe { f(sig, &copy, old) };
+    crate::wrap_pids::unroute_old(sig, prev_app, old);
+    r
 }
 
 #[unsafe(no_mangle)]
@@ -243,9 +271,17 @@ pub unsafe extern "C" fn signal(sig: c_int, handler: libc::sighandler_t) -> libc
             return prev.handler;
         }
     }
+    let prev_app = crate::wrap_pids::app_handler(sig);
     match real::<SignalFn>(&REAL_SIGNAL) {
         // SAFETY: forwarding.
-        Some(f) => unsafe { f(sig, handler) },
+        Some(f) => {
+            let r = unsafe { f(sig, handler) };
+            if r == crate::wrap_pids::siginfo_trampoline as *const () as usize {
+                prev_app
+            } else {
+                r
+            }
+        }
         None => libc::SIG_ERR,
     }
 }
@@ -298,7 +334,12 @@ pub unsafe extern "C" fn sigwaitinfo(set: *const libc::sigset_t, info: *mut libc
     let copy = strip(set);
     let p = copy.as_ref().map_or(set, |c| c as *const libc::sigset_t);
     // SAFETY: forwarding with the checkpoint signal removed from the wait set.
-    real::<SigwaitinfoFn>(&REAL_SIGWAITINFO).map_or(-1, |f| unsafe { f(p, info) })
+    let r = real::<SigwaitinfoFn>(&REAL_SIGWAITINFO).map_or(-1, |f| unsafe { f(p, info) });
+    if r > 0 {
+        // SAFETY: info (if not null) was just filled.
+        unsafe { crate::wrap_pids::translate_siginfo(info) };
+    }
+    r
 }
 
 #[unsafe(no_mangle)]
@@ -306,7 +347,12 @@ pub unsafe extern "C" fn sigtimedwait(set: *const libc::sigset_t, info: *mut lib
     let copy = strip(set);
     let p = copy.as_ref().map_or(set, |c| c as *const libc::sigset_t);
     // SAFETY: forwarding with the checkpoint signal removed from the wait set.
-    real::<SigtimedwaitFn>(&REAL_SIGTIMEDWAIT).map_or(-1, |f| unsafe { f(p, info, t) })
+    let r = real::<SigtimedwaitFn>(&REAL_SIGTIMEDWAIT).map_or(-1, |f| unsafe { f(p, info, t) });
+    if r > 0 {
+        // SAFETY: info (if not null) was just filled.
+        unsafe { crate::wrap_pids::translate_siginfo(info) };
+    }
+    r
 }
 
 // ---------------------------------------------------------------- fds
@@ -387,38 +433,4 @@ pub unsafe extern "C" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
     evacuate(new);
     // SAFETY: forwarding.
     real::<Dup3Fn>(&REAL_DUP3).map_or(-1, |f| unsafe { f(old, new, flags) })
-}
-
-// ---------------------------------------------------------------- processes
-
-type ForkFn = unsafe extern "C" fn() -> pid_t;
-
-/// fork(): the child becomes a process of its own under control: it forgets the
-/// parent's coordinator connection and id mappings and starts its own checkpoint thread.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn fork() -> pid_t {
-    let Some(f) = real::<ForkFn>(&REAL_FORK) else {
-        set_errno(libc::ENOSYS);
-        return -1;
-    };
-    let g = WrapperGuard::new();
-    // SAFETY: forwarding.
-    let pid = unsafe { f() };
-    if pid == 0 {
-        // Child: only this thread exists. The lock word was copied with our reader count.
-        core::mem::forget(g);
-        quiesce::WLOCK.store(0, Ordering::Release);
-        let fd = crate::ckpt_thread::COORD_FD.swap(-1, Ordering::AcqRel);
-        if fd >= 0 {
-            crate::dump::remove_own_fd(fd);
-            sys::close(fd);
-        }
-        vpid::clear();
-        vpid::VPID.store(0, Ordering::Relaxed);
-        crate::restore::RESTARTED_FROM.store(0, Ordering::Relaxed);
-        crate::ckpt_thread::start();
-        return 0;
-    }
-    drop(g);
-    vpid::to_virtual(pid)
 }

@@ -1,0 +1,82 @@
+//! Process trees while they run: every process created by fork/vfork/exec/posix_spawn/
+//! system/popen is under control and in the checkpoint generations, pids the program sees
+//! are consistent across the tree, and checkpoints change nothing in the program's output.
+
+use crust_format::manifest::{read_manifest, Manifest, ManifestProcess};
+use crust_tests::*;
+use std::path::Path;
+
+fn manifest(gen: &Path) -> Manifest {
+    read_manifest(gen).unwrap_or_else(|e| panic!("manifest of {}: {e}", gen.display()))
+}
+
+/// The manifest's process whose parent is `vppid`, or a panic listing them all.
+#[track_caller]
+fn child_of<'m>(m: &'m Manifest, vppid: i32, what: &str) -> &'m ManifestProcess {
+    let kids: Vec<&ManifestProcess> = m.processes.iter().filter(|p| p.vppid == vppid).collect();
+    assert_eq!(kids.len(), 1, "{what}: processes with parent {vppid} in the manifest: {:?}", m.processes);
+    kids[0]
+}
+
+/// P forks A, A forks G; they check each other's pids (getpid/getppid/getpgid/getsid,
+/// waitpid/waitid, SIGCHLD and SIGUSR1 si_pid, setpgid/setsid, /proc/<pid>, readlink
+/// /proc/self, syscall(SYS_getpid)). Checkpointed while the whole tree is alive: the
+/// generation holds all three processes with their parent links, each with an image,
+/// and the run ends exactly like an uninterrupted one.
+#[test]
+fn tree_checkpoint_holds_every_process_and_changes_no_output() {
+    let s = Session::new("tree_live");
+    let f = Flow::new(&s, Program::c("tree"));
+    let mut run = f.launch();
+    s.advance_to(&mut run, 1);
+    s.wait_registered(3);
+    let ck = f.checkpoint_at(&mut run, 1);
+    let m = manifest(&ck.gen);
+    assert_eq!(m.processes.len(), 3, "the generation must hold P, A and G: {:?}", m.processes);
+    let p = m.processes.iter().find(|p| p.real_pid == run.pid).expect("the launched program is in the manifest");
+    let a = child_of(&m, p.vpid, "A");
+    let g = child_of(&m, a.vpid, "G");
+    for q in [p, a, g] {
+        assert!(ck.gen.join(&q.image).is_file(), "image {} of vpid {} is missing", q.image, q.vpid);
+    }
+    // A second checkpoint of the same live tree.
+    let again = s.checkpoint();
+    assert_eq!(manifest(&again).processes.len(), 3, "second generation");
+    f.finish(&mut run);
+}
+
+/// fork + execve with an empty environment, posix_spawn with an environment without
+/// LD_PRELOAD, vfork + execv, popen and system: every started program is under control
+/// (it is in the generation taken while they all live, with its image) and sees the pid
+/// its parent got. A fork + exec of a statically linked program is reported: the
+/// generation of the rest succeeds and its manifest names the static one as excluded.
+#[test]
+fn exec_spawn_popen_system_children_are_under_control_and_static_exec_is_excluded() {
+    let s = Session::new("tree_spawn");
+    let static_child = compile_c("static_child", &["-static"], "static");
+    let f = Flow::new(&s, Program::c("spawn").arg(&static_child));
+    let mut run = f.launch();
+    s.advance_to(&mut run, 1);
+    let ck = f.checkpoint_at(&mut run, 1);
+    let m = manifest(&ck.gen);
+    let p = m.processes.iter().find(|p| p.real_pid == run.pid).expect("the launched program is in the manifest");
+    for name in ["spawn-exec-child", "spawn-posix-child", "spawn-vfork-child"] {
+        let c = m
+            .processes
+            .iter()
+            .find(|q| q.program == name)
+            .unwrap_or_else(|| panic!("{name} is not in the generation: {:?}", m.processes));
+        assert_eq!(c.vppid, p.vpid, "{name}'s parent");
+        assert!(ck.gen.join(&c.image).is_file(), "image of {name}");
+    }
+    assert!(
+        m.processes.iter().any(|q| q.args.iter().any(|a| a == "o") && q.vpid != p.vpid),
+        "popen's child is not in the generation: {:?}",
+        m.processes
+    );
+    assert_eq!(m.excluded.len(), 1, "the static child is listed as excluded: {:?}", m.excluded);
+    let x = &m.excluded[0];
+    assert!(x.reason.contains("statically linked"), "reason: {}", x.reason);
+    assert!(!m.processes.iter().any(|q| q.real_pid == x.real_pid), "the static child has no image");
+    f.finish(&mut run);
+}
