@@ -130,7 +130,10 @@ pub static APP_SIGINFO: [AtomicUsize; 65] = [const { AtomicUsize::new(0) }; 65];
 /// Installed instead of every `SA_SIGINFO` handler of the program: translates `si_pid`
 /// (SIGCHLD's child, a `kill`/`sigqueue` sender) and calls the program's handler.
 /// Signal context: atomics and a lock-free table walk only.
-pub extern "C" fn siginfo_trampoline(sig: c_int, info: *mut libc::siginfo_t, uc: *mut c_void) {
+///
+/// # Safety
+/// Called by the kernel with its siginfo and ucontext.
+pub unsafe extern "C" fn siginfo_trampoline(sig: c_int, info: *mut libc::siginfo_t, uc: *mut c_void) {
     // SAFETY: the kernel passes a writable siginfo on the signal frame.
     unsafe { translate_siginfo(info) };
     let h = APP_SIGINFO.get(sig as usize).map_or(0, |a| a.load(Ordering::Acquire));
@@ -152,7 +155,10 @@ pub fn route_handler(sig: c_int, act: &mut libc::sigaction) {
 }
 
 /// Report the program's handler, not the trampoline, in an `old` action.
-pub fn unroute_old(sig: c_int, prev_app: usize, old: *mut libc::sigaction) {
+///
+/// # Safety
+/// `old` is null or the program's valid out-pointer.
+pub unsafe fn unroute_old(sig: c_int, prev_app: usize, old: *mut libc::sigaction) {
     if old.is_null() || sig <= 0 || sig as usize >= APP_SIGINFO.len() {
         return;
     }
@@ -522,8 +528,8 @@ fn fcntl_common(slot: &AtomicUsize, fd: c_int, cmd: c_int, arg: usize) -> c_int 
             // SAFETY: forwarding a translated owner.
             unsafe { f(fd, cmd, vpid::to_real(arg as c_int) as isize as usize) }
         }
-        // SAFETY: forwarding; the result is an owner (negative: a group) or -1.
         libc::F_GETOWN => {
+            // SAFETY: forwarding; the result is an owner (negative: a group) or -1.
             let r = unsafe { f(fd, cmd, arg) };
             if r == -1 {
                 r
@@ -622,7 +628,7 @@ fn rewrite_proc_path(path: &[u8], buf: &mut [u8; 4096]) -> bool {
             tail = &t[m..];
         }
     }
-    if r == v && tid.map_or(true, |(rt, vt)| rt == vt) {
+    if r == v && tid.is_none_or(|(rt, vt)| rt == vt) {
         return false;
     }
     let mut at = 0;
@@ -762,13 +768,13 @@ pub unsafe fn syscall_pid(n: c_long, a: [c_long; 6]) -> Option<c_long> {
     let p = |x: c_long| vpid::to_real(x as i32) as c_long;
     let raw = |n: c_long, b: [c_long; 6]| -> c_long {
         // SAFETY: the program's own call, with translated ids.
-        let r = unsafe { sys::syscall6(n as i64, b[0] as usize, b[1] as usize, b[2] as usize, b[3] as usize, b[4] as usize, b[5] as usize) };
+        let r = unsafe { sys::syscall6(n, b[0] as usize, b[1] as usize, b[2] as usize, b[3] as usize, b[4] as usize, b[5] as usize) };
         match sys::check(r) {
             Ok(v) => v as c_long,
             Err(e) => fail(e) as c_long,
         }
     };
-    // SAFETY (all arms): forwarding the program's call with translated ids.
+    // SAFETY: (all arms) forwarding the program's call with translated ids.
     let r = unsafe {
         match n {
             libc::SYS_wait4 => wait4(a[0] as pid_t, a[1] as *mut c_int, a[2] as c_int, a[3] as *mut libc::rusage) as c_long,

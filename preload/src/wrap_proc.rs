@@ -701,6 +701,7 @@ type SpawnFn = unsafe extern "C" fn(
 
 /// posix_spawn(p): glibc clones with CLONE_VM|CLONE_VFORK and execs, out of our sight;
 /// the child gets the controlled environment and registers before we return.
+#[allow(clippy::too_many_arguments)]
 fn spawn_common(
     slot: &AtomicUsize,
     check: Option<&[u8]>,

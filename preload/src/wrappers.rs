@@ -244,7 +244,8 @@ pub unsafe extern "C" fn sigaction(sig: c_int, act: *const libc::sigaction, old:
     if act.is_null() {
         // SAFETY: forwarding.
         let r = unsafe { f(sig, act, old) };
-        crate::wrap_pids::unroute_old(sig, prev_app, old);
+        // SAFETY: old is the program's out-pointer (or null).
+        unsafe { crate::wrap_pids::unroute_old(sig, prev_app, old) };
         return r;
     }
     // SAFETY: act is valid; we pass a copy with the checkpoint signal unmasked.
@@ -256,7 +257,8 @@ pub unsafe extern "C" fn sigaction(sig: c_int, act: *const libc::sigaction, old:
     crate::wrap_pids::route_handler(sig, &mut copy);
     // SAFETY: forwarding.
     let r = unsafe { f(sig, &copy, old) };
-    crate::wrap_pids::unroute_old(sig, prev_app, old);
+    // SAFETY: old is the program's out-pointer (or null).
+    unsafe { crate::wrap_pids::unroute_old(sig, prev_app, old) };
     r
 }
 
@@ -273,8 +275,8 @@ pub unsafe extern "C" fn signal(sig: c_int, handler: libc::sighandler_t) -> libc
     }
     let prev_app = crate::wrap_pids::app_handler(sig);
     match real::<SignalFn>(&REAL_SIGNAL) {
-        // SAFETY: forwarding.
         Some(f) => {
+            // SAFETY: forwarding.
             let r = unsafe { f(sig, handler) };
             if r == crate::wrap_pids::siginfo_trampoline as *const () as usize {
                 prev_app
