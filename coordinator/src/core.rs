@@ -494,11 +494,15 @@ impl Core {
                 match self.generation.as_mut() {
                     Some(g) if g.phase == GenPhase::Suspend && g.members.get(&c).is_some_and(|m| !m.reached) => {
                         debug!("checkpoint requested by {who}: covered by generation {}", g.number);
-                        g.requesters.push(c);
+                        if !g.requesters.contains(&c) {
+                            g.requesters.push(c);
+                        }
                     }
                     Some(g) => {
                         debug!("checkpoint requested by {who} during generation {}: another follows it", g.number);
-                        self.pending_requesters.push(c);
+                        if !self.pending_requesters.contains(&c) {
+                            self.pending_requesters.push(c);
+                        }
                     }
                     None => match self.start_generation(now) {
                         Ok(n) => {
@@ -659,7 +663,7 @@ impl Core {
         let duration_ms = now.saturating_duration_since(g.started).as_millis() as u64;
         let completed_unix_ms = unix_now_ms().max(g.started_unix_ms);
         let completed_unix = completed_unix_ms / 1000;
-        let bytes: u64 = processes.iter().map(|p| p.bytes).sum();
+        let bytes: u64 = processes.iter().map(|p| p.bytes).fold(0u64, u64::saturating_add);
         let max_downtime_us = processes.iter().map(|p| p.downtime_us).max().unwrap_or(0);
         let nprocs = processes.len();
         let mut hosts: Vec<String> = processes.iter().map(|p| p.hostname.clone()).collect();
@@ -799,7 +803,7 @@ impl Core {
             path: dir.display().to_string(),
             completed_unix: m.completed_unix,
             duration_ms: m.duration_ms,
-            bytes: m.processes.iter().map(|p| p.bytes).sum(),
+            bytes: m.processes.iter().map(|p| p.bytes).fold(0u64, u64::saturating_add),
             max_downtime_us: m.processes.iter().map(|p| p.downtime_us).max().unwrap_or(0),
         })
     }
@@ -873,7 +877,9 @@ impl Core {
             let dir = manifest::generation_dir(&self.cfg.ckpt_dir, comp_id, number);
             match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
                 Ok(()) => break dir,
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => number += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    number = number.checked_add(1).ok_or("generation numbers exhausted")?
+                }
                 Err(e) => return Err(format!("cannot create {}: {e}", dir.display())),
             }
         };
@@ -881,7 +887,7 @@ impl Core {
             let _ = std::fs::remove_dir(&dir);
             return Err(format!("checkpoint directory {} is not valid UTF-8", dir.display()));
         };
-        self.min_next_generation = number + 1;
+        self.min_next_generation = number.saturating_add(1);
         info!(generation = number, processes = members.len(), dir = %dir_str, "checkpoint started");
         let ids: Vec<ConnId> = members.keys().copied().collect();
         self.generation = Some(Generation {
@@ -934,7 +940,9 @@ impl Core {
                 if let Some(g) = self.generation.as_mut() {
                     g.kill_after |= kill_after;
                     if wait {
-                        g.waiters.push(c);
+                        if !g.waiters.contains(&c) {
+                            g.waiters.push(c);
+                        }
                         return;
                     }
                 }
@@ -996,7 +1004,7 @@ impl Core {
                     path: dir.display().to_string(),
                     completed_unix: m.completed_unix,
                     duration_ms: m.duration_ms,
-                    bytes: m.processes.iter().map(|p| p.bytes).sum(),
+                    bytes: m.processes.iter().map(|p| p.bytes).fold(0u64, u64::saturating_add),
                     processes: m.processes.len(),
                     latest: latest == Some(n),
                 })
@@ -1145,7 +1153,7 @@ impl Core {
                 processes: g.members.len(),
                 done: g.members.values().filter(|m| m.reached).count(),
                 held_by: g.members.values().filter(|m| m.held && !m.reached).map(|m| m.proc.vpid).collect(),
-                bytes: g.members.values().filter_map(|m| m.report.as_ref()).map(|r| r.bytes).sum(),
+                bytes: g.members.values().filter_map(|m| m.report.as_ref()).map(|r| r.bytes).fold(0u64, u64::saturating_add),
                 elapsed_ms: self.clock.saturating_duration_since(g.started).as_millis() as u64,
             }),
             last_complete: self.last_complete.clone(),
@@ -1517,6 +1525,39 @@ mod tests {
         f.cmd(9, Command::Checkpoint { wait: false, kill_after: false });
         assert_eq!(f.core.next_deadline(), None);
         assert!(f.core.tick(f.now + Duration::from_secs(1 << 40)).is_empty());
+    }
+
+    /// Absurd numbers and repeated requests from a process neither crash the coordinator
+    /// nor grow its memory.
+    #[test]
+    fn hostile_reports_and_request_floods_are_harmless() {
+        let mut f = fixture("hostile");
+        f.connect(1, hello(None, 1));
+        f.connect(2, hello(None, 2));
+        f.control(9);
+        f.msg(1, ToCoord::RequestCheckpoint);
+        f.msg(1, ToCoord::Reached { generation: 1, phase: Phase::Suspended });
+        for _ in 0..1000 {
+            f.msg(1, ToCoord::RequestCheckpoint);
+            f.cmd(9, Command::Checkpoint { wait: true, kill_after: false });
+        }
+        assert_eq!(f.core.pending_requesters.len(), 1);
+        assert_eq!(f.core.generation.as_ref().unwrap().waiters.len(), 1);
+        f.msg(2, ToCoord::Reached { generation: 1, phase: Phase::Suspended });
+        let dir = f.core.generation.as_ref().unwrap().dir.clone();
+        for c in [1, 2] {
+            std::fs::write(dir.join(manifest::image_file_name(c as i32)), b"i").unwrap();
+            let mut r = report(c as i32);
+            r.bytes = u64::MAX;
+            r.downtime_us = u64::MAX;
+            f.msg(c, ToCoord::Written { generation: 1, report: r });
+        }
+        assert_eq!(f.core.status().progress.unwrap().bytes, u64::MAX);
+        f.msg(1, ToCoord::Reached { generation: 1, phase: Phase::Resumed });
+        let a = f.msg(2, ToCoord::Reached { generation: 1, phase: Phase::Resumed });
+        assert!(matches!(sends_to(&a, 9).as_slice(), [FromCoord::Reply(Reply::Done(s))] if s.bytes == u64::MAX), "{a:?}");
+        // The follow-up generation the flood asked for: one.
+        assert_eq!(f.core.in_progress(), Some(2));
     }
 
     #[test]

@@ -116,7 +116,7 @@ pub fn next_generation(comp_dir: &Path) -> u64 {
             }
         }
     }
-    max + 1
+    max.saturating_add(1)
 }
 
 /// Generation numbers of the complete generations (with a manifest) of a computation
