@@ -60,6 +60,7 @@ pub enum Input {
 }
 
 /// What the driver must do.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     Send(ConnId, FromCoord),

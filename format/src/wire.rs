@@ -221,6 +221,8 @@ pub struct GenerationSummary {
 }
 
 /// Replies to `crctl` commands.
+// A status is large and rare; boxing it would only make every use clumsier.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Reply {
     /// A checkpoint was started (no wait) with this generation id.
@@ -235,6 +237,7 @@ pub enum Reply {
 }
 
 /// Messages sent by the coordinator.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FromCoord {
     /// Accepted. `comp_id` is the computation this connection belongs to.
