@@ -7,13 +7,18 @@ use crust_tests::*;
 use std::fs;
 use std::path::PathBuf;
 
-/// The API probe, compiled against api/include/crust.h (rebuilt when the header changes).
-fn api_probe() -> Program {
+/// A probe compiled against api/include/crust.h (rebuilt when the header changes).
+fn api_program(name: &str) -> Program {
     use std::hash::{Hash, Hasher};
     let include = workspace_dir().join("api").join("include");
     let mut h = std::hash::DefaultHasher::new();
     fs::read(include.join("crust.h")).expect("api/include/crust.h").hash(&mut h);
-    Program::new(compile_c("api", &["-I", include.to_str().unwrap()], &format!("h{:x}", h.finish())))
+    Program::new(compile_c(name, &["-I", include.to_str().unwrap()], &format!("h{:x}", h.finish())))
+}
+
+/// The API probe (`tests/probes/api.c`).
+fn api_probe() -> Program {
+    api_program("api")
 }
 
 fn text(p: &std::path::Path) -> String {
@@ -167,4 +172,22 @@ fn the_rust_crate_checkpoints_and_restarts() {
     assert!(out.ends_with("gate 1\nrestarted from 1\ncritical section true\ngate 2\n"), "{out}");
     let st = s.drive_to_exit(&mut r);
     assert_eq!(st.code(), Some(PROBE_EXIT_CODE));
+}
+
+/// Four threads call cr_checkpoint five times each, one of them also entering critical
+/// sections: every call returns a CRID larger than the same thread's previous one, and
+/// nothing hangs.
+#[test]
+fn concurrent_cr_checkpoint_calls_from_threads() {
+    let s = Session::new("api_threads");
+    let out = s.root.join("program.out");
+    let mut opts = LaunchOpts::file(&out);
+    opts.gated = false;
+    let mut run = s.launch_with(&api_program("api_threads"), &opts);
+    let st = run.wait_timeout(EXIT_TIMEOUT).unwrap_or_else(|| panic!("the probe hung\n{}", s.diagnostics()));
+    let text = text(&out);
+    assert_eq!(st.code(), Some(PROBE_EXIT_CODE), "{text}");
+    assert_eq!(text.lines().filter(|l| l.ends_with("increasing: yes")).count(), 4, "{text}");
+    let gens = complete_generations(&s.ckpt_dir).len();
+    assert!((5..=20).contains(&gens), "{gens} generations for 20 requests (5 per thread, coalesced)");
 }
