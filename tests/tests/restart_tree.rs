@@ -134,3 +134,28 @@ fn orphan_comes_back_adopted_and_connected() {
     let f = Flow::new(&s, Program::c("orphan"));
     tree_canonical(&f, 2);
 }
+
+/// Children and a grandchild, a zombie, a process group led by one child and joined by
+/// another, a grandchild leading its own session, a parent blocked in waitpid and a child
+/// blocked in sigwaitinfo at the checkpoint: all ids agree before and after the restart.
+#[test]
+fn tree_with_zombie_sessions_groups_and_waiting_parent_restarts_identically() {
+    let s = Session::new("tree_restart");
+    let f = Flow::new(&s, Program::c("tree_restart"));
+    tree_canonical(&f, 4);
+}
+
+/// `make -j2`: a top make and two sub-makes sharing the jobserver pipe, checkpointed while
+/// one recipe waits at gate 1 and the tokens sit in the pipe.
+#[test]
+fn make_j2_with_sub_makes_and_jobserver_restarts_identically() {
+    let s = Session::new("tree_make");
+    let prog = Program::new("/bin/sh")
+        .arg("-c")
+        .arg("make -j2 -s --no-print-directory -f \"$0\" GATE_AT=\"$1\" && exit 23")
+        .arg(probes_dir().join("jobs.mk"))
+        .arg(c_probe("gate_at"));
+    let f = Flow::new(&s, prog);
+    // sh, make, the sub-make building one/*, the recipe's sh, gate_at.
+    tree_canonical(&f, 5);
+}
