@@ -159,3 +159,38 @@ fn make_j2_with_sub_makes_and_jobserver_restarts_identically() {
     // sh, make, the sub-make building one/*, the recipe's sh, gate_at.
     tree_canonical(&f, 5);
 }
+
+/// Checkpoint at gate 1, kill, restart; checkpoint the restarted tree at the same gate,
+/// kill it, restart it again (new kernel pids, new pipe inodes, memfd-backed shared
+/// memory), run to the end.
+fn twice(f: &Flow, procs: usize) {
+    let s = f.s;
+    let mut run = f.launch();
+    s.advance_to(&mut run, 1);
+    wait_tree(s, procs);
+    let ck = f.checkpoint_at(&mut run, 1);
+    f.kill(&mut [&mut run]);
+    let mut r = f.restart(&ck);
+    wait_tree(s, procs);
+    let gen2 = s.checkpoint();
+    assert_ne!(gen2, ck.gen, "a new generation");
+    let ck2 = Checkpointed { gen: gen2, gate: 1, out_len: fs::metadata(&f.out).expect("output").len() };
+    f.kill(&mut [&mut r]);
+    let mut r2 = f.restart(&ck2);
+    f.finish(&mut r2);
+}
+
+/// A restarted tree is one computation again: it checkpoints and restarts a second time.
+#[test]
+fn restarted_tree_checkpoints_and_restarts_again() {
+    let s = Session::new("tree_twice");
+    twice(&Flow::new(&s, Program::c("pipe_pair")), 2);
+}
+
+/// The same for the multiprocessing Pool, whose semaphores live in crrestart's memfds
+/// after the first restart.
+#[test]
+fn restarted_pool_checkpoints_and_restarts_again() {
+    let s = Session::new("pool_twice");
+    twice(&Flow::new(&s, Program::python("pool.py")), 3);
+}
