@@ -124,7 +124,11 @@ enum GenPhase {
     Suspend,
     /// `Proceed(Written)` sent, waiting for every `Written`.
     Write,
-    /// `Proceed(Resumed)` sent, waiting for every `Reached(Resumed)`.
+    /// Forked generations: `Proceed(Captured)` sent, waiting for every `Reached(Captured)`
+    /// (kernel state captured and the copy-on-write writer created, all still stopped).
+    Capture,
+    /// `Proceed(Resumed)` sent, waiting for every `Reached(Resumed)` (and, in a forked
+    /// generation, for every `Written`: the programs run while their images are written).
     Resume,
 }
 
@@ -133,6 +137,7 @@ impl GenPhase {
         match self {
             GenPhase::Suspend => "suspend",
             GenPhase::Write => "write its image",
+            GenPhase::Capture => "capture its state",
             GenPhase::Resume => "resume",
         }
     }
@@ -148,6 +153,14 @@ struct Member {
     report: Option<ImageReport>,
 }
 
+impl Member {
+    /// Reached the phase `g` waits for (in a forked generation's resume phase: and its
+    /// image is durable).
+    fn done(&self, g: &Generation) -> bool {
+        self.reached && !(g.forked && g.phase == GenPhase::Resume && self.report.is_none())
+    }
+}
+
 #[derive(Debug)]
 struct Generation {
     number: u64,
@@ -159,6 +172,8 @@ struct Generation {
     /// `None` when the timeout is too large to represent (never).
     deadline: Option<Instant>,
     phase: GenPhase,
+    /// Images are written by copy-on-write writers while the programs run on.
+    forked: bool,
     members: BTreeMap<ConnId, Member>,
     /// Control connections waiting for the outcome.
     waiters: Vec<ConnId>,
@@ -189,6 +204,8 @@ pub struct Core {
     last_restart_hook: Option<(u64, u64)>,
     /// The time of the last input or tick (for status).
     clock: Instant,
+    /// Downtime of each process in the last complete generation it took part in.
+    last_downtime_us: BTreeMap<ConnId, u64>,
     exiting: bool,
     out: Vec<Action>,
     /// Processes between an exec and the new program's hello.
@@ -208,6 +225,8 @@ fn phase_of(p: GenPhase, reached: bool) -> &'static str {
         (GenPhase::Suspend, true) => "suspended",
         (GenPhase::Write, false) => "writing",
         (GenPhase::Write, true) => "written",
+        (GenPhase::Capture, false) => "capturing",
+        (GenPhase::Capture, true) => "captured",
         (GenPhase::Resume, false) => "resuming",
         (GenPhase::Resume, true) => "running",
     }
@@ -235,6 +254,7 @@ impl Core {
             pending_requesters: Vec::new(),
             last_restart_hook: None,
             clock: now,
+            last_downtime_us: BTreeMap::new(),
             exiting: false,
             out: Vec::new(),
             awaited: Vec::new(),
@@ -281,7 +301,7 @@ impl Core {
                 let late: Vec<String> = g
                     .members
                     .values()
-                    .filter(|m| !m.reached)
+                    .filter(|m| !m.done(g))
                     .map(|m| {
                         let d = m.proc.describe();
                         if m.held {
@@ -481,6 +501,18 @@ impl Core {
             }
             (Conn::Process(_), ToCoord::Reached { generation, phase }) => self.on_reached(now, c, generation, phase),
             (Conn::Process(_), ToCoord::Written { generation, report }) => self.on_written(now, c, generation, report),
+            (Conn::Process(_), ToCoord::Downtime { generation, downtime_us }) => {
+                // Stop-the-world mode: the exact downtime, known once the process resumed.
+                if let Some(r) = self
+                    .generation
+                    .as_mut()
+                    .filter(|g| g.number == generation)
+                    .and_then(|g| g.members.get_mut(&c))
+                    .and_then(|m| m.report.as_mut())
+                {
+                    r.downtime_us = downtime_us;
+                }
+            }
             (Conn::Process(p), ToCoord::Failed { generation, error }) => {
                 let who = p.describe();
                 if self.generation.as_ref().is_some_and(|g| g.number == generation && g.members.contains_key(&c)) {
@@ -558,6 +590,7 @@ impl Core {
             GenPhase::Suspend => Phase::Suspended,
             GenPhase::Resume => Phase::Resumed,
             GenPhase::Write => Phase::Written,
+            GenPhase::Capture => Phase::Captured,
         };
         match g.members.get_mut(&c) {
             Some(m) if phase == expected && g.phase != GenPhase::Write => {
@@ -579,7 +612,9 @@ impl Core {
             return;
         };
         let Some(m) = g.members.get_mut(&c) else { return };
-        if g.phase != GenPhase::Write {
+        // Forked: images become durable after the programs resumed.
+        let forked_write = g.forked && matches!(g.phase, GenPhase::Capture | GenPhase::Resume);
+        if g.phase != GenPhase::Write && !forked_write {
             debug!("ignoring Written from {} outside the write phase", m.proc.describe());
             return;
         }
@@ -595,7 +630,9 @@ impl Core {
             return self.fail_generation(now, reason);
         }
         debug!(generation, bytes = report.bytes, downtime_us = report.downtime_us, "{who} written");
-        m.reached = true;
+        if !forked_write {
+            m.reached = true;
+        }
         m.report = Some(report);
         self.advance(now);
     }
@@ -603,12 +640,13 @@ impl Core {
     /// Move the generation on when every member reached the phase it waits for.
     fn advance(&mut self, now: Instant) {
         let Some(g) = self.generation.as_mut() else { return };
-        if !g.members.values().all(|m| m.reached) {
+        if !g.members.values().all(|m| m.done(g)) {
             return;
         }
         let (next, phase) = match g.phase {
+            GenPhase::Suspend if g.forked => (GenPhase::Capture, Phase::Captured),
             GenPhase::Suspend => (GenPhase::Write, Phase::Written),
-            GenPhase::Write => (GenPhase::Resume, Phase::Resumed),
+            GenPhase::Capture | GenPhase::Write => (GenPhase::Resume, Phase::Resumed),
             GenPhase::Resume => return self.finish_generation(now),
         };
         g.phase = next;
@@ -678,6 +716,19 @@ impl Core {
             .or(processes.first())
             .map(|p| p.args.clone())
             .unwrap_or_default();
+        for p in &processes {
+            info!(
+                generation = g.number,
+                vpid = p.vpid,
+                downtime_us = p.downtime_us,
+                write_us = p.write_us,
+                bytes = p.bytes,
+                "process {} checkpointed",
+                p.program
+            );
+        }
+        let downtimes: Vec<(ConnId, u64)> =
+            g.members.iter().filter_map(|(c, m)| m.report.as_ref().map(|r| (*c, r.downtime_us))).collect();
         let m = Manifest {
             version: manifest::MANIFEST_VERSION,
             comp_id: g.comp_id,
@@ -699,6 +750,7 @@ impl Core {
             return self.fail_generation(now, format!("writing the manifest: {e}"));
         }
         let Some(g) = self.generation.take() else { return };
+        self.last_downtime_us.extend(downtimes);
         let summary = GenerationSummary {
             generation: g.number,
             path: g.dir.display().to_string(),
@@ -889,7 +941,8 @@ impl Core {
             return Err(format!("checkpoint directory {} is not valid UTF-8", dir.display()));
         };
         self.min_next_generation = number.saturating_add(1);
-        info!(generation = number, processes = members.len(), dir = %dir_str, "checkpoint started");
+        let forked = self.cfg.forked;
+        info!(generation = number, processes = members.len(), forked, dir = %dir_str, "checkpoint started");
         let ids: Vec<ConnId> = members.keys().copied().collect();
         self.generation = Some(Generation {
             number,
@@ -900,6 +953,7 @@ impl Core {
             started_unix_ms: unix_now_ms(),
             deadline: now.checked_add(self.cfg.generation_timeout),
             phase: GenPhase::Suspend,
+            forked,
             members,
             waiters: Vec::new(),
             requesters: Vec::new(),
@@ -907,7 +961,7 @@ impl Core {
         });
         for c in ids {
             if c < PLACEHOLDER_BASE {
-                self.send(c, FromCoord::Checkpoint { generation: number, dir: dir_str.clone() });
+                self.send(c, FromCoord::Checkpoint { generation: number, dir: dir_str.clone(), forked });
             }
         }
         Ok(number)
@@ -1032,8 +1086,8 @@ impl Core {
         }
         debug!(generation = g.number, vpid = p.vpid, "new process joins the generation in progress");
         g.members.insert(c, Member { proc: p, reached: false, report: None, held: false });
-        let (generation, dir) = (g.number, g.dir.display().to_string());
-        self.send(c, FromCoord::Checkpoint { generation, dir });
+        let (generation, dir, forked) = (g.number, g.dir.display().to_string(), g.forked);
+        self.send(c, FromCoord::Checkpoint { generation, dir, forked });
     }
 
     fn set_leaving(&mut self, c: ConnId, exec: bool) {
@@ -1117,6 +1171,8 @@ impl Core {
                         Some(g) => g.members.get(c).map_or("running", |m| {
                             if m.held && !m.reached {
                                 "held"
+                            } else if g.forked && g.phase == GenPhase::Resume && m.report.is_none() {
+                                "writing"
                             } else {
                                 phase_of(g.phase, m.reached)
                             }
@@ -1131,6 +1187,7 @@ impl Core {
                         program: p.program.clone(),
                         state: state.into(),
                         restored_from: p.restored_from,
+                        downtime_us: self.last_downtime_us.get(c).copied(),
                     })
                 }
                 _ => None,
@@ -1148,11 +1205,13 @@ impl Core {
                 phase: match g.phase {
                     GenPhase::Suspend => "suspend",
                     GenPhase::Write => "write",
+                    GenPhase::Capture => "capture",
+                    GenPhase::Resume if g.forked => "resume and write",
                     GenPhase::Resume => "resume",
                 }
                 .into(),
                 processes: g.members.len(),
-                done: g.members.values().filter(|m| m.reached).count(),
+                done: g.members.values().filter(|m| m.done(g)).count(),
                 held_by: g.members.values().filter(|m| m.held && !m.reached).map(|m| m.proc.vpid).collect(),
                 bytes: g.members.values().filter_map(|m| m.report.as_ref()).map(|r| r.bytes).fold(0u64, u64::saturating_add),
                 elapsed_ms: self.clock.saturating_duration_since(g.started).as_millis() as u64,
@@ -1168,6 +1227,7 @@ impl Core {
     }
 
     fn forget_conn(&mut self, now: Instant, c: ConnId) {
+        self.last_downtime_us.remove(&c);
         let Some(conn) = self.conns.remove(&c) else { return };
         match conn {
             Conn::Pending => {}
@@ -1180,9 +1240,14 @@ impl Core {
                 info!(vpid = p.vpid, real_pid = p.real_pid, "process {} left", p.program);
                 self.pending_requesters.retain(|x| *x != c);
                 let phase = self.generation.as_ref().filter(|g| g.members.contains_key(&c)).map(|g| g.phase);
-                if phase == Some(GenPhase::Resume) {
-                    // Every image is durable already: a process that exits while
-                    // resuming (its program finished) does not spoil the generation.
+                let durable = self
+                    .generation
+                    .as_ref()
+                    .and_then(|g| g.members.get(&c))
+                    .is_some_and(|m| m.report.is_some());
+                if phase == Some(GenPhase::Resume) && durable {
+                    // Its image is durable already: a process that exits while resuming
+                    // (its program finished) does not spoil the generation.
                     if let Some(m) = self.generation.as_mut().and_then(|g| g.members.get_mut(&c)) {
                         m.reached = true;
                     }
@@ -1190,6 +1255,16 @@ impl Core {
                         self.await_exec(now, p, false);
                     }
                     self.advance(now);
+                } else if phase.is_some_and(|ph| matches!(ph, GenPhase::Capture | GenPhase::Resume)) {
+                    // Forked: it ended (even announced) before its image was durable; the
+                    // cut includes it, so the generation cannot do without it.
+                    if let Some(g) = self.generation.as_mut() {
+                        g.members.remove(&c);
+                    }
+                    self.fail_generation(
+                        now,
+                        format!("process {} ended before its image was written (a forked writer's report is missing)", p.describe()),
+                    );
                 } else if let Some(exec) = p.leaving {
                     self.left_as_announced(now, c, p, exec);
                 } else if let Some(phase) = phase {
@@ -1232,7 +1307,67 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("crust-core-test-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let now = Instant::now();
-        Fixture { core: Core::new(Config::new(dir.clone()), now), dir, now }
+        let mut cfg = Config::new(dir.clone());
+        // The phase tests below drive stop-the-world generations; forked ones have their own.
+        cfg.forked = false;
+        Fixture { core: Core::new(cfg, now), dir, now }
+    }
+
+    /// A forked generation: capture barrier while everyone is stopped, then resume, and
+    /// completion only once every process resumed *and* reported its durable image.
+    #[test]
+    fn forked_generation_resumes_before_images_are_durable() {
+        let mut f = fixture("forked");
+        f.core.cfg.forked = true;
+        f.connect(1, hello(Some(0x42), 101));
+        f.connect(2, hello(None, 102));
+        f.control(9);
+        let a = f.cmd(9, Command::Checkpoint { wait: true, kill_after: false });
+        let dir = match sends_to(&a, 1).as_slice() {
+            [FromCoord::Checkpoint { generation: 1, dir, forked: true }] => PathBuf::from(dir),
+            other => panic!("{other:?}"),
+        };
+        f.msg(1, ToCoord::Reached { generation: 1, phase: Phase::Suspended });
+        let a = f.msg(2, ToCoord::Reached { generation: 1, phase: Phase::Suspended });
+        assert_eq!(sends_to(&a, 1), vec![FromCoord::Proceed { generation: 1, phase: Phase::Captured }]);
+        assert!(f.msg(1, ToCoord::Reached { generation: 1, phase: Phase::Captured }).is_empty());
+        assert_eq!(f.core.status().processes[0].state, "captured");
+        let a = f.msg(2, ToCoord::Reached { generation: 1, phase: Phase::Captured });
+        assert_eq!(sends_to(&a, 2), vec![FromCoord::Proceed { generation: 1, phase: Phase::Resumed }]);
+        // Both run again; process 1's image is durable first.
+        std::fs::write(dir.join(manifest::image_file_name(101)), b"img").unwrap();
+        assert!(f.msg(1, ToCoord::Reached { generation: 1, phase: Phase::Resumed }).is_empty());
+        assert!(f.msg(1, ToCoord::Written { generation: 1, report: report(101) }).is_empty());
+        assert!(f.msg(2, ToCoord::Reached { generation: 1, phase: Phase::Resumed }).is_empty());
+        assert_eq!(f.core.status().processes[1].state, "writing");
+        assert!(!dir.join(manifest::MANIFEST_NAME).exists(), "no manifest before every image is durable");
+        std::fs::write(dir.join(manifest::image_file_name(102)), b"img").unwrap();
+        let a = f.msg(2, ToCoord::Written { generation: 1, report: report(102) });
+        assert!(matches!(sends_to(&a, 9).as_slice(), [FromCoord::Reply(Reply::Done(_))]), "{a:?}");
+        assert!(dir.join(manifest::MANIFEST_NAME).exists());
+
+        // A process leaving after it resumed but before its image is durable fails the
+        // generation; one leaving after its image is durable does not.
+        let a = f.cmd(9, Command::Checkpoint { wait: true, kill_after: false });
+        let FromCoord::Checkpoint { dir, .. } = &sends_to(&a, 1)[0] else { panic!() };
+        let dir = PathBuf::from(dir);
+        for c in [1, 2] {
+            f.msg(c, ToCoord::Reached { generation: 2, phase: Phase::Suspended });
+        }
+        for c in [1, 2] {
+            f.msg(c, ToCoord::Reached { generation: 2, phase: Phase::Captured });
+        }
+        std::fs::write(dir.join(manifest::image_file_name(101)), b"img").unwrap();
+        f.msg(1, ToCoord::Written { generation: 2, report: report(101) });
+        f.input(Input::Closed(1));
+        assert_eq!(f.core.in_progress(), Some(2), "a process that left with a durable image keeps the generation");
+        f.msg(2, ToCoord::Reached { generation: 2, phase: Phase::Resumed });
+        let a = f.input(Input::Closed(2));
+        match sends_to(&a, 9).as_slice() {
+            [FromCoord::Reply(Reply::Error { message })] => assert!(message.contains("vpid 102"), "{message}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(!dir.exists());
     }
 
     fn hello(comp_id: Option<u64>, vpid: i32) -> ToCoord {
@@ -1358,7 +1493,7 @@ mod tests {
 
         let a = f.cmd(9, Command::Checkpoint { wait: true, kill_after: false });
         let dir = match sends_to(&a, 1).as_slice() {
-            [FromCoord::Checkpoint { generation: 1, dir }] => PathBuf::from(dir),
+            [FromCoord::Checkpoint { generation: 1, dir, forked: false }] => PathBuf::from(dir),
             other => panic!("{other:?}"),
         };
         assert!(sends_to(&a, 9).is_empty(), "a waiter gets no immediate reply");
@@ -1438,7 +1573,7 @@ mod tests {
 
         // Disconnection during a generation aborts it; the number is not reused.
         let a = f.cmd(9, Command::Checkpoint { wait: true, kill_after: false });
-        assert_eq!(sends_to(&a, 1), vec![FromCoord::Checkpoint { generation: 2, dir: manifest::generation_dir(&f.dir, 7, 2).display().to_string() }]);
+        assert_eq!(sends_to(&a, 1), vec![FromCoord::Checkpoint { generation: 2, dir: manifest::generation_dir(&f.dir, 7, 2).display().to_string(), forked: false }]);
         // A stale answer to the abort of generation 1 is ignored.
         assert!(f.msg(1, ToCoord::Reached { generation: 1, phase: Phase::Resumed }).is_empty());
         f.msg(1, ToCoord::Reached { generation: 2, phase: Phase::Suspended });
@@ -1597,7 +1732,7 @@ mod tests {
     fn complete_generation(f: &mut Fixture, ctl: ConnId, procs: &[ConnId]) -> (u64, PathBuf, Vec<Action>) {
         let a = f.cmd(ctl, Command::Checkpoint { wait: true, kill_after: false });
         let (n, dir) = match &sends_to(&a, procs[0])[..] {
-            [FromCoord::Checkpoint { generation, dir }] => (*generation, PathBuf::from(dir)),
+            [FromCoord::Checkpoint { generation, dir, .. }] => (*generation, PathBuf::from(dir)),
             other => panic!("{other:?}"),
         };
         for &c in procs {
@@ -1775,7 +1910,7 @@ mod tests {
         f.control(9);
         let a = f.cmd(9, Command::Checkpoint { wait: true, kill_after: false });
         let dir = match sends_to(&a, 1).as_slice() {
-            [FromCoord::Checkpoint { generation: 1, dir }] => PathBuf::from(dir),
+            [FromCoord::Checkpoint { generation: 1, dir, .. }] => PathBuf::from(dir),
             other => panic!("{other:?}"),
         };
         // A child of 1 registers while 1 is still in its fork: it joins generation 1.
@@ -1827,7 +1962,7 @@ mod tests {
         f.input(Input::Closed(2));
         let a = f.cmd(9, Command::Checkpoint { wait: true, kill_after: false });
         let dir = match sends_to(&a, 1).as_slice() {
-            [FromCoord::Checkpoint { generation: 1, dir }] => PathBuf::from(dir),
+            [FromCoord::Checkpoint { generation: 1, dir, .. }] => PathBuf::from(dir),
             other => panic!("{other:?}"),
         };
         let a = f.msg(1, ToCoord::Reached { generation: 1, phase: Phase::Suspended });

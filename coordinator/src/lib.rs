@@ -66,6 +66,9 @@ pub struct Config {
     pub on_checkpoint: Option<String>,
     /// Shell command run when a restarted computation connects.
     pub on_restart: Option<String>,
+    /// Ask processes to write their images from a forked copy-on-write copy (default);
+    /// `false` (`--no-forked`, `CR_FORKED=0`): stop-the-world writing.
+    pub forked: bool,
 }
 
 impl Config {
@@ -81,6 +84,7 @@ impl Config {
             keep: None,
             on_checkpoint: None,
             on_restart: None,
+            forked: true,
         }
     }
 }

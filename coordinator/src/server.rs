@@ -310,6 +310,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("crust-server-test-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let mut cfg = Config::new(dir.clone());
+        cfg.forked = false;
         cfg.exit_when_idle = exit_when_idle;
         let server = Server::bind("127.0.0.1:0", cfg).unwrap();
         let addr = server.local_addr().unwrap().to_string();
@@ -415,7 +416,7 @@ mod tests {
             c.command(Command::Checkpoint { wait: true, kill_after: false }, None).unwrap()
         });
 
-        let FromCoord::Checkpoint { generation, dir: gdir } = expect(&mut p) else { panic!() };
+        let FromCoord::Checkpoint { generation, dir: gdir, .. } = expect(&mut p) else { panic!() };
         assert_eq!(generation, 1);
         wire::blocking::send(&mut p, &ToCoord::Reached { generation, phase: Phase::Suspended }).unwrap();
         assert_eq!(expect(&mut p), FromCoord::Proceed { generation, phase: Phase::Written });

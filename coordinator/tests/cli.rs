@@ -99,19 +99,31 @@ fn serve_generation(p: &mut TcpStream, vpid: i32) {
     // The previous generation's `Completed` may come first.
     let (generation, dir) = loop {
         match wire::blocking::recv(p).unwrap() {
-            FromCoord::Checkpoint { generation, dir } => break (generation, dir),
+            FromCoord::Checkpoint { generation, dir, .. } => break (generation, dir),
             FromCoord::Completed { .. } => continue,
             other => panic!("{other:?}"),
         }
     };
     wire::blocking::send(p, &ToCoord::Reached { generation, phase: Phase::Suspended }).unwrap();
-    assert_eq!(wire::blocking::recv::<_, FromCoord>(p).unwrap(), FromCoord::Proceed { generation, phase: Phase::Written });
     let file = manifest::image_file_name(vpid);
-    std::fs::write(Path::new(&dir).join(&file), vec![0u8; 3000]).unwrap();
-    let report = ImageReport { file, bytes: 3000, memory_bytes: 2048, downtime_us: 2500, write_us: 100 };
-    wire::blocking::send(p, &ToCoord::Written { generation, report }).unwrap();
-    assert_eq!(wire::blocking::recv::<_, FromCoord>(p).unwrap(), FromCoord::Proceed { generation, phase: Phase::Resumed });
-    wire::blocking::send(p, &ToCoord::Reached { generation, phase: Phase::Resumed }).unwrap();
+    let report = ImageReport { file: file.clone(), bytes: 3000, memory_bytes: 2048, downtime_us: 2500, write_us: 100 };
+    match wire::blocking::recv::<_, FromCoord>(p).unwrap() {
+        // Forked (the default): capture, resume, then the image becomes durable.
+        FromCoord::Proceed { phase: Phase::Captured, .. } => {
+            wire::blocking::send(p, &ToCoord::Reached { generation, phase: Phase::Captured }).unwrap();
+            assert_eq!(wire::blocking::recv::<_, FromCoord>(p).unwrap(), FromCoord::Proceed { generation, phase: Phase::Resumed });
+            wire::blocking::send(p, &ToCoord::Reached { generation, phase: Phase::Resumed }).unwrap();
+            std::fs::write(Path::new(&dir).join(&file), vec![0u8; 3000]).unwrap();
+            wire::blocking::send(p, &ToCoord::Written { generation, report }).unwrap();
+        }
+        FromCoord::Proceed { phase: Phase::Written, .. } => {
+            std::fs::write(Path::new(&dir).join(&file), vec![0u8; 3000]).unwrap();
+            wire::blocking::send(p, &ToCoord::Written { generation, report }).unwrap();
+            assert_eq!(wire::blocking::recv::<_, FromCoord>(p).unwrap(), FromCoord::Proceed { generation, phase: Phase::Resumed });
+            wire::blocking::send(p, &ToCoord::Reached { generation, phase: Phase::Resumed }).unwrap();
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 #[test]

@@ -17,6 +17,18 @@
 //!    [`Phase::Resumed`]; the process lets its threads run and answers `Reached(Resumed)`.
 //!    Only then is the manifest written, which makes the generation complete.
 //!
+//! A *forked* generation (`forked` in `Checkpoint`, the default) has a capture phase
+//! instead of the write phase: when every process reached `Suspended`, the coordinator
+//! sends `Proceed(Captured)`; each process, while every process of the computation is
+//! still stopped (pipe contents and other processes' state hold still), captures its
+//! kernel state and creates its copy-on-write writer, and answers `Reached(Captured)`.
+//! Then `Proceed(Resumed)`: each process resumes at once and answers `Reached(Resumed)`,
+//! and sends `Written` (or `Failed`) when its writer's image is durable. The generation
+//! completes when every process has resumed *and* written. (A process that declines
+//! forking, `CR_FORKED=0`, writes its image during the capture phase.) In a stop-the-world
+//! generation a process sends [`ToCoord::Downtime`] after it resumed (only then is its
+//! downtime known).
+//!
 //! At any point the coordinator may send [`FromCoord::Abort`]: the process resumes its
 //! threads, deletes any partial image of that generation, and answers `Reached(Resumed)`.
 //! Once the manifest is durable the coordinator tells every member [`FromCoord::Completed`].
@@ -58,6 +70,9 @@ pub enum Phase {
     Written,
     /// Application threads run again.
     Resumed,
+    /// Forked generations: kernel state captured and the copy-on-write writer created,
+    /// while every process of the computation is still stopped.
+    Captured,
 }
 
 /// What a checkpointed process reports about the image it wrote.
@@ -124,6 +139,9 @@ pub enum ToCoord {
     /// statically linked or set-id program): generations list it as excluded while it
     /// lives. When `real_pid` is the sender's own, the sender is leaving (as `Leaving`).
     Excluded { vpid: i32, real_pid: i32, program: String, reason: String },
+    /// How long this process's threads were stopped for `generation` (sent after they
+    /// resumed, when the `Written` report could not know it yet).
+    Downtime { generation: u64, downtime_us: u64 },
 }
 
 /// Commands sent by `crctl`.
@@ -156,6 +174,8 @@ pub struct ProcessInfo {
     pub state: String,
     /// The generation this process was restarted from, if it was.
     pub restored_from: Option<u64>,
+    /// How long its threads were stopped in the last complete generation (microseconds).
+    pub downtime_us: Option<u64>,
 }
 
 /// The generation in progress.
@@ -244,8 +264,9 @@ pub enum FromCoord {
     Welcome { comp_id: u64, ckpt_dir: String },
     /// Refused (wrong token, protocol version, or computation).
     Rejected { reason: String },
-    /// Begin generation `generation`: suspend, then write into `dir` when told.
-    Checkpoint { generation: u64, dir: String },
+    /// Begin generation `generation`: suspend, then write into `dir` when told; with
+    /// `forked`, from a copy-on-write copy while the program runs on.
+    Checkpoint { generation: u64, dir: String, forked: bool },
     /// Every process reached the previous phase; go on to `phase`.
     Proceed { generation: u64, phase: Phase },
     /// Give up on this generation and resume.
@@ -330,7 +351,7 @@ mod tests {
 
     #[test]
     fn roundtrip_and_limits() {
-        let m = FromCoord::Checkpoint { generation: 7, dir: "/tmp/x".into() };
+        let m = FromCoord::Checkpoint { generation: 7, dir: "/tmp/x".into(), forked: true };
         let f = encode(&m).unwrap();
         let n = frame_len(f[..4].try_into().unwrap()).unwrap();
         assert_eq!(n, f.len() - 4);

@@ -496,8 +496,9 @@ fn exec_restorer(cx: &Ctx, i: usize, pids: &[PlanPid]) -> Result<Infallible, Str
     // SAFETY: duplicating our own fd, kept across exec.
     let err_fd = unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&t.err_out), libc::F_DUPFD, base) };
     let memfd_name = CString::new("crust-plan").unwrap();
-    // SAFETY: valid name.
-    let plan_raw = unsafe { libc::memfd_create(memfd_name.as_ptr(), 0) };
+    // SAFETY: valid name. Close-on-exec: only its duplicate above `base` (made below,
+    // without the flag) may reach the restored program, which closes it.
+    let plan_raw = unsafe { libc::memfd_create(memfd_name.as_ptr(), libc::MFD_CLOEXEC) };
     if plan_raw < 0 || image_fd < 0 {
         return Err(format!("cannot open the image or create the plan: {}", errno()));
     }

@@ -82,10 +82,16 @@ extern "C" fn thread_main(_: *mut libc::c_void) -> *mut libc::c_void {
 /// Entry of the recreated checkpoint thread after a restart.
 pub extern "C" fn restart_main(_req: *const restore::CloneReq) {
     unblock_glibc_internal_signals();
-    // The old connection belonged to the old process.
-    let old = COORD_FD.swap(-1, Ordering::AcqRel);
-    if old >= 0 {
-        crate::dump::remove_own_fd(old);
+    // The old connection, and any other fd of ours the image recorded (the writer's
+    // report pipe, the image file being written), belonged to the old process.
+    COORD_FD.store(-1, Ordering::Release);
+    for s in &crate::dump::OWN_FDS {
+        s.store(-1, Ordering::Release);
+    }
+    crate::writer::reset_after_restart();
+    WRITE_BUSY.store(0, Ordering::Release);
+    if SUBREAPER.load(Ordering::Relaxed) != 0 {
+        let _ = sys::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
     }
     crate::api::on_restarted(restore::RESTARTED_FROM.load(Ordering::Relaxed));
     serve_forever();
@@ -201,6 +207,17 @@ pub(crate) fn recv(fd: i32) -> Result<FromCoord, String> {
     wire::decode(&body).map_err(|e| e.to_string())
 }
 
+/// The next message about a generation in progress (notices such as `Completed` of an
+/// earlier generation or `RequestFailed` are skipped).
+fn recv_phase(fd: i32) -> Result<FromCoord, String> {
+    loop {
+        match recv(fd)? {
+            FromCoord::Completed { .. } | FromCoord::RequestFailed { .. } => {}
+            m => return Ok(m),
+        }
+    }
+}
+
 fn read_exact(fd: i32, buf: &mut [u8]) -> Result<(), String> {
     let mut done = 0;
     while done < buf.len() {
@@ -259,11 +276,11 @@ fn session(fd: i32) -> Result<(), String> {
     }
     loop {
         match recv(fd)? {
-            FromCoord::Checkpoint { generation, dir } => {
+            FromCoord::Checkpoint { generation, dir, forked } => {
                 // Application API: hooks, critical sections (api.rs).
                 let go = crate::api::before_checkpoint(fd, generation);
                 let done = match go {
-                    Ok(true) => checkpoint(fd, generation, &dir),
+                    Ok(true) => checkpoint(fd, generation, &dir, forked),
                     Ok(false) => Ok(()),
                     Err(e) => Err(e),
                 };
@@ -280,37 +297,72 @@ fn session(fd: i32) -> Result<(), String> {
     }
 }
 
-fn checkpoint(fd: i32, generation: u64, dir: &str) -> Result<(), String> {
+/// Set while a forked writer works for a generation this process has not finished yet
+/// (futex word): a program that calls `exit()` meanwhile waits for it (see [`wait_at_exit`]).
+static WRITE_BUSY: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
+
+/// The flag holds the pid of the process it is about, so a child the program forks
+/// meanwhile (which inherits the word) never waits for a writer that is not its own.
+fn set_busy(on: bool) {
+    WRITE_BUSY.store(if on { sys::getpid() as u32 } else { 0 }, Ordering::Release);
+    if !on {
+        sys::futex_wake(&WRITE_BUSY, u32::MAX);
+    }
+}
+
+/// Called when the program exits normally (`exit()`, return from `main`): if a forked
+/// writer is still writing, let this process's part of the generation end first (bounded
+/// by the writer timeout), so that a checkpoint taken just before the end still counts.
+/// `_exit`/`exit_group` and signals do not wait: that generation then fails cleanly.
+pub fn wait_at_exit() {
+    let limit = (crate::config::get().writer_timeout_secs + 5) * 1_000_000_000;
+    let start = sys::clock_monotonic_ns();
+    let me = sys::getpid() as u32;
+    loop {
+        let v = WRITE_BUSY.load(Ordering::Acquire);
+        let spent = sys::clock_monotonic_ns() - start;
+        if v != me || spent >= limit {
+            return;
+        }
+        let _ = sys::futex_wait(&WRITE_BUSY, v, Some((limit - spent).min(100_000_000)));
+    }
+}
+
+/// Whether the program was a child subreaper at the checkpoint (restored by [`restart_main`]).
+static SUBREAPER: AtomicI32 = AtomicI32::new(0);
+
+/// One checkpoint generation, from `Checkpoint` to this process's last word on it.
+/// `forked`: the coordinator runs a forked generation (a process with `CR_FORKED=0` takes
+/// part but writes its image while stopped, in the capture phase).
+fn checkpoint(fd: i32, generation: u64, dir: &str, forked: bool) -> Result<(), String> {
     let t0 = sys::clock_monotonic_ns();
     if let Err(quiesce::SuspendError::Timeout { detail, .. }) = quiesce::suspend_all(30_000_000_000) {
         quiesce::resume_all();
         return send(fd, &ToCoord::Failed { generation, error: detail });
     }
-    // From here until resume_all, allocations go to the scratch arena.
+    // From here until resume_all, allocations go to the scratch arena: nothing allocated
+    // here may be used after resume_all (the arena is discarded).
     restore::save_process_state();
+    let mut sub: i32 = 0;
+    let _ = sys::prctl(libc::PR_GET_CHILD_SUBREAPER, &mut sub as *mut i32 as usize, 0, 0, 0);
+    SUBREAPER.store(sub, Ordering::Relaxed);
     // SAFETY: single writer (this thread), application threads stopped.
     unsafe {
         restore::SAVED.generation = generation;
     }
     set_recv_timeout(fd, 600);
-    let outcome = window(fd, generation, dir, t0);
-    quiesce::resume_all();
+    let outcome = if forked {
+        forked_generation(fd, generation, dir, t0)
+    } else {
+        stopped_generation(fd, generation, dir, t0)
+    };
     set_recv_timeout(fd, 0);
-    outcome?;
-    send(fd, &ToCoord::Reached { generation, phase: Phase::Resumed })
+    set_busy(false);
+    outcome
 }
 
-/// The part of a checkpoint during which the program is stopped. Returns once the
-/// coordinator says Resumed or Abort (also after this process reported Failed).
-fn window(fd: i32, generation: u64, dir: &str, t0: u64) -> Result<(), String> {
-    send(fd, &ToCoord::Reached { generation, phase: Phase::Suspended })?;
-    match recv(fd)? {
-        FromCoord::Proceed { phase: Phase::Written, .. } => {}
-        FromCoord::Abort { .. } => return Ok(()),
-        _ => return Err("unexpected message while suspended".to_string()),
-    }
-    let t_write = sys::clock_monotonic_ns();
-    let req = crate::dump::DumpRequest {
+fn dump_request<'a>(dir: &'a str, generation: u64, facts: &'a crate::dump::StoppedFacts) -> crate::dump::DumpRequest<'a> {
+    crate::dump::DumpRequest {
         dir,
         comp_id: COMP_ID.load(Ordering::Relaxed),
         generation,
@@ -319,14 +371,185 @@ fn window(fd: i32, generation: u64, dir: &str, t0: u64) -> Result<(), String> {
             stack_top: restore::restart_stack_top(),
         },
         compression: crate::config::get().compress,
+        facts,
+    }
+}
+
+/// Resume the program and return how long it was stopped (µs).
+fn resume(t0: u64) -> u64 {
+    quiesce::resume_all();
+    (sys::clock_monotonic_ns() - t0) / 1000
+}
+
+/// A message kept on the stack, so it survives `resume_all` (which discards the scratch
+/// arena every allocation of the stopped window lives in).
+struct StackMsg {
+    buf: [u8; 2048],
+    len: usize,
+}
+
+impl StackMsg {
+    fn new(s: &str) -> StackMsg {
+        let mut m = StackMsg { buf: [0; 2048], len: s.len().min(2048) };
+        m.buf[..m.len].copy_from_slice(&s.as_bytes()[..m.len]);
+        m
+    }
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.buf[..self.len]).into_owned()
+    }
+}
+
+/// What the capture phase produced.
+enum Captured {
+    /// A forked writer is writing the image.
+    Writer(crate::writer::Writer),
+    /// This process declined forking and wrote its image while stopped.
+    Written { bytes: u64, memory_bytes: u64, write_us: u64 },
+}
+
+/// Wait for `Proceed(want)`; `Err("")` means Abort. Decided before resuming, so no
+/// allocation of the stopped window is needed afterwards.
+fn await_proceed(fd: i32, want: Phase) -> Result<(), &'static str> {
+    match recv_phase(fd) {
+        Ok(FromCoord::Proceed { phase, .. }) if phase == want => Ok(()),
+        Ok(FromCoord::Abort { .. }) => Err(""),
+        Ok(_) => Err("unexpected message from the coordinator during a checkpoint"),
+        Err(_) => Err("lost the coordinator during a checkpoint"),
+    }
+}
+
+/// Forked generation: Suspended → (everyone stopped) capture kernel state and create the
+/// writer → Captured → (everyone captured: a consistent cut) resume at once → Resumed →
+/// Written when the writer's image is durable.
+fn forked_generation(fd: i32, generation: u64, dir: &str, t0: u64) -> Result<(), String> {
+    let aborted = |why: &'static str| -> Result<(), String> {
+        if why.is_empty() {
+            send(fd, &ToCoord::Reached { generation, phase: Phase::Resumed })
+        } else {
+            Err(why.to_string())
+        }
     };
-    match crate::dump::write_image(&req) {
+    let go = send(fd, &ToCoord::Reached { generation, phase: Phase::Suspended })
+        .map_err(|_| "lost the coordinator during a checkpoint")
+        .and_then(|()| await_proceed(fd, Phase::Captured));
+    if let Err(why) = go {
+        resume(t0);
+        return aborted(why);
+    }
+    // Every process of the computation is stopped now: pipes and other processes' state
+    // hold still while they are captured.
+    let captured = crate::dump::capture_stopped_facts(dir).and_then(|facts| {
+        let req = dump_request(dir, generation, &facts);
+        let r = if crate::config::get().forked {
+            crate::writer::spawn(&req).map(Captured::Writer)
+        } else {
+            let tw = sys::clock_monotonic_ns();
+            crate::dump::write_image(&req).map(|res| Captured::Written {
+                bytes: res.bytes,
+                memory_bytes: res.memory_bytes,
+                write_us: (sys::clock_monotonic_ns() - tw) / 1000,
+            })
+        };
+        core::mem::forget(facts);
+        r
+    });
+    let captured = match captured {
+        Ok(c) => c,
+        Err(e) => {
+            // Said while still stopped (the message lives in the scratch arena); the
+            // coordinator answers Abort.
+            let error = StackMsg::new(&e);
+            core::mem::forget(e);
+            let sent = send(fd, &ToCoord::Failed { generation, error: error.text() });
+            let end = sent.map_err(|_| "lost the coordinator during a checkpoint").and_then(|()| await_proceed(fd, Phase::Resumed));
+            resume(t0);
+            crate::writer::remove_partial_image(dir);
+            return aborted(end.err().unwrap_or(""));
+        }
+    };
+    let go = send(fd, &ToCoord::Reached { generation, phase: Phase::Captured })
+        .map_err(|_| "lost the coordinator during a checkpoint")
+        .and_then(|()| await_proceed(fd, Phase::Resumed));
+    if go.is_ok() && matches!(captured, Captured::Writer(_)) {
+        set_busy(true);
+    }
+    let downtime_us = resume(t0);
+    if let Err(why) = go {
+        if let Captured::Writer(w) = captured {
+            w.kill();
+            w.close();
+        }
+        crate::writer::remove_partial_image(dir);
+        return aborted(why);
+    }
+    send(fd, &ToCoord::Reached { generation, phase: Phase::Resumed })?;
+    let file = crust_format::manifest::image_file_name(crate::vpid::vpid());
+    let writer = match captured {
+        Captured::Written { bytes, memory_bytes, write_us } => {
+            let report = ImageReport { file, bytes, memory_bytes, downtime_us, write_us };
+            return send(fd, &ToCoord::Written { generation, report });
+        }
+        Captured::Writer(w) => w,
+    };
+    let timeout = crate::config::get().writer_timeout_secs * 1_000_000_000;
+    let outcome = writer.wait(fd, timeout, || match recv(fd)? {
+        FromCoord::Abort { .. } => Ok(true),
+        FromCoord::Completed { .. } | FromCoord::RequestFailed { .. } => Ok(false),
+        _ => Err("unexpected message while the image was being written".to_string()),
+    });
+    writer.close();
+    match outcome {
+        crate::writer::Outcome::Done(r) => {
+            let report = ImageReport { file: r.file, bytes: r.bytes, memory_bytes: r.memory_bytes, downtime_us, write_us: r.write_us };
+            send(fd, &ToCoord::Written { generation, report })
+        }
+        crate::writer::Outcome::Failed(error) => {
+            crate::writer::remove_partial_image(dir);
+            send(fd, &ToCoord::Failed { generation, error })
+        }
+        crate::writer::Outcome::Aborted => {
+            crate::writer::remove_partial_image(dir);
+            Ok(())
+        }
+    }
+}
+
+/// Wait for the coordinator's last word on the generation (Proceed(Resumed) or Abort).
+fn until_end(fd: i32) -> Result<(), String> {
+    match recv_phase(fd)? {
+        FromCoord::Proceed { phase: Phase::Resumed, .. } | FromCoord::Abort { .. } => Ok(()),
+        _ => Err("unexpected message while writing".to_string()),
+    }
+}
+
+/// Stop-the-world generation: the image is written while the program is stopped; it
+/// resumes on Proceed(Resumed) (or Abort), then tells the coordinator its exact downtime.
+fn stopped_generation(fd: i32, generation: u64, dir: &str, t0: u64) -> Result<(), String> {
+    let outcome = stopped_window(fd, generation, dir, t0);
+    let downtime_us = resume(t0);
+    outcome?;
+    send(fd, &ToCoord::Downtime { generation, downtime_us })?;
+    send(fd, &ToCoord::Reached { generation, phase: Phase::Resumed })
+}
+
+/// The part of a stop-the-world checkpoint during which the program is stopped. Returns
+/// once the coordinator says Resumed or Abort (also after this process reported Failed).
+fn stopped_window(fd: i32, generation: u64, dir: &str, t0: u64) -> Result<(), String> {
+    send(fd, &ToCoord::Reached { generation, phase: Phase::Suspended })?;
+    match recv_phase(fd)? {
+        FromCoord::Proceed { phase: Phase::Written, .. } => {}
+        FromCoord::Abort { .. } => return Ok(()),
+        _ => return Err("unexpected message while suspended".to_string()),
+    }
+    let t_write = sys::clock_monotonic_ns();
+    match crate::dump::capture_stopped_facts(dir).and_then(|facts| crate::dump::write_image(&dump_request(dir, generation, &facts))) {
         Ok(res) => {
             let now = sys::clock_monotonic_ns();
             let report = ImageReport {
                 file: res.file_name.clone(),
                 bytes: res.bytes,
                 memory_bytes: res.memory_bytes,
+                // Until now; the exact value follows in Downtime once resumed.
                 downtime_us: (now - t0) / 1000,
                 write_us: (now - t_write) / 1000,
             };
@@ -336,8 +559,5 @@ fn window(fd: i32, generation: u64, dir: &str, t0: u64) -> Result<(), String> {
             send(fd, &ToCoord::Failed { generation, error: e })?;
         }
     }
-    match recv(fd)? {
-        FromCoord::Proceed { phase: Phase::Resumed, .. } | FromCoord::Abort { .. } => Ok(()),
-        _ => Err("unexpected message while writing".to_string()),
-    }
+    until_end(fd)
 }

@@ -8,6 +8,9 @@
 //! | CR_DISABLE | `1`: load but do nothing                              | unset            |
 //! | CR_TOKEN   | shared secret presented to the coordinator            | unset            |
 //! | CR_COMPRESS| page data compression: none, zstd, lz4                | none             |
+//! | CR_FORKED  | `0`: write images stop-the-world, not from a forked copy | forked        |
+//! | CR_WRITER_TIMEOUT | seconds a forked writer may take before it is killed | 600          |
+//! | CR_TEST_WRITER_PAUSE | tests only: DIR; while DIR/arm exists a forked writer writes its pid to DIR/writer.pid and waits to be killed | unset |
 //!
 //! Per-process variables, set by the preload itself across `exec` and removed from the
 //! environment at load (the program never sees them; see `wrap_proc.rs`):
@@ -38,6 +41,10 @@ pub struct Config {
     pub inherited_vpid: i32,
     pub inherited_vpids: Vec<u8>,
     pub notify_fd: i32,
+    /// Forked (copy-on-write) writing allowed (the coordinator must ask for it too).
+    pub forked: bool,
+    pub writer_timeout_secs: u64,
+    pub test_writer_pause: Option<String>,
 }
 
 /// Variables that belong to one process only: never copied into an exec'd program's
@@ -67,6 +74,9 @@ pub unsafe fn load(argc: i32, argv: *const *const u8, envp: *const *const u8) {
         inherited_vpid: 0,
         inherited_vpids: Vec::new(),
         notify_fd: -1,
+        forked: true,
+        writer_timeout_secs: 600,
+        test_writer_pause: None,
     };
     // SAFETY: the loader passes valid C string arrays (argv has argc entries).
     unsafe {
@@ -106,6 +116,16 @@ pub unsafe fn load(argc: i32, argv: *const *const u8, envp: *const *const u8) {
             } else if let Some(v) = kv.strip_prefix(b"CR_COMPRESS=") {
                 if let Some(k) = core::str::from_utf8(v).ok().and_then(crust_format::image::Compression::parse) {
                     c.compress = k;
+                }
+            } else if let Some(v) = kv.strip_prefix(b"CR_FORKED=") {
+                c.forked = v != b"0";
+            } else if let Some(v) = kv.strip_prefix(b"CR_WRITER_TIMEOUT=") {
+                if let Some(n) = core::str::from_utf8(v).ok().and_then(|s| s.parse::<u64>().ok()) {
+                    c.writer_timeout_secs = n.clamp(1, 1 << 30);
+                }
+            } else if let Some(v) = kv.strip_prefix(b"CR_TEST_WRITER_PAUSE=") {
+                if !v.is_empty() {
+                    c.test_writer_pause = Some(String::from_utf8_lossy(v).into_owned());
                 }
             } else if kv == b"CR_DISABLE=1" {
                 c.disabled = true;

@@ -21,7 +21,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use crust_format::codec::Encoder;
 use crust_format::image::{
     max_compressed_len, Chunk, Compression, FdKind, FdRecord, FileIdentity, Header, ImageMeta, MmInfo, PageRun,
-    Region, RegionKind, RestartEntry, Rlimit, SharedMap, ThreadRecord, CHUNK_SIZE, HEADER_SIZE, PAGE_SIZE, VERSION,
+    Region, RegionKind, RestartEntry, Rlimit, SharedMap, ThreadRecord, TreeInfo, CHUNK_SIZE, HEADER_SIZE, PAGE_SIZE, VERSION,
 };
 use std::format;
 use std::string::{String, ToString};
@@ -542,6 +542,34 @@ fn umask_now() -> u32 {
     procfs::status_value(&procfs::read_string(b"/proc/self/status"), "Umask:", 8).map_or(0o022, |v| v as u32)
 }
 
+/// What only the process itself can tell, read while its threads are stopped: a forked
+/// writer is another process (its own pid and parent, the checkpoint thread's name, no
+/// children) and shares the program's open file descriptions, whose offsets and pipe
+/// contents move on as soon as the program resumes.
+pub struct StoppedFacts {
+    pub real_pid: i32,
+    pub vppid: i32,
+    pub comm: String,
+    pub fds: Vec<FdRecord>,
+    /// The process-tree part (children, shared fds, ids) without `shared_maps`, which the
+    /// memory walk adds.
+    pub tree: TreeInfo,
+}
+
+/// Capture [`StoppedFacts`]. Every process of the computation must be stopped (pipe
+/// contents are copied, by one claimant per pipe in `dir`).
+pub fn capture_stopped_facts(dir: &str) -> Result<StoppedFacts, String> {
+    let fds = describe_fds(dir)?;
+    let tree = crate::tree::describe(&fds, Vec::new());
+    Ok(StoppedFacts {
+        real_pid: sys::getpid(),
+        vppid: crate::vpid::to_virtual(sys::getppid()),
+        comm: procfs::read_string(b"/proc/self/comm").trim_end().to_string(),
+        fds,
+        tree,
+    })
+}
+
 /// Everything a dump needs to know from the caller.
 pub struct DumpRequest<'a> {
     pub dir: &'a str,
@@ -550,9 +578,12 @@ pub struct DumpRequest<'a> {
     pub restart: RestartEntry,
     /// How to store page data.
     pub compression: Compression,
+    pub facts: &'a StoppedFacts,
 }
 
-/// Write this process's image into `req.dir`. Threads must be stopped.
+/// Write the image of this address space into `req.dir`: either the stopped process
+/// itself, or its forked copy-on-write writer (`writer.rs`), which sees the memory as it
+/// was when the threads were stopped. Uses only raw system calls and the scratch arena.
 pub fn write_image(req: &DumpRequest) -> Result<DumpResult, String> {
     let vpid = crate::vpid::vpid();
     let file_name = crust_format::manifest::image_file_name(vpid);
@@ -607,7 +638,7 @@ fn write_into(fd: i32, req: &DumpRequest, vpid: i32) -> Result<(u64, u64), Strin
     }
     let mut scanner = PageScanner::open().map_err(|e| format!("open /proc/self/pagemap: errno {e}"))?;
     add_own_fd(scanner.fd());
-    let fds = describe_fds(req.dir)?;
+    let fds = req.facts.fds.clone();
     let mut shared_maps = Vec::new();
     let mm = mm_info();
     let volatile_at = volatile_addresses();
@@ -670,7 +701,7 @@ fn write_into(fd: i32, req: &DumpRequest, vpid: i32) -> Result<(u64, u64), Strin
         .map(|s| ThreadRecord {
             vtid: crate::vpid::to_virtual(s.real_tid),
             real_tid: s.real_tid,
-            is_main: s.real_tid == sys::getpid(),
+            is_main: s.real_tid == req.facts.real_pid,
             ucontext: s.ucontext,
             fs_base: s.fs_base,
             clear_tid_addr: s.clear_tid_addr,
@@ -687,21 +718,22 @@ fn write_into(fd: i32, req: &DumpRequest, vpid: i32) -> Result<(u64, u64), Strin
     if !threads.iter().any(|t| t.is_main) {
         return Err("the main thread is not running (it called pthread_exit?); such processes cannot be checkpointed yet".to_string());
     }
-    let tree = crate::tree::describe(&fds, shared_maps);
+    let mut tree = req.facts.tree.clone();
+    tree.shared_maps = shared_maps;
     let cfg = crate::config::get();
     let (hostname, release) = uname();
     let meta = ImageMeta {
         comp_id: req.comp_id,
         generation: req.generation,
         vpid,
-        vppid: crate::vpid::to_virtual(sys::getppid()),
-        real_pid: sys::getpid(),
+        vppid: req.facts.vppid,
+        real_pid: req.facts.real_pid,
         hostname,
         kernel_release: release,
         xcr0: xcr0(),
         program: cfg.program.clone(),
         args: cfg.args.clone(),
-        comm: procfs::read_string(b"/proc/self/comm").trim_end().to_string(),
+        comm: req.facts.comm.clone(),
         exe: procfs::readlink_string(b"/proc/self/exe"),
         cwd: procfs::readlink_string(b"/proc/self/cwd"),
         umask: umask_now(),

@@ -12,6 +12,7 @@
 //! * [`procfs`]: reading /proc/self (maps, pagemap, stat, fds).
 //! * [`dump`]: writing the image; [`pagescan`]: which pages hold data (PAGEMAP_SCAN).
 //! * [`tree`]: the process-tree part of the image (children, zombies, shared fds, pipe bytes).
+//! * [`writer`]: the forked copy-on-write writer that runs `dump` while the program runs on.
 //! * [`ckpt_thread`]: the checkpoint thread and its coordinator connection.
 //! * [`restore`]: what runs after the restorer has put memory back: threads, signals, timers.
 //! * [`wrappers`]: the libc functions we interpose.
@@ -37,6 +38,7 @@ pub mod vpid;
 pub mod wrap_pids;
 pub mod wrap_proc;
 pub mod wrappers;
+pub mod writer;
 
 #[global_allocator]
 static GLOBAL: heap::PreloadAlloc = heap::PreloadAlloc;
@@ -80,3 +82,15 @@ extern "C" fn init(argc: i32, argv: *const *const u8, envp: *const *const u8) {
 #[used]
 #[unsafe(link_section = ".init_array")]
 static INIT_ARRAY: extern "C" fn(i32, *const *const u8, *const *const u8) = init;
+
+/// Runs when the program exits normally: a forked image writer still at work for this
+/// process gets to finish first (bounded), so the generation can complete.
+extern "C" fn fini() {
+    if INITIALIZED.load(Ordering::Relaxed) && !config::get().disabled {
+        ckpt_thread::wait_at_exit();
+    }
+}
+
+#[used]
+#[unsafe(link_section = ".fini_array")]
+static FINI_ARRAY: extern "C" fn() = fini;

@@ -503,7 +503,9 @@ pub struct LaunchOpts {
     /// `ckpt_dir_env`, or, when that is None, no `CR_CKPT_DIR` at all (its cwd).
     pub flags: bool,
     pub ckpt_dir_env: Option<PathBuf>,
-    /// More crlaunch options (before the `--`).
+    /// More crlaunch options (before the `--`), e.g. `--no-forked` ([`LaunchOpts::no_forked`]).
+    /// Env `CRUST_TEST_NO_FORKED=1` adds `--no-forked` to every launch, to run the whole
+    /// suite in stop-the-world mode.
     pub extra: Vec<String>,
 }
 
@@ -541,6 +543,11 @@ impl LaunchOpts {
     /// An extra crlaunch option.
     pub fn arg(mut self, a: &str) -> LaunchOpts {
         self.extra.push(a.to_string());
+        self
+    }
+    /// `--no-forked` (stop-the-world writing).
+    pub fn no_forked(mut self) -> LaunchOpts {
+        self.extra.push("--no-forked".into());
         self
     }
 }
@@ -762,6 +769,10 @@ impl Session {
 
     /// Environment every process of this session gets.
     fn base_env(&self, cmd: &mut Command) {
+        if suite_no_forked() {
+            // Coordinators started by crrestart too.
+            cmd.env("CR_FORKED", "0");
+        }
         cmd.env("CRUST_TEST_TAG", &self.tag)
             .env("CR_COORD", self.coord())
             .env("CR_CKPT_DIR", &self.ckpt_dir)
@@ -863,6 +874,9 @@ impl Session {
             cmd.arg("--signal").arg(s);
         }
         cmd.args(&opts.extra);
+        if suite_no_forked() && !opts.extra.iter().any(|a| a == "--no-forked") {
+            cmd.arg("--no-forked");
+        }
         cmd.arg("--").arg(&prog.exe).args(&prog.args).current_dir(&self.work_dir);
         self.base_env(&mut cmd);
         if !opts.flags {
@@ -1579,6 +1593,11 @@ pub fn inode(p: &Path) -> u64 {
     fs::metadata(p).map(|m| m.ino()).unwrap_or_else(|e| panic!("stat {}: {e}", p.display()))
 }
 
+/// `CRUST_TEST_NO_FORKED=1`: run every launch with `--no-forked` (stop-the-world writing).
+pub fn suite_no_forked() -> bool {
+    std::env::var_os("CRUST_TEST_NO_FORKED").is_some_and(|v| v == "1")
+}
+
 /// The probes, as the tests run them.
 pub mod probe {
     use super::Program;
@@ -1607,6 +1626,16 @@ pub mod probe {
             .arg("\u{fc}n\u{ef}code \u{2713}")
             .env("PROBE_INPUT", "hello world")
             .env("PROBE_REMOVED", "set by the test, unset by the probe")
+    }
+    /// Worker threads rewriting a large buffer without pause, each checking at the end
+    /// that its slice matches the running sum it kept (`tests/probes/dirty.c`).
+    pub fn dirty() -> Program {
+        Program::c("dirty")
+    }
+    /// Counts SIGCHLDs and polls wait()/children while being checkpointed
+    /// (`tests/probes/childwatch.c`).
+    pub fn childwatch() -> Program {
+        Program::c("childwatch")
     }
     /// The Rust probe; pass `env!("CARGO_BIN_EXE_rust_probe")`.
     pub fn rust(exe: &str) -> Program {

@@ -52,6 +52,10 @@ struct Args {
     /// A checkpoint generation that takes longer than this many seconds fails.
     #[arg(long, value_name = "SECS", default_value_t = 600)]
     generation_timeout: u64,
+    /// Write images stop-the-world (the program stays stopped while its image is
+    /// written) instead of from a forked copy-on-write copy. Env CR_FORKED=0 does the same.
+    #[arg(long)]
+    no_forked: bool,
     /// More log output (-v info, -vv debug, -vvv trace); env CR_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -97,6 +101,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             args.bind
         );
     }
+    cfg.forked = !args.no_forked && !matches!(std::env::var_os("CR_FORKED"), Some(v) if v == "0");
 
     let host = if args.bind.contains(':') && !args.bind.starts_with('[') {
         format!("[{}]", args.bind)
@@ -112,6 +117,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         keep = ?cfg.keep,
         token = cfg.token.is_some(),
         exit_when_idle = cfg.exit_when_idle,
+        forked = cfg.forked,
         "crcoord listening"
     );
     if let Some(fd) = args.ready_fd {

@@ -191,12 +191,14 @@ fn summary_line(s: &GenerationSummary) -> String {
 }
 
 fn process_table(ps: &[ProcessInfo]) -> String {
-    let mut o = format!("{:>8} {:>8} {:>8} {:<11} {:<16} PROGRAM\n", "VPID", "PID", "VPPID", "STATE", "HOST");
+    let mut o =
+        format!("{:>8} {:>8} {:>8} {:<11} {:<16} {:>10} PROGRAM\n", "VPID", "PID", "VPPID", "STATE", "HOST", "DOWNTIME");
     for p in ps {
         let restored = p.restored_from.map_or(String::new(), |g| format!("  (restarted from generation {g})"));
+        let down = p.downtime_us.map_or("-".to_string(), |d| format!("{:.1} ms", d as f64 / 1000.0));
         o += &format!(
-            "{:>8} {:>8} {:>8} {:<11} {:<16} {}{restored}\n",
-            p.vpid, p.real_pid, p.vppid, p.state, p.hostname, p.program
+            "{:>8} {:>8} {:>8} {:<11} {:<16} {:>10} {}{restored}\n",
+            p.vpid, p.real_pid, p.vppid, p.state, p.hostname, down, p.program
         );
     }
     o

@@ -38,6 +38,10 @@ struct Args {
     /// with --compress overrides it).
     #[arg(long, env = "CR_COMPRESS", value_name = "none|zstd|lz4")]
     compress: Option<String>,
+    /// Write checkpoint images stop-the-world instead of from a forked copy-on-write copy
+    /// (sets CR_FORKED=0 for the program and for a coordinator crlaunch starts).
+    #[arg(long)]
+    no_forked: bool,
     /// Do not start a coordinator when none answers.
     #[arg(long)]
     no_coord_start: bool,
@@ -84,6 +88,10 @@ fn main() {
     let resolved = resolve_program(program).unwrap_or_else(|e| die(2, e));
     check_program(&resolved, &shown).unwrap_or_else(|e| die(2, e));
     let preload = preload_library_path().unwrap_or_else(|e| die(2, e));
+    if args.no_forked {
+        // Inherited by the coordinator started below and by the program.
+        std::env::set_var("CR_FORKED", "0");
+    }
 
     if args.no_coord_start {
         if args.interval.is_some() || args.keep.is_some() {
