@@ -70,7 +70,7 @@ pub fn start() {
 
 fn unblock_glibc_internal_signals() {
     // SIGCANCEL (32) and SIGSETXID (33): glibc's setuid() broadcast waits for every thread.
-    sys::sigprocmask(libc::SIG_SETMASK, Some(!0u64 & !(1u64 << 31) & !(1u64 << 32)));
+    sys::sigprocmask(libc::SIG_SETMASK, Some(!(1u64 << 31) & !(1u64 << 32)));
 }
 
 extern "C" fn thread_main(_: *mut libc::c_void) -> *mut libc::c_void {
