@@ -12,6 +12,7 @@
 
 pub mod client;
 pub mod core;
+pub mod progress;
 pub mod server;
 
 use crust_format::wire;

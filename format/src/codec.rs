@@ -23,14 +23,20 @@ pub const ZSTD_LEVEL: i32 = -1;
 pub struct Encoder {
     kind: Compression,
     cctx: *mut zstd_sys::ZSTD_CCtx,
+    level: i32,
 }
 
 impl Encoder {
     /// Bytes of workspace a zstd encoder needs (0 for the other kinds).
     pub fn workspace_len(kind: Compression) -> usize {
+        Self::workspace_len_at(kind, ZSTD_LEVEL)
+    }
+
+    /// [`Encoder::workspace_len`] for another zstd level (benchmarks).
+    pub fn workspace_len_at(kind: Compression, level: i32) -> usize {
         match kind {
             // SAFETY: a pure computation.
-            Compression::Zstd => unsafe { zstd_sys::ZSTD_estimateCCtxSize(ZSTD_LEVEL) },
+            Compression::Zstd => unsafe { zstd_sys::ZSTD_estimateCCtxSize(level) },
             _ => 0,
         }
     }
@@ -42,6 +48,16 @@ impl Encoder {
     /// `workspace` must be valid for reads and writes of `len` bytes, used by nothing else,
     /// for as long as the encoder is used.
     pub unsafe fn in_workspace(kind: Compression, workspace: *mut u8, len: usize) -> Option<Encoder> {
+        // SAFETY: forwarded from the caller.
+        unsafe { Self::in_workspace_at(kind, ZSTD_LEVEL, workspace, len) }
+    }
+
+    /// [`Encoder::in_workspace`] at another zstd level (benchmarks; the workspace must be
+    /// [`Encoder::workspace_len_at`] that level).
+    ///
+    /// # Safety
+    /// As for [`Encoder::in_workspace`].
+    pub unsafe fn in_workspace_at(kind: Compression, level: i32, workspace: *mut u8, len: usize) -> Option<Encoder> {
         let cctx = match kind {
             Compression::Zstd => {
                 // SAFETY: forwarded from the caller; zstd only uses the given memory.
@@ -53,7 +69,7 @@ impl Encoder {
             }
             _ => core::ptr::null_mut(),
         };
-        Some(Encoder { kind, cctx })
+        Some(Encoder { kind, cctx, level })
     }
 
     /// Compress `src` into `dst` (at least [`crate::image::max_compressed_len`] of
@@ -73,7 +89,7 @@ impl Encoder {
                         dst.len(),
                         src.as_ptr().cast(),
                         src.len(),
-                        ZSTD_LEVEL,
+                        self.level,
                     )
                 };
                 // SAFETY: a pure check of a return code.

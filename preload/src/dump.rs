@@ -31,6 +31,10 @@ use std::vec::Vec;
 const MAX_RUN: u64 = 1 << 30;
 /// Most iovecs per pwritev (IOV_MAX).
 const MAX_IOV: usize = 1024;
+/// Page data is handed to the kernel in pieces of this size, and the disk starts writing
+/// each piece back at once (sync_file_range), while the next one is copied: the final
+/// fsync then has little left to wait for.
+const WRITEBACK_STEP: u64 = 64 << 20;
 
 /// Device and inode of the image (or unpacked page memfd) this process was restarted
 /// from: crust-restorer maps page runs straight from it, so at the next checkpoint such
@@ -236,6 +240,8 @@ struct PageWriter {
     stage_len: usize,
     cbuf: Vec<u8>,
     chunks: Vec<Chunk>,
+    /// File offset up to which writeback was started.
+    kicked: u64,
 }
 
 impl PageWriter {
@@ -254,6 +260,7 @@ impl PageWriter {
             stage_len: 0,
             cbuf: Vec::new(),
             chunks: Vec::new(),
+            kicked: 0,
         };
         if compression != Compression::None {
             // Memory reserved here, from the preload's own allocator: the codec itself
@@ -303,13 +310,29 @@ impl PageWriter {
         // while the image is written (the program's threads are stopped).
         let data = unsafe { core::slice::from_raw_parts(run.addr as *const u8, run.len as usize) };
         run.crc = crc32c::crc32c(data);
-        if self.iov.len() == MAX_IOV {
-            self.flush()?;
+        let mut done = 0u64;
+        while done < run.len {
+            let n = (run.len - done).min(WRITEBACK_STEP - self.iov_bytes);
+            self.iov.push(libc::iovec { iov_base: (run.addr + done) as *mut libc::c_void, iov_len: n as usize });
+            self.iov_bytes += n;
+            self.file_off += n;
+            done += n;
+            if self.iov.len() == MAX_IOV || self.iov_bytes >= WRITEBACK_STEP {
+                self.flush()?;
+            }
         }
-        self.iov.push(libc::iovec { iov_base: run.addr as *mut libc::c_void, iov_len: run.len as usize });
-        self.iov_bytes += run.len;
-        self.file_off += run.len;
         Ok(())
+    }
+
+    /// Start writing back what was handed to the kernel so far, once a step's worth.
+    fn kick_writeback(&mut self) {
+        if self.file_off - self.kicked >= WRITEBACK_STEP {
+            // SAFETY: no memory arguments; SYNC_FILE_RANGE_WRITE only starts I/O.
+            unsafe {
+                sys::sc!(libc::SYS_sync_file_range, self.fd, self.kicked, self.file_off - self.kicked, libc::SYNC_FILE_RANGE_WRITE);
+            }
+            self.kicked = self.file_off;
+        }
     }
 
     /// Make sure every byte given so far has left the process's memory.
@@ -354,6 +377,7 @@ impl PageWriter {
         self.iov.clear();
         self.iov_bytes = 0;
         self.iov_off = self.file_off;
+        self.kick_writeback();
         Ok(())
     }
 
@@ -393,6 +417,7 @@ impl PageWriter {
         self.chunks.push(Chunk { offset: self.file_off, clen: stored.len() as u32, ulen: self.stage_len as u32, crc });
         self.file_off += stored.len() as u64;
         self.stage_len = 0;
+        self.kick_writeback();
         Ok(())
     }
 

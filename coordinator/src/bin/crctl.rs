@@ -71,7 +71,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let mut ctl = match Control::connect_with_token(&args.coord, CONNECT_TIMEOUT, token) {
+    let mut ctl = match Control::connect_with_token(&args.coord, CONNECT_TIMEOUT, token.clone()) {
         Ok(c) => c,
         Err(Error::Connect { addr, source }) => {
             eprintln!("crctl: no coordinator at {addr}: {source}");
@@ -95,7 +95,18 @@ fn main() -> ExitCode {
         Cmd::Interval { secs } => (Command::Interval { secs: *secs }, Some(REPLY_TIMEOUT)),
         Cmd::Keep { n } => (Command::Keep { keep: *n }, Some(REPLY_TIMEOUT)),
     };
-    let reply = match ctl.command(cmd, timeout) {
+    // A waiting checkpoint shows its progress on stderr (a bar on a terminal).
+    let watch = match &args.cmd {
+        Cmd::Checkpoint { wait, kill } if *wait || *kill => {
+            Some(crust_coordinator::progress::Watch::start(&args.coord, token))
+        }
+        _ => None,
+    };
+    let reply = ctl.command(cmd, timeout);
+    if let Some(w) = watch {
+        w.finish();
+    }
+    let reply = match reply {
         Ok(r) => r,
         Err(e) => {
             eprintln!("crctl: {e}");

@@ -1,0 +1,125 @@
+//! Compression rate of the image codecs on one core, on data like process memory.
+//!
+//! `cargo run --release -p crust-format --example codec_bench [MIB]` (bench/run.sh runs it).
+//! Each data set is compressed in 1 MiB chunks exactly as the checkpoint writer does (zstd
+//! in a static context), then decompressed; prints MB/s of input per core and the ratio.
+
+use crust_format::codec::{Decoder, Encoder};
+use crust_format::image::{max_compressed_len, Compression, CHUNK_SIZE};
+use std::time::Instant;
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+const WORDS: &[&str] = &[
+    "checkpoint", "restart", "memory", "the", "of", "process", "and", "page", "image", "kernel", "a", "thread",
+    "signal", "to", "is", "compute", "simulation", "step", "energy", "grid", "value", "in", "for", "with",
+];
+
+fn text(r: &mut Rng, out: &mut Vec<u8>, n: usize) {
+    let end = out.len() + n;
+    while out.len() < end {
+        out.extend_from_slice(WORDS[(r.next() % WORDS.len() as u64) as usize].as_bytes());
+        out.push(if r.next() % 11 == 0 { b'\n' } else { b' ' });
+    }
+    out.truncate(end);
+}
+fn random(r: &mut Rng, out: &mut Vec<u8>, n: usize) {
+    let end = out.len() + n;
+    while out.len() < end {
+        out.extend_from_slice(&r.next().to_le_bytes());
+    }
+    out.truncate(end);
+}
+fn numbers(r: &mut Rng, out: &mut Vec<u8>, n: usize) {
+    let end = out.len() + n;
+    let mut x = 1.0f64;
+    while out.len() < end {
+        x += 0.001 * (r.next() % 1000) as f64;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(end);
+}
+fn sparse(r: &mut Rng, out: &mut Vec<u8>, n: usize) {
+    // Pages with 512 bytes of data and zeros after (all-zero pages never reach the codec).
+    let end = out.len() + n;
+    while out.len() < end {
+        text(r, out, 512);
+        out.resize(out.len() + 4096 - 512, 0);
+    }
+    out.truncate(end);
+}
+
+fn dataset(kind: &str, mib: usize) -> Vec<u8> {
+    let mut r = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut v = Vec::with_capacity(mib << 20);
+    for i in 0..mib {
+        match kind {
+            "text" => text(&mut r, &mut v, 1 << 20),
+            "random" => random(&mut r, &mut v, 1 << 20),
+            "numbers" => numbers(&mut r, &mut v, 1 << 20),
+            _ => match i % 4 {
+                0 => text(&mut r, &mut v, 1 << 20),
+                1 => random(&mut r, &mut v, 1 << 20),
+                2 => numbers(&mut r, &mut v, 1 << 20),
+                _ => sparse(&mut r, &mut v, 1 << 20),
+            },
+        }
+    }
+    v
+}
+
+fn run(kind: Compression, level: i32, data: &[u8]) -> (f64, f64, f64) {
+    let ws_len = Encoder::workspace_len_at(kind, level);
+    let mut ws = vec![0u64; ws_len / 8 + 1];
+    // SAFETY: the workspace outlives the encoder and nothing else uses it.
+    let mut enc = unsafe { Encoder::in_workspace_at(kind, level, ws.as_mut_ptr().cast(), ws.len() * 8) }.expect("encoder");
+    let mut out = vec![0u8; max_compressed_len(CHUNK_SIZE)];
+    let mut chunks: Vec<Vec<u8>> = Vec::new();
+    let t = Instant::now();
+    let mut stored = 0usize;
+    for c in data.chunks(CHUNK_SIZE) {
+        let n = enc.compress(c, &mut out).expect("compress");
+        let s = if n >= c.len() { c } else { &out[..n] };
+        stored += s.len();
+        chunks.push(s.to_vec());
+    }
+    let ct = t.elapsed().as_secs_f64();
+    let mut dec = Decoder::new(kind).expect("decoder");
+    let mut back = vec![0u8; CHUNK_SIZE];
+    let t = Instant::now();
+    for (c, orig) in chunks.iter().zip(data.chunks(CHUNK_SIZE)) {
+        dec.decompress(c, &mut back[..orig.len()]).expect("decompress");
+    }
+    let dt = t.elapsed().as_secs_f64();
+    let mb = data.len() as f64 / 1e6;
+    (mb / ct, mb / dt, data.len() as f64 / stored as f64)
+}
+
+fn main() {
+    let mib: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(64);
+    println!("{:<8} {:<10} {:>12} {:>14} {:>7}", "data", "codec", "compress", "decompress", "ratio");
+    for set in ["mixed", "text", "numbers", "random"] {
+        let data = dataset(set, mib);
+        let mut cases: Vec<(String, Compression, i32)> = vec![("lz4".into(), Compression::Lz4, 0)];
+        for l in [-5, -3, -1, 1, 3] {
+            cases.push((format!("zstd {l}"), Compression::Zstd, l));
+        }
+        for (name, kind, level) in cases {
+            // Best of 3 (the machine is shared).
+            let mut best = (0.0f64, 0.0f64, 0.0f64);
+            for _ in 0..3 {
+                let r = run(kind, level, &data);
+                best = (best.0.max(r.0), best.1.max(r.1), r.2);
+            }
+            println!("{:<8} {:<10} {:>7.0} MB/s {:>9.0} MB/s {:>6.2}x", set, name, best.0, best.1, best.2);
+        }
+    }
+}
