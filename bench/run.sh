@@ -28,7 +28,7 @@ done
 if [ "$full" = 1 ]; then sizes="1024 4096"; else sizes="256"; fi
 
 echo "== building (release)" >&2
-(cd "$root" && cargo build --release --workspace --bins --quiet && cargo build --release -p crust-format --example codec_bench --quiet)
+(cd "$root" && cargo build --release --workspace --quiet && cargo build --release -p crust-format --example codec_bench --quiet)
 bin="$root/target/release"
 mkdir -p "$work"
 work="$(cd "$work" && pwd)"
@@ -86,7 +86,7 @@ for mib in $sizes; do
         w_ns=(); d_ns=(); mapped=(); mapped_touch=(); eager=(); eager_touch=(); ddr=(); ddr_cold=()
         for rep in $(seq "$reps"); do
             d="$work/hog"; rm -rf "$d" "$work/ckpt"; mkdir -p "$d"
-            "$bin/crlaunch" $stw_flag -- "$work/memhog" "$mib" "$kind" "$d" >/dev/null 2>"$work/memhog.err" &
+            "$bin/crlaunch" --ckpt-dir "$work/ckpt" $stw_flag -- "$work/memhog" "$mib" "$kind" "$d" >/dev/null 2>"$work/memhog.err" &
             prog_pid=$!
             wait_file "$d/ready"
             for _ in $(seq 500); do [ "$("$bin/crctl" status --json 2>/dev/null | grep -c '"vpid"')" -ge 1 ] && break; sleep 0.02; done
@@ -144,7 +144,7 @@ for c in zstd lz4; do
     ts=(); sz=0
     for rep in $(seq "$reps"); do
         d="$work/hog"; rm -rf "$d" "$work/ckpt"; mkdir -p "$d"
-        "$bin/crlaunch" $stw_flag --compress "$c" -- "$work/memhog" "$mib" mixed "$d" >/dev/null 2>>"$work/memhog.err" &
+        "$bin/crlaunch" --ckpt-dir "$work/ckpt" $stw_flag --compress "$c" -- "$work/memhog" "$mib" mixed "$d" >/dev/null 2>>"$work/memhog.err" &
         prog_pid=$!
         wait_file "$d/ready"
         for _ in $(seq 500); do [ "$("$bin/crctl" status --json 2>/dev/null | grep -c '"vpid"')" -ge 1 ] && break; sleep 0.02; done
@@ -170,7 +170,7 @@ bench_prog() { # name args... -> median of reps, plain and under crlaunch (print
     local a=() b=()
     for rep in $(seq "$reps"); do
         a+=($("$@" 2>/dev/null))
-        b+=($("$bin/crlaunch" -- "$@" 2>/dev/null))
+        b+=($("$bin/crlaunch" --ckpt-dir "$work/ckpt" -- "$@" 2>/dev/null))
     done
     echo "$(printf '%s\n' "${a[@]}" | median) $(printf '%s\n' "${b[@]}" | median) $(printf '%s\n' "${a[@]}" | spread) $(printf '%s\n' "${b[@]}" | spread)"
 }
@@ -187,7 +187,7 @@ row "  spread" "$sc" "$sp" ""
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 pss_kb() { awk '/^Pss:/ {print $2}' "/proc/$1/smaps_rollup" 2>/dev/null || echo 0; }
 "$work/idle" & p1=$!
-"$bin/crlaunch" -- "$work/idle" & p2=$!
+"$bin/crlaunch" --ckpt-dir "$work/ckpt" -- "$work/idle" & p2=$!
 for _ in $(seq 500); do [ "$("$bin/crctl" status --json 2>/dev/null | grep -c '"vpid"')" -ge 1 ] && break; sleep 0.02; done
 sleep 0.3
 row "resident memory of a process, KiB (RSS; crust vs plain)" "$(rss_kb $p2)" "$(rss_kb $p1)" "+$(( $(rss_kb $p2) - $(rss_kb $p1) ))"
@@ -197,7 +197,7 @@ stop_coord
 start_coord
 c0=$(rss_kb "$coord_pid"); pids=()
 n=50
-for i in $(seq $n); do "$bin/crlaunch" -- "$work/idle" & pids+=($!); done
+for i in $(seq $n); do "$bin/crlaunch" --ckpt-dir "$work/ckpt" -- "$work/idle" & pids+=($!); done
 for _ in $(seq 1000); do [ "$("$bin/crctl" status --json 2>/dev/null | grep -c '"vpid"')" -ge $n ] && break; sleep 0.05; done
 sleep 0.3
 c1=$(rss_kb "$coord_pid")

@@ -432,20 +432,39 @@ impl PageWriter {
     }
 }
 
-/// A static in the preload's initialized data (.data), which changes while we write.
+/// A static in the preload's initialized data (.data).
 static DATA_MARKER: AtomicU64 = AtomicU64::new(1);
-/// A static in the preload's zero-initialized data (.bss), which changes while we write.
-static BSS_MARKER: AtomicU64 = AtomicU64::new(0);
 
-/// Addresses inside memory that changes while the image is being written: our stack, and
-/// the preload's own statics (the scratch allocator's bump pointer, fd bookkeeping).
-/// Pages of the mappings that hold them are copied before they are checksummed and
-/// written, so the checksum describes exactly the bytes in the file.
-fn volatile_addresses() -> [u64; 3] {
+/// Which mappings hold memory that changes while the image is being written: our stack,
+/// and the preload's own writable data (the scratch allocator's bump pointer, fd
+/// bookkeeping...): the read-write mapping of the library that holds its statics and the
+/// anonymous mapping right after it (the rest of .bss). Their pages are copied before they
+/// are checksummed and written, so the checksum describes exactly the bytes in the file.
+fn volatile_mappings(maps: &[Vma]) -> Vec<bool> {
     let sp: u64;
     // SAFETY: reads a register.
     unsafe { core::arch::asm!("mov {}, rsp", out(reg) sp, options(nomem, nostack, preserves_flags)) };
-    [sp, &DATA_MARKER as *const AtomicU64 as u64, &BSS_MARKER as *const AtomicU64 as u64]
+    let data = &DATA_MARKER as *const AtomicU64 as u64;
+    let mut out = vec![false; maps.len()];
+    for (i, v) in maps.iter().enumerate() {
+        if v.start <= sp && sp < v.end {
+            out[i] = true;
+        }
+        if v.start <= data && data < v.end {
+            // Every writable mapping of the library, and the anonymous .bss after it.
+            for (k, w) in maps.iter().enumerate() {
+                if w.inode == v.inode && w.dev == v.dev && w.prot & libc::PROT_WRITE as u32 != 0 {
+                    out[k] = true;
+                    if let Some(next) = maps.get(k + 1) {
+                        if next.start == w.end && next.inode == 0 && next.name.is_empty() {
+                            out[k + 1] = true;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
 }
 
 fn describe_fds(dir: &str) -> Result<Vec<FdRecord>, String> {
@@ -666,12 +685,12 @@ fn write_into(fd: i32, req: &DumpRequest, vpid: i32) -> Result<(u64, u64), Strin
     let fds = req.facts.fds.clone();
     let mut shared_maps = Vec::new();
     let mm = mm_info();
-    let volatile_at = volatile_addresses();
+    let volatile = volatile_mappings(&maps);
     let mut regions: Vec<Region> = Vec::new();
     let mut memory_bytes = 0u64;
     let result = (|| -> Result<(u64, Vec<Chunk>), String> {
         let mut writer = PageWriter::new(fd, req.compression)?;
-        for v in &maps {
+        for (vi, v) in maps.iter().enumerate() {
             let Some(kind) = classify(v, &mm) else { continue };
             let mut runs = Vec::new();
             let special = matches!(kind, RegionKind::Vdso | RegionKind::Vvar | RegionKind::VvarVclock);
@@ -688,9 +707,8 @@ fn write_into(fd: i32, req: &DumpRequest, vpid: i32) -> Result<(u64, u64), Strin
                 if let Err(e) = r {
                     return Err(format!("pagemap of {:#x}-{:#x}: errno {e}", v.start, v.end));
                 }
-                let volatile = volatile_at.iter().any(|&a| v.start <= a && a < v.end);
                 for run in runs.iter_mut() {
-                    writer.add(run, volatile)?;
+                    writer.add(run, volatile[vi])?;
                     memory_bytes += run.len;
                 }
                 if unreadable {
