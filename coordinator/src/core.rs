@@ -486,6 +486,10 @@ impl Core {
                 self.conns.insert(c, Conn::Process(p.clone()));
                 let ckpt_dir = self.cfg.ckpt_dir.display().to_string();
                 self.send(c, FromCoord::Welcome { comp_id: id, ckpt_dir });
+                if let Some(compression) = self.cfg.compress {
+                    // crcoord --compress: overrides the process's own CR_COMPRESS.
+                    self.send(c, FromCoord::Settings { compression });
+                }
                 self.joined(c, p);
             }
             (Conn::Process(_), ToCoord::Leaving { exec }) => self.set_leaving(c, exec),

@@ -70,6 +70,8 @@ pub struct Config {
     /// Ask processes to write their images from a forked copy-on-write copy (default);
     /// `false` (`--no-forked`, `CR_FORKED=0`): stop-the-world writing.
     pub forked: bool,
+    /// Page data compression every process uses (`--compress`; None = each its own).
+    pub compress: Option<crust_format::image::Compression>,
 }
 
 impl Config {
@@ -86,6 +88,7 @@ impl Config {
             on_checkpoint: None,
             on_restart: None,
             forked: true,
+            compress: None,
         }
     }
 }

@@ -275,6 +275,9 @@ pub enum FromCoord {
     Reply(Reply),
     /// Generation `generation` is complete (its manifest is durable).
     Completed { generation: u64 },
+    /// Settings the coordinator imposes on every process (sent after `Welcome` when the
+    /// coordinator has any): page data compression (`crcoord --compress`).
+    Settings { compression: crate::image::Compression },
     /// A [`ToCoord::RequestCheckpoint`] of this process failed: generation `generation`
     /// (which was to cover it) failed, or, with `generation` 0, none could be started.
     RequestFailed { generation: u64, reason: String },

@@ -230,7 +230,8 @@ fn spawn_coordinator(bin: &Path, bind: &str, port: u16, ckpt_dir: &Path, setting
     if let Some(k) = settings.keep.filter(|&k| k > 0) {
         cmd.arg("--keep").arg(k.to_string());
     }
-    cmd.stdin(Stdio::null()).stdout(out).stderr(err).current_dir("/").env_remove("LD_PRELOAD");
+    // CR_COMPRESS is the launched program's own setting, not one to impose on every process.
+    cmd.stdin(Stdio::null()).stdout(out).stderr(err).current_dir("/").env_remove("LD_PRELOAD").env_remove("CR_COMPRESS");
     // SAFETY: the closure runs in the forked child before exec and calls only
     // async-signal-safe functions (fork, _exit, setsid, fcntl); it touches no memory
     // shared with other threads. Forking again and exiting the middle process makes the

@@ -259,6 +259,8 @@ fn session(fd: i32) -> Result<(), String> {
     )?;
     match recv(fd)? {
         FromCoord::Welcome { comp_id, .. } => {
+            // A coordinator's settings (Settings, below) last as long as its connection.
+            crate::dump::clear_compression();
             COMP_ID.store(comp_id, Ordering::Relaxed);
             crate::api::connected(fd);
             first_contact_done();
@@ -288,6 +290,7 @@ fn session(fd: i32) -> Result<(), String> {
                 done?
             }
             m @ (FromCoord::Completed { .. } | FromCoord::RequestFailed { .. }) => crate::api::on_message(&m),
+            FromCoord::Settings { compression } => crate::dump::set_compression(compression),
             FromCoord::Abort { generation, .. } => {
                 // Nothing in progress here: just acknowledge.
                 send(fd, &ToCoord::Reached { generation, phase: Phase::Resumed })?;
@@ -370,7 +373,7 @@ fn dump_request<'a>(dir: &'a str, generation: u64, facts: &'a crate::dump::Stopp
             entry: restore::crust_restart_entry as *const () as u64,
             stack_top: restore::restart_stack_top(),
         },
-        compression: crate::config::get().compress,
+        compression: crate::dump::compression(),
         facts,
     }
 }

@@ -42,6 +42,35 @@ const WRITEBACK_STEP: u64 = 64 << 20;
 static RESTORED_FROM_DEV: AtomicU64 = AtomicU64::new(0);
 static RESTORED_FROM_INO: AtomicU64 = AtomicU64::new(0);
 
+/// Compression imposed by the coordinator (`crcoord --compress`): 0 = none imposed,
+/// else 1 + the `Compression` as a number.
+static COORD_COMPRESSION: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
+
+/// The coordinator's compression setting (overrides CR_COMPRESS).
+pub fn set_compression(c: Compression) {
+    let v = match c {
+        Compression::None => 1,
+        Compression::Zstd => 2,
+        Compression::Lz4 => 3,
+    };
+    COORD_COMPRESSION.store(v, Ordering::Relaxed);
+}
+
+/// Forget the coordinator's setting (a new connection).
+pub fn clear_compression() {
+    COORD_COMPRESSION.store(0, Ordering::Relaxed);
+}
+
+/// How page data is stored: the coordinator's setting, else CR_COMPRESS.
+pub fn compression() -> Compression {
+    match COORD_COMPRESSION.load(Ordering::Relaxed) {
+        1 => Compression::None,
+        2 => Compression::Zstd,
+        3 => Compression::Lz4,
+        _ => crate::config::get().compress,
+    }
+}
+
 /// Remember the image file the restorer mapped memory from (called at restart with the
 /// image fd, before it is closed).
 pub fn note_restored_image(image_fd: i32) {

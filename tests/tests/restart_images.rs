@@ -174,3 +174,19 @@ fn corrupted_compressed_chunk_is_refused_naming_image_and_chunk() {
     let mut r = f.restart(&ck);
     f.finish(&mut r);
 }
+
+/// `crcoord --compress lz4` imposes its setting on a program launched with
+/// `--compress zstd`; the image restarts identically.
+#[test]
+fn coordinator_compress_setting_overrides_the_programs() {
+    let s = Session::new("coord_compress");
+    let _coord = s.start_coordinator(&["--compress", "lz4"], &[]);
+    let f = compressed_flow(&s, probe::threads(), "zstd");
+    let mut run = f.launch();
+    let ck = f.checkpoint_at(&mut run, 1);
+    check_compressed(&ck.gen, Compression::Lz4);
+    s.advance_to(&mut run, 2);
+    f.kill(&mut [&mut run]);
+    let mut r = f.restart(&ck);
+    f.finish(&mut r);
+}

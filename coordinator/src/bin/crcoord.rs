@@ -56,6 +56,10 @@ struct Args {
     /// written) instead of from a forked copy-on-write copy. Env CR_FORKED=0 does the same.
     #[arg(long)]
     no_forked: bool,
+    /// Compress page data in every process's image: none, zstd or lz4 (overrides the
+    /// processes' own CR_COMPRESS / crlaunch --compress).
+    #[arg(long, env = "CR_COMPRESS", value_name = "none|zstd|lz4")]
+    compress: Option<String>,
     /// More log output (-v info, -vv debug, -vvv trace); env CR_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -94,6 +98,12 @@ fn run(args: Args) -> anyhow::Result<()> {
     cfg.on_checkpoint = args.on_checkpoint.filter(|c| !c.trim().is_empty());
     cfg.on_restart = args.on_restart.filter(|c| !c.trim().is_empty());
     cfg.token = token_from(args.token_file.as_deref())?;
+    if let Some(c) = &args.compress {
+        cfg.compress = Some(
+            crust_format::image::Compression::parse(c)
+                .with_context(|| format!("--compress {c}: expected none, zstd or lz4"))?,
+        );
+    }
     if cfg.token.is_none() && !is_loopback_bind(&args.bind) {
         anyhow::bail!(
             "refusing to listen on {} without a shared secret: anyone who can reach it could read and \
