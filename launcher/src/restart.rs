@@ -269,10 +269,20 @@ fn load(opts: &RestartOptions) -> Result<TreePlan, String> {
     for (i, p) in procs.iter_mut().enumerate() {
         p.parent = by_real.get(&p.meta.tree.real_ppid).copied().filter(|&q| q != i && n > 1);
     }
-    // Every live child a process had must be in the generation.
+    // Every live child a process had must be in the generation, unless the generation
+    // says it ran outside crust's control (a static or set-id program): that one cannot
+    // come back, and the restart says so.
+    let mut warnings = Vec::new();
     for p in procs.iter_mut() {
         for c in &p.meta.tree.children {
             if c.exit.is_none() && !by_real.contains_key(&c.real_pid) {
+                if let Some(x) = man.excluded.iter().find(|x| x.real_pid == c.real_pid) {
+                    warnings.push(format!(
+                        "process vpid {} ({}), a child of vpid {} ({}), ran outside crust's control ({}) and is not restored",
+                        x.vpid, x.program, p.meta.vpid, p.meta.program, x.reason
+                    ));
+                    continue;
+                }
                 return Err(format!(
                     "{}: the generation is incomplete: process vpid {} (a child of vpid {}, {}) has no image; \
                      it was not under crust's control when the checkpoint was taken",
@@ -351,7 +361,7 @@ fn load(opts: &RestartOptions) -> Result<TreePlan, String> {
         restorer,
         restorer_range: range,
         coord: opts.coord.clone(),
-        warnings: Vec::new(),
+        warnings,
         mapped: !opts.eager,
         err_out,
     })

@@ -29,20 +29,26 @@ const KCMP_FILE: usize = 0;
 const WNOWAIT: usize = 0x0100_0000;
 const WALL: usize = 0x4000_0000;
 
-/// Children of this process (threads other than the calling checkpoint thread).
-fn children() -> Vec<ChildRecord> {
-    let me = sys::gettid();
+/// Real pids of this process's children, sorted (those of thread `except` left out).
+pub fn child_pids(except: i32) -> Vec<i32> {
     let mut pids: Vec<i32> = Vec::new();
     for tid in procfs::list_numbers(b"/proc/self/task") {
-        if tid == me {
-            continue; // the checkpoint thread's own helpers are not the program's
+        if tid == except {
+            continue;
         }
         let text = procfs::read_string(format!("/proc/self/task/{tid}/children").as_bytes());
         pids.extend(text.split_ascii_whitespace().filter_map(|p| p.parse::<i32>().ok()));
     }
     pids.sort_unstable();
     pids.dedup();
-    pids.into_iter()
+    pids
+}
+
+/// Children of this process (threads other than the calling checkpoint thread, whose
+/// own helpers are not the program's).
+fn children() -> Vec<ChildRecord> {
+    child_pids(sys::gettid())
+        .into_iter()
         .map(|pid| {
             let mut info = [0u64; 16];
             // SAFETY: info is a siginfo_t-sized buffer; WNOWAIT leaves the child waitable.

@@ -50,6 +50,7 @@ slots! {
     R_POSIX_SPAWN = c"posix_spawn";
     R_POSIX_SPAWNP = c"posix_spawnp";
     R_POPEN = c"popen";
+    R_PCLOSE = c"pclose";
     R_EXIT = c"exit";
     R_UEXIT = c"_exit";
 }
@@ -787,6 +788,7 @@ pub unsafe extern "C" fn popen(cmd: *const c_char, mode: *const c_char) -> *mut 
     }
     let g = WrapperGuard::new();
     let notify = Notify::new(false);
+    let before = crate::tree::child_pids(0);
     // SAFETY: environ is the process's environment pointer; swapped back right after.
     let saved = unsafe { environ };
     let env = control_env(saved, notify.as_ref().map(|n| n.wfd));
@@ -799,6 +801,14 @@ pub unsafe extern "C" fn popen(cmd: *const c_char, mode: *const c_char) -> *mut 
         r
     };
     let e = errno();
+    if !r.is_null() {
+        // glibc keeps the shell's kernel pid inside the FILE and waits for it in pclose;
+        // remember the pid the program knows, for pclose after a restart.
+        let after = crate::tree::child_pids(0);
+        if let Some(&c) = after.iter().find(|c| before.binary_search(c).is_err()) {
+            popen_child_record(r as usize, vpid::to_virtual(c));
+        }
+    }
     match notify {
         Some(n) if !r.is_null() => n.wait(REGISTER_WAIT_MS),
         Some(n) => n.forget(),
@@ -808,6 +818,61 @@ pub unsafe extern "C" fn popen(cmd: *const c_char, mode: *const c_char) -> *mut 
     drop(g);
     set_errno(e);
     r
+}
+
+/// popen'd streams and the virtual pid of their shell.
+static POPEN_FILES: [AtomicUsize; 64] = [const { AtomicUsize::new(0) }; 64];
+static POPEN_VPIDS: [core::sync::atomic::AtomicI32; 64] = [const { core::sync::atomic::AtomicI32::new(0) }; 64];
+
+fn popen_child_record(fp: usize, v: pid_t) {
+    for (i, slot) in POPEN_FILES.iter().enumerate() {
+        if slot.compare_exchange(0, fp, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+            POPEN_VPIDS[i].store(v, Ordering::Release);
+            return;
+        }
+    }
+}
+
+fn popen_child_take(fp: usize) -> pid_t {
+    for (i, slot) in POPEN_FILES.iter().enumerate() {
+        if slot.load(Ordering::Acquire) == fp {
+            let v = POPEN_VPIDS[i].swap(0, Ordering::AcqRel);
+            slot.store(0, Ordering::Release);
+            return v;
+        }
+    }
+    0
+}
+
+/// pclose(): glibc waits for the shell by the kernel pid it got from popen. After a
+/// restart that pid is gone (ECHILD) and the shell, recreated by crrestart as the same
+/// child, has a new one: wait for it through the virtual pid instead.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pclose(fp: *mut libc::FILE) -> c_int {
+    let v = popen_child_take(fp as usize);
+    let Some(f) = real::<unsafe extern "C" fn(*mut libc::FILE) -> c_int>(&R_PCLOSE) else {
+        set_errno(libc::ENOSYS);
+        return -1;
+    };
+    // SAFETY: forwarding.
+    let r = unsafe { f(fp) };
+    if r != -1 || errno() != libc::ECHILD || v <= 0 || vpid::to_real(v) == v {
+        return r;
+    }
+    let mut status: c_int = 0;
+    loop {
+        // SAFETY: waiting for our own child; status is a valid out-pointer.
+        let w = unsafe { sc!(libc::SYS_wait4, vpid::to_real(v), &mut status as *mut c_int, 0, 0) };
+        if w == -(libc::EINTR as isize) {
+            continue;
+        }
+        if w <= 0 {
+            set_errno(-w as c_int);
+            return -1;
+        }
+        vpid::remove(v);
+        return status;
+    }
 }
 
 /// system(): glibc's spawns `/bin/sh -c` internally and waits; done here with our

@@ -194,3 +194,42 @@ fn restarted_pool_checkpoints_and_restarts_again() {
     let s = Session::new("pool_twice");
     twice(&Flow::new(&s, Program::python("pool.py")), 3);
 }
+
+/// Children started by fork + exec (empty environment), posix_spawn (an environment
+/// without LD_PRELOAD), vfork + exec, popen and system (`tests/probes/spawn.c`): the whole
+/// tree restarts and ends like an uninterrupted run.
+#[test]
+fn exec_spawn_popen_system_tree_restarts_identically() {
+    let s = Session::new("tree_spawn_restart");
+    let f = Flow::new(&s, Program::c("spawn"));
+    let mut run = f.launch();
+    s.advance_to(&mut run, 1);
+    // Every child registered before the call that started it returned.
+    let n = s.registered().expect("the coordinator answers");
+    assert!(n >= 5, "the parent and its children: {n}");
+    let ck = f.checkpoint_at(&mut run, 1);
+    f.s.advance_to(&mut run, 2);
+    f.kill(&mut [&mut run]);
+    let mut r = f.restart(&ck);
+    f.finish(&mut r);
+}
+
+/// A statically linked child runs outside crust's control: the generation lists it as
+/// excluded, and crrestart restarts the rest of the tree with a warning naming it.
+#[test]
+fn excluded_static_child_is_named_at_restart() {
+    let s = Session::new("tree_excluded_restart");
+    let static_child = compile_c("static_child", &["-static"], "static");
+    let f = Flow::new(&s, Program::c("spawn").arg(&static_child));
+    let mut run = f.launch();
+    s.advance_to(&mut run, 1);
+    let ck = f.checkpoint_at(&mut run, 1);
+    f.kill(&mut [&mut run]);
+    let mut r = f.restart(&ck);
+    let err = r.stderr_text();
+    assert!(
+        err.contains("outside crust's control") && err.contains("static_child") && err.contains("not restored"),
+        "crrestart must name the excluded static child: {err}"
+    );
+    s.kill_all(&mut [&mut r]);
+}
