@@ -143,6 +143,8 @@ fn materialize(t: &TreePlan) -> Result<Vec<i32>, String> {
         let (r, w, helper) = match &p.fifo {
             Some(path) => {
                 let c = CString::new(path.as_bytes()).map_err(|_| format!("bad FIFO path {path}"))?;
+                // SAFETY: a valid path; fails harmlessly when the FIFO exists.
+                unsafe { libc::mkfifo(c.as_ptr(), 0o600) };
                 // SAFETY: opening a FIFO read-write never blocks on Linux; it is the writer
                 // that lets the non-blocking opens of both ends succeed.
                 let (h, r, w) = unsafe {

@@ -402,6 +402,17 @@ fn plan_fds(t: &mut TreePlan, keep_files: bool) -> Result<(), String> {
             }
         }
     }
+    // Named FIFOs: the node must be a FIFO still; one the program removed after the
+    // checkpoint is made again (a FIFO keeps nothing on disk).
+    for e in ends.values() {
+        if let Some(path) = &e.fifo {
+            match std::fs::symlink_metadata(path) {
+                Ok(md) if std::os::unix::fs::FileTypeExt::is_fifo(&md.file_type()) => {}
+                Ok(_) => return Err(format!("{path} was a named FIFO at checkpoint time and is something else now")),
+                Err(_) => t.warnings.push(format!("the named FIFO {path} no longer exists; it is made again")),
+            }
+        }
+    }
     // A pipe on one of the root's fds 0-2 that has an end outside the tree is the
     // root's connection to the outside: crrestart's own fd of that number replaces it
     // for every process that holds it.

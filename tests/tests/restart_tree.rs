@@ -233,3 +233,14 @@ fn excluded_static_child_is_named_at_restart() {
     );
     s.kill_all(&mut [&mut r]);
 }
+
+/// A named FIFO with bytes in flight, MAP_SHARED anonymous memory and a shared memfd
+/// mapping between parent and child (`tests/probes/shared.c`): after the restart the
+/// FIFO gives back its bytes and the memory is still shared (the child's writes reach the
+/// parent).
+#[test]
+fn fifo_and_shared_memory_between_parent_and_child_restart_shared() {
+    let s = Session::new("tree_shared");
+    let f = Flow::new(&s, Program::c("shared"));
+    tree_canonical(&f, 2);
+}
