@@ -41,6 +41,16 @@ static void xread(int fd, void *p, size_t n) {
 
 static int up_w, g_cmd_r;
 
+/* SIGCHLD deliveries to P and the pid of the last one. */
+static volatile sig_atomic_t chld_count, chld_pid;
+
+static void on_chld(int sig, siginfo_t *si, void *uc) {
+    (void)sig;
+    (void)uc;
+    chld_count++;
+    chld_pid = si->si_pid;
+}
+
 static void report(char who, int round, int other, int status) {
     struct report r = {who, round, getpid(), getppid(), getpgrp(), getsid(0), other, status};
     xwrite(up_w, &r, sizeof r);
@@ -110,9 +120,18 @@ int main(void) {
     g_cmd_r = gcmd[0];
     pid_t p = getpid();
     fflush(stdout);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = on_chld;
+    sa.sa_flags = SA_SIGINFO | SA_RESTART;
+    sigaction(SIGCHLD, &sa, NULL);
 
     pid_t z = fork();
     if (z == 0) _exit(5);
+    while (chld_count == 0) {
+        struct timespec ts = {0, 1000000};
+        nanosleep(&ts, NULL);
+    }
     siginfo_t zi;
     memset(&zi, 0, sizeof zi);
     if (waitid(P_PID, z, &zi, WEXITED | WNOWAIT) != 0) ERR("waitid(WNOWAIT) on the zombie: %s", strerror(errno));
@@ -133,6 +152,9 @@ int main(void) {
     for (int round = 1; round <= 2; round++) {
         if (round == 2) {
             gate(1);
+            /* The restart recreated Z as a zombie: that must not look like a new death. */
+            CHECK(chld_count == 1 && chld_pid == z, "SIGCHLD: %d deliveries, last from %d (expected 1, from Z %d)",
+                  (int)chld_count, (int)chld_pid, (int)z);
             /* After the restart, the same tree. */
             xwrite(gcmd[1], "x", 1);
             collect(up[0], 2); /* G, then A */
