@@ -57,9 +57,11 @@ fn crcoord_exits_3_when_the_port_is_taken() {
     assert!(stderr(&o).starts_with("crcoord: cannot listen on 127.0.0.1:"), "{}", stderr(&o));
 }
 
-/// Children of this process whose command name is `crcoord`.
-fn crcoord_children() -> usize {
+/// Children of this process whose command name is `crcoord` and that listen on `port`
+/// (other tests of this binary run crcoord as a child at the same time, on other ports).
+fn crcoord_children(port: u16) -> usize {
     let me = std::process::id().to_string();
+    let port_arg = format!("--port\0{port}\0");
     let mut n = 0;
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else { continue };
@@ -67,7 +69,8 @@ fn crcoord_children() -> usize {
         let Some((head, tail)) = stat.rsplit_once(')') else { continue };
         let comm = head.split_once('(').map(|x| x.1).unwrap_or("");
         let ppid = tail.split_whitespace().nth(1).unwrap_or("");
-        if comm == "crcoord" && ppid == me {
+        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        if comm == "crcoord" && ppid == me && String::from_utf8_lossy(&cmdline).contains(&port_arg) {
             n += 1;
         }
     }
@@ -132,7 +135,7 @@ fn launcher_starts_a_detached_coordinator_and_crctl_drives_it() {
     let addr = format!("127.0.0.1:{port}");
     let dir = temp_dir("ensure");
     crust_launcher::coord_client::ensure_coordinator_with(Some(Path::new(CRCOORD)), &addr, &dir, Some(50)).unwrap();
-    assert_eq!(crcoord_children(), 0, "crcoord must not be our child");
+    assert_eq!(crcoord_children(port), 0, "crcoord must not be our child");
 
     let mut c = Control::connect(&addr, Duration::from_secs(5)).unwrap();
     assert_eq!(c.ckpt_dir, dir.display().to_string());
