@@ -11,7 +11,7 @@
 //! | function | what |
 //! |---|---|
 //! | [`insert`]`(virt, real)` | record or update a mapping (`virt == real` removes it) |
-//! | [`remove`]`(virt)` | forget a mapping (a reaped child) |
+//! | [`remove`]`(virt)` / [`remove_real`]`(real)` | forget a mapping (a stale one: its real pid was handed out again) |
 //! | [`to_real`]`(virt)` | id the program knows → kernel id (`-pgid` and 0/-1 handled) |
 //! | [`to_virtual`]`(real)` | kernel id → id the program knows |
 //! | [`entries`]`(out)` | every `(virt, real)` pair (for an image, or to pass across exec) |

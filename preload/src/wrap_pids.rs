@@ -5,7 +5,7 @@
 //! empty and each translation is one atomic load. Covered here:
 //!
 //! * waiting: `wait`, `waitpid`, `wait3`, `wait4`, `waitid` (the pid argument, the result,
-//!   `siginfo.si_pid`); a reaped child's mapping is forgotten;
+//!   `siginfo.si_pid`);
 //! * signals: `killpg`, `sigqueue` (`kill`/`tgkill` are in `wrappers.rs`); `si_pid` of
 //!   signals delivered to `SA_SIGINFO` handlers (see [`siginfo_trampoline`]) and returned by
 //!   `sigwaitinfo`/`sigtimedwait`;
@@ -177,20 +177,15 @@ pub fn app_handler(sig: c_int) -> usize {
 
 // ---------------------------------------------------------------- waiting
 
-fn reaped(status: c_int) -> bool {
-    libc::WIFEXITED(status) || libc::WIFSIGNALED(status)
-}
-
-/// A wait result: real pid → virtual, forgetting the mapping of a reaped child.
-fn waited(r: pid_t, status: c_int) -> pid_t {
+/// A wait result: real pid → virtual. The mapping of a reaped child is kept: its virtual
+/// pid then still names a process that is gone (ESRCH, no /proc entry) rather than
+/// whatever process now has the same number, and a new child never gets that virtual pid
+/// (see `fork`). A stale mapping is dropped when its real pid is handed out again.
+fn waited(r: pid_t, _status: c_int) -> pid_t {
     if r <= 0 {
         return r;
     }
-    let v = vpid::to_virtual(r);
-    if v != r && reaped(status) {
-        vpid::remove(v);
-    }
-    v
+    vpid::to_virtual(r)
 }
 
 type Wait4Fn = unsafe extern "C" fn(pid_t, *mut c_int, c_int, *mut libc::rusage) -> pid_t;
@@ -258,12 +253,8 @@ pub unsafe extern "C" fn waitid(idtype: libc::idtype_t, id: libc::id_t, info: *m
             let w = info as *mut i32;
             let (code, pid) = (*w.add(2), *w.add(4));
             if pid > 0 {
-                let v = vpid::to_virtual(pid);
-                *w.add(4) = v;
-                let gone = matches!(code, libc::CLD_EXITED | libc::CLD_KILLED | libc::CLD_DUMPED);
-                if v != pid && gone && options & libc::WNOWAIT == 0 {
-                    vpid::remove(v);
-                }
+                let _ = code;
+                *w.add(4) = vpid::to_virtual(pid);
             }
         }
     }

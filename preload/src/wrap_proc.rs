@@ -267,6 +267,8 @@ pub unsafe extern "C" fn fork() -> pid_t {
                 // SAFETY: ends this process only, without running any of its code.
                 unsafe { sc!(libc::SYS_exit_group, 0) };
             }
+            // A mapping to our real pid is stale (its process is gone).
+            vpid::remove_real(sys::getpid());
             child_after_fork(notify.as_ref());
             drop(g);
             return 0;
@@ -285,6 +287,8 @@ pub unsafe extern "C" fn fork() -> pid_t {
             unsafe { sc!(libc::SYS_wait4, pid, 0, libc::__WALL, 0) };
             continue;
         }
+        // A mapping to this real pid is stale (its process is gone).
+        vpid::remove_real(pid);
         if let Some(n) = notify {
             n.wait(REGISTER_WAIT_MS);
         }
@@ -473,8 +477,9 @@ fn lists_own_lib(value: &[u8]) -> bool {
 }
 
 /// The environment to give a new program: the caller's `envp`, with `LD_PRELOAD` and the
-/// `CR_*` settings put back, the virtual pid table after a restart, and `notify`.
-fn control_env(envp: *const *const c_char, notify_fd: Option<i32>) -> Env {
+/// `CR_*` settings put back, the virtual pid table after a restart (and this process's
+/// virtual pid when the new program is this process: an exec), and `notify`.
+fn control_env(envp: *const *const c_char, notify_fd: Option<i32>, exec: bool) -> Env {
     let cfg = crate::config::get();
     let mut strings: Vec<Vec<u8>> = Vec::new();
     let mut keys: Vec<Vec<u8>> = Vec::new();
@@ -513,7 +518,9 @@ fn control_env(envp: *const *const c_char, notify_fd: Option<i32>) -> Env {
         strings.push([b"LD_PRELOAD=".as_slice(), own_path()].concat());
     }
     if !vpid::is_empty() {
-        strings.push(std::format!("CR_VPID={}", vpid::vpid()).into_bytes());
+        if exec {
+            strings.push(std::format!("CR_VPID={}", vpid::vpid()).into_bytes());
+        }
         strings.push([b"CR_VPIDS=".as_slice(), vpid::encode().as_bytes()].concat());
     }
     if let Some(fd) = notify_fd {
@@ -549,7 +556,7 @@ fn do_exec(path_for_check: Option<&[u8]>, envp: *const *const c_char, exec: impl
     }
     let g = WrapperGuard::new();
     let target = path_for_check.map_or(Target::Unknown, |p| classify(p, 0));
-    let env = control_env(envp, None);
+    let env = control_env(envp, None, true);
     announce_exec(target, path_for_check.unwrap_or(b"?"));
     let r = exec(env.as_ptr());
     let e = errno();
@@ -722,7 +729,7 @@ fn spawn_common(
     let target = check.map_or(Target::Unknown, |p| classify(p, 0));
     let controlled = matches!(target, Target::Controlled | Target::Unknown);
     let notify = if controlled { Notify::new(false) } else { None };
-    let env = control_env(envp, notify.as_ref().map(|n| n.wfd));
+    let env = control_env(envp, notify.as_ref().map(|n| n.wfd), false);
     let mut child: pid_t = 0;
     // SAFETY: forwarding with the controlled environment.
     let r = unsafe { f(&mut child, path, fa, attr, argv, env.as_ptr()) };
@@ -730,6 +737,10 @@ fn spawn_common(
         Some(n) if r == 0 => n.wait(REGISTER_WAIT_MS),
         Some(n) => n.forget(),
         None => {}
+    }
+    if r == 0 {
+        // A mapping to this real pid is stale (its process is gone).
+        vpid::remove_real(child);
     }
     if r == 0 && !controlled {
         tell_coordinator(&crust_format::wire::ToCoord::Excluded {
@@ -791,7 +802,7 @@ pub unsafe extern "C" fn popen(cmd: *const c_char, mode: *const c_char) -> *mut 
     let before = crate::tree::child_pids(0);
     // SAFETY: environ is the process's environment pointer; swapped back right after.
     let saved = unsafe { environ };
-    let env = control_env(saved, notify.as_ref().map(|n| n.wfd));
+    let env = control_env(saved, notify.as_ref().map(|n| n.wfd), false);
     // SAFETY: as above. Other threads reading the environment meanwhile see the same
     // variables plus ours.
     let r = unsafe {

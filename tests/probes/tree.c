@@ -55,6 +55,7 @@ struct report {
     int pid, ppid, pgid, sid, tid, self_link, other; /* other: a child's pid as fork returned */
     int ok;                                          /* checks done in the child that passed */
     int failed;                                      /* ... and failed */
+    int failed_line;                                 /* source line of the first failure */
 };
 
 static int self_link_pid(void) {
@@ -95,8 +96,8 @@ static int proc_exists(int pid) {
     do {                                                                                                               \
         if (cond)                                                                                                      \
             (r)->ok++;                                                                                                 \
-        else                                                                                                           \
-            (r)->failed++;                                                                                             \
+        else if ((r)->failed++ == 0)                                                                                   \
+            (r)->failed_line = __LINE__;                                                                               \
     } while (0)
 
 static void grandchild(int up, int down, int parent_pid) {
@@ -151,6 +152,7 @@ static void child(int up, int down_a, int parent_pid) {
     xread(down_a, &go, 1);
     /* Round 2: P sent SIGUSR1 before "go". */
     struct report r2 = {0};
+    CCHECK(&r2, setpgid(0, 0) == 0);
     CCHECK(&r2, usr1_from == parent_pid);
     CCHECK(&r2, kill(g, 0) == 0);
     xwrite(down_g[1], "g", 1);
@@ -210,15 +212,15 @@ int main(void) {
     CHECK(ra.pgid == getpgrp() && rg.pgid == getpgrp(), "the children are not in P's process group");
     CHECK(ra.sid == getsid(0) && rg.sid == getsid(0), "the children are not in P's session");
     CHECK(getpgid(a) == getpgrp() && getsid(a) == getsid(0), "getpgid/getsid of A seen from P");
-    CHECK(ra.failed == 0 && rg.failed == 0, "checks in A (%d failed) or G (%d failed)", ra.failed, rg.failed);
+    CHECK(ra.failed == 0 && rg.failed == 0, "checks in A (%d failed, line %d) or G (%d failed, line %d)", ra.failed,
+          ra.failed_line, rg.failed, rg.failed_line);
     CHECK(proc_exists(a) && proc_exists(rg.pid), "/proc/<pid> of A or G");
     printf("round 1: tree of 3, child checks %d\n", ra.ok + rg.ok);
 
     gate(1);
 
-    /* Round 2. A process group of A's own; a signal with si_pid; reaping with status. */
-    CHECK(setpgid(a, a) == 0, "setpgid(A, A): %s", strerror(errno));
-    CHECK(getpgid(a) == a, "getpgid(A) after setpgid(A, A)");
+    /* Round 2. A makes a process group of its own; a signal with si_pid; a new child B
+     * joins A's group (A is then a zombie, still its group's leader); reaping with status. */
     CHECK(kill(a, SIGUSR1) == 0, "kill(A, SIGUSR1): %s", strerror(errno));
     xwrite(down_a[1], "a", 1);
     struct report r2a = {0}, r2g = {0};
@@ -231,15 +233,20 @@ int main(void) {
     }
     CHECK(r2g.pid == rg.pid && r2g.sid == rg.pid && r2g.pgid == rg.pid, "G's new session");
     CHECK(r2a.other == rg.pid && r2a.pgid == a, "A's view in round 2");
-    CHECK(r2a.failed == 0 && r2g.failed == 0, "round 2 checks in A (%d failed) or G (%d failed)", r2a.failed,
-          r2g.failed);
+    CHECK(r2a.failed == 0 && r2g.failed == 0, "round 2 checks in A (%d failed, line %d) or G (%d failed, line %d)",
+          r2a.failed, r2a.failed_line, r2g.failed, r2g.failed_line);
     siginfo_t si;
     memset(&si, 0, sizeof si);
     CHECK(waitid(P_PID, a, &si, WEXITED | WNOWAIT) == 0 && si.si_pid == a && si.si_status == 5,
           "waitid(P_PID, A, WNOWAIT)");
-    int st = 0;
-    CHECK(waitpid(a, &st, 0) == a && WIFEXITED(st) && WEXITSTATUS(st) == 5, "waitpid(A)");
     CHECK(chld_from == a, "SIGCHLD si_pid is not A's pid");
+    CHECK(getpgid(a) == a, "getpgid(A) after A's setpgid(0, 0)");
+    fflush(stdout);
+    pid_t b = fork();
+    if (b == 0) _exit(setpgid(0, a) == 0 && getpgid(0) == a && getpgrp() == a ? 3 : 4);
+    int st = 0;
+    CHECK(waitpid(b, &st, 0) == b && WIFEXITED(st) && WEXITSTATUS(st) == 3, "B could not join A's group");
+    CHECK(waitpid(a, &st, 0) == a && WIFEXITED(st) && WEXITSTATUS(st) == 5, "waitpid(A)");
     CHECK(waitpid(-1, &st, WNOHANG) == -1 && errno == ECHILD, "a child left over");
     printf("round 2: child checks %d\n", r2a.ok + r2g.ok);
 

@@ -45,6 +45,24 @@ fn tree_checkpoint_holds_every_process_and_changes_no_output() {
     f.finish(&mut run);
 }
 
+/// The same tree, killed after the checkpoint and restarted: every process has new real
+/// pids, and round 2 (setpgid, kill with si_pid, setsid, waitpid/waitid with status,
+/// SIGCHLD si_pid, /proc/<pid>) runs on virtual pids only; the output is the uninterrupted
+/// run's.
+#[test]
+fn tree_restarted_after_kill_sees_the_same_pids() {
+    let s = Session::new("tree_live_restart");
+    let f = Flow::new(&s, Program::c("tree"));
+    let mut run = f.launch();
+    s.advance_to(&mut run, 1);
+    s.wait_registered(3);
+    let ck = f.checkpoint_at(&mut run, 1);
+    assert_eq!(manifest(&ck.gen).processes.len(), 3);
+    f.kill(&mut [&mut run]);
+    let mut r = f.restart(&ck);
+    f.finish(&mut r);
+}
+
 /// fork + execve with an empty environment, posix_spawn with an environment without
 /// LD_PRELOAD, vfork + execv, popen and system: every started program is under control
 /// (it is in the generation taken while they all live, with its image) and sees the pid
