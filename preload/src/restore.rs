@@ -376,6 +376,8 @@ pub unsafe extern "C" fn crust_restart_entry(args: *const RestartArgs) -> ! {
     }
     MM_ERRNO.store(a.mm_errno, Ordering::Relaxed);
     RESTARTED_FROM.store(a.generation, Ordering::Relaxed);
+    // Not registered with the coordinator yet (exec waits for it: wrap_proc.rs).
+    crate::ckpt_thread::FIRST_CONTACT.store(0, Ordering::Release);
     let coord_len = a.coord.iter().position(|&c| c == 0).unwrap_or(0);
     if coord_len > 0 {
         crate::config::set_coord(std::string::String::from_utf8_lossy(&a.coord[..coord_len]).into_owned());

@@ -35,6 +35,7 @@ macro_rules! slots {
         /// Resolve this module's real functions (at load time).
         pub fn resolve() {
             $( crate::wrappers::resolve_one($name, &$slot); )*
+            remember_exe();
         }
     };
 }
@@ -636,6 +637,47 @@ fn rewrite_proc_path(path: &[u8], buf: &mut [u8; 4096]) -> bool {
     ok
 }
 
+/// The program's executable as the kernel named it at load (NUL-terminated).
+static mut EXE_PATH: std::vec::Vec<u8> = std::vec::Vec::new();
+
+fn remember_exe() {
+    let mut buf = [0u8; 4096];
+    if let Ok(n) = sys::readlink(b"/proc/self/exe", &mut buf) {
+        if n < buf.len() {
+            // SAFETY: written once at load, single-threaded; read-only afterwards.
+            unsafe {
+                EXE_PATH = buf[..n].to_vec();
+                (*core::ptr::addr_of_mut!(EXE_PATH)).push(0);
+            }
+        }
+    }
+}
+
+/// After a restart the kernel says the executable is crust-restorer: `/proc/self/exe`
+/// (and `/proc/<own pid>/exe`) must still name the program's own file, for readlink, open
+/// and the common "re-exec myself" idiom. Returns the program's path (NUL-terminated).
+fn restarted_self_exe(path: &[u8]) -> Option<&'static [u8]> {
+    if crate::restore::RESTARTED_FROM.load(Ordering::Relaxed) == 0 {
+        return None;
+    }
+    let rest = path.strip_prefix(PROC)?.strip_suffix(b"/exe")?;
+    let mine = rest == b"self"
+        || leading_id(rest).is_some_and(|(v, n)| n == rest.len() && (v == vpid::vpid() || v == sys::getpid()));
+    // SAFETY: written once at load.
+    let exe = unsafe { &*core::ptr::addr_of!(EXE_PATH) };
+    (mine && exe.len() > 1).then_some(exe.as_slice())
+}
+
+/// `path` with a restarted program's own `/proc/self/exe` replaced (for exec wrappers).
+pub fn exec_path(path: *const c_char) -> *const c_char {
+    if path.is_null() {
+        return path;
+    }
+    // SAFETY: the program passed a NUL-terminated path.
+    let bytes = unsafe { crate::config::cstr(path as *const u8) };
+    restarted_self_exe(bytes).map_or(path, |e| e.as_ptr() as *const c_char)
+}
+
 /// The path to give the kernel for the program's `path` (possibly rewritten into `buf`).
 fn proc_path(path: *const c_char, buf: &mut [u8; 4096]) -> *const c_char {
     if path.is_null() || vpid::is_empty() {
@@ -643,6 +685,9 @@ fn proc_path(path: *const c_char, buf: &mut [u8; 4096]) -> *const c_char {
     }
     // SAFETY: the program passed a NUL-terminated path.
     let bytes = unsafe { crate::config::cstr(path as *const u8) };
+    if let Some(exe) = restarted_self_exe(bytes) {
+        return exe.as_ptr() as *const c_char;
+    }
     if rewrite_proc_path(bytes, buf) {
         buf.as_ptr() as *const c_char
     } else {
@@ -693,6 +738,12 @@ path_wrapper!(chdir, R_CHDIR, (path: *const c_char) -> c_int, -1, |path => p| (p
 /// `readlink` answer for `/proc/self` (`"<pid>"`) and `/proc/thread-self`
 /// (`"<pid>/task/<tid>"`), with virtual ids; None for other paths.
 fn self_link(path: &[u8], buf: *mut c_char, size: usize) -> Option<isize> {
+    if let Some(exe) = restarted_self_exe(path) {
+        let n = (exe.len() - 1).min(size);
+        // SAFETY: the program's buffer holds `size` bytes.
+        unsafe { core::ptr::copy_nonoverlapping(exe.as_ptr(), buf as *mut u8, n) };
+        return Some(n as isize);
+    }
     let thread = match path {
         b"/proc/self" | b"/proc/self/" => false,
         b"/proc/thread-self" | b"/proc/thread-self/" => true,

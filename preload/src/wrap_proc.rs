@@ -554,6 +554,9 @@ fn do_exec(path_for_check: Option<&[u8]>, envp: *const *const c_char, exec: impl
     if !crate::wrappers::is_active() {
         return exec(envp);
     }
+    // Our hello must reach the coordinator before our Leaving does (a process exec'ing
+    // right after its start or a restart).
+    crate::ckpt_thread::wait_first_contact(2_000_000_000);
     let g = WrapperGuard::new();
     let target = path_for_check.map_or(Target::Unknown, |p| classify(p, 0));
     let env = control_env(envp, None, true);
@@ -584,6 +587,7 @@ pub unsafe extern "C" fn execve(path: *const c_char, argv: *const *const c_char,
         set_errno(libc::ENOSYS);
         return -1;
     };
+    let path = crate::wrap_pids::exec_path(path);
     // SAFETY: forwarding with the controlled environment.
     do_exec(Some(cbytes(path)), envp, |env| unsafe { f(path, argv, env) })
 }

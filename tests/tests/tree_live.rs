@@ -98,3 +98,33 @@ fn exec_spawn_popen_system_children_are_under_control_and_static_exec_is_exclude
     assert!(!m.processes.iter().any(|q| q.real_pid == x.real_pid), "the static child has no image");
     f.finish(&mut run);
 }
+
+/// exec with an empty environment after a restart: the new program is under control with
+/// the same virtual pid (getpid, getppid, /proc/self) and still knows its child by the pid
+/// fork returned before the restart (kill, waitpid). A checkpoint after the exec holds the
+/// exec'd program under the same virtual pid.
+#[test]
+fn exec_after_restart_keeps_the_virtual_pid_and_the_pid_table() {
+    let s = Session::new("tree_exec_keep");
+    let f = Flow::new(&s, Program::c("exec_keep"));
+    let mut run = f.launch();
+    s.advance_to(&mut run, 1);
+    s.wait_registered(2);
+    let ck = f.checkpoint_at(&mut run, 1);
+    let before = manifest(&ck.gen);
+    assert_eq!(before.processes.len(), 2, "P and its child: {:?}", before.processes);
+    let p = before.processes.iter().find(|p| p.real_pid == run.pid).expect("P in the manifest").clone();
+    f.kill(&mut [&mut run]);
+    let mut r = f.restart(&ck);
+    s.advance_to(&mut r, 2);
+    s.wait_registered(1);
+    let after = manifest(&s.checkpoint());
+    let q = after
+        .processes
+        .iter()
+        .find(|q| q.vpid == p.vpid)
+        .unwrap_or_else(|| panic!("the exec'd program (vpid {}) is not in the generation: {:?}", p.vpid, after.processes));
+    assert!(q.args.iter().any(|a| a == "--after"), "the generation holds the exec'd program: {:?}", q.args);
+    assert_ne!(q.real_pid, p.real_pid, "the restarted process has a new real pid");
+    f.finish(&mut r);
+}
