@@ -100,7 +100,7 @@ impl Server {
 }
 
 /// Carry out actions (and the ones that failed sends lead to). Returns true on Exit.
-fn execute(core: &mut Core, writers: &mut HashMap<ConnId, TcpStream>, actions: Vec<Action>) -> bool {
+fn execute(_core: &mut Core, writers: &mut HashMap<ConnId, TcpStream>, actions: Vec<Action>) -> bool {
     let mut queue: std::collections::VecDeque<Action> = actions.into();
     let mut exit = false;
     while let Some(a) = queue.pop_front() {
@@ -108,10 +108,11 @@ fn execute(core: &mut Core, writers: &mut HashMap<ConnId, TcpStream>, actions: V
             Action::Send(c, m) => {
                 let Some(w) = writers.get_mut(&c) else { continue };
                 if let Err(e) = wire::blocking::send(w, &m) {
+                    // The peer is gone. Its reader still delivers what it sent before
+                    // going (a process's `Leaving`), then reports the close.
                     debug!(conn = c, "send failed: {e}; dropping the connection");
-                    let _ = w.shutdown(Shutdown::Both);
+                    let _ = w.shutdown(Shutdown::Write);
                     writers.remove(&c);
-                    queue.extend(core.handle(Instant::now(), Input::Closed(c)));
                 }
             }
             Action::Close(c) => {

@@ -128,3 +128,43 @@ fn exec_after_restart_keeps_the_virtual_pid_and_the_pid_table() {
     assert_ne!(q.real_pid, p.real_pid, "the restarted process has a new real pid");
     f.finish(&mut r);
 }
+
+/// Checkpoints taken one after the other while the program forks short-lived children
+/// (and grandchildren) in a tight loop: every checkpoint completes (no deadlock, no
+/// failure because a process was being created or was exiting), every process of every
+/// generation has its image and a parent in the generation, new children are caught
+/// (some generation holds more than the parent), and the program's output is unchanged.
+#[test]
+fn checkpoints_during_a_tight_fork_loop_complete_and_hold_whole_processes() {
+    let s = Session::new("tree_forkloop");
+    let stop = s.root.join("stop");
+    std::fs::write(&stop, b"").expect("create the stop file");
+    let f = Flow::new(&s, Program::c("forkloop").arg("100").env("PROBE_STOP_FILE", &stop));
+    std::fs::remove_file(&stop).expect("remove the stop file");
+    let mut run = f.launch();
+    s.advance_to(&mut run, 1);
+    s.wait_registered(1);
+    s.gate.go(1);
+    let gens: Vec<std::path::PathBuf> = (0..8).map(|_| s.checkpoint()).collect();
+    std::fs::write(&stop, b"").expect("create the stop file");
+    let mut caught = 0;
+    for g in &gens {
+        let m = manifest(g);
+        let p = m.processes.iter().find(|p| p.real_pid == run.pid).expect("the parent is in every generation");
+        for q in &m.processes {
+            assert!(g.join(&q.image).is_file(), "{}: image {} missing", g.display(), q.image);
+            assert!(
+                q.vpid == p.vpid || m.processes.iter().any(|o| o.vpid == q.vppid),
+                "{}: process {} has no parent in the generation: {:?}",
+                g.display(),
+                q.vpid,
+                m.processes
+            );
+        }
+        if m.processes.len() > 1 {
+            caught += 1;
+        }
+    }
+    assert!(caught > 0, "no generation caught a child of the fork loop");
+    f.finish(&mut run);
+}
