@@ -110,6 +110,10 @@ static LEFT: AtomicBool = AtomicBool::new(false);
 /// no checkpoint starts in it any more (a checkpoint in progress is waited for first).
 fn leaving_for_good() {
     quiesce::wrapper_enter();
+    // A forked writer still writing this process's image of a generation: its report
+    // must reach the coordinator before this process's end does (no new checkpoint can
+    // start meanwhile: we hold the lock). Also for `_exit`, the common end of a child.
+    crate::ckpt_thread::wait_at_exit();
     if !LEFT.swap(true, Ordering::AcqRel) {
         tell_coordinator(&crust_format::wire::ToCoord::Leaving { exec: false });
     }
