@@ -228,14 +228,12 @@ fn load(opts: &RestartOptions) -> Result<TreePlan, String> {
             ));
         }
         let img = image::read_image(&img_path).map_err(|e| format!("{}: {e}", img_path.display()))?;
-        if mp.header_crc32c != 0 {
-            if manifest::image_header_crc(&img_path) != Some(mp.header_crc32c) {
-                return Err(format!(
-                    "{}: this image is not the one the manifest recorded for vpid {} (header checksum differs)",
-                    img_path.display(),
-                    mp.vpid
-                ));
-            }
+        if mp.header_crc32c != 0 && manifest::image_header_crc(&img_path) != Some(mp.header_crc32c) {
+            return Err(format!(
+                "{}: this image is not the one the manifest recorded for vpid {} (header checksum differs)",
+                img_path.display(),
+                mp.vpid
+            ));
         }
         if img.meta.vpid != mp.vpid {
             return Err(format!(

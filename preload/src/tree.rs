@@ -49,19 +49,38 @@ pub fn child_pids(except: i32) -> Vec<i32> {
 fn children() -> Vec<ChildRecord> {
     child_pids(sys::gettid())
         .into_iter()
-        .map(|pid| {
-            let mut info = [0u64; 16];
-            // SAFETY: info is a siginfo_t-sized buffer; WNOWAIT leaves the child waitable.
-            let r = unsafe {
-                sc!(libc::SYS_waitid, libc::P_PID, pid, info.as_mut_ptr(), libc::WEXITED as usize | libc::WNOHANG as usize | WNOWAIT | WALL, 0)
-            };
-            let words = info.as_ptr() as *const i32;
-            // SAFETY: siginfo layout: si_code at byte 8, si_pid at 16, si_status at 24.
-            let (code, si_pid, status) = unsafe { (*words.add(2), *words.add(4), *words.add(6)) };
-            let exit = (r == 0 && si_pid == pid).then_some(ChildExit { code, status });
-            ChildRecord { vpid: crate::vpid::to_virtual(pid), real_pid: pid, exit }
-        })
+        .map(|pid| ChildRecord { vpid: crate::vpid::to_virtual(pid), real_pid: pid, exit: zombie_status(pid) })
         .collect()
+}
+
+/// How child `pid` ended, if it is a zombie. A child that is still exiting (it left the
+/// computation while the others were being stopped) is waited for briefly, so it is
+/// recorded as the zombie it is about to be rather than as a live child without an image.
+fn zombie_status(pid: i32) -> Option<ChildExit> {
+    const PF_EXITING: u64 = 0x4;
+    for attempt in 0..2000 {
+        let mut info = [0u64; 16];
+        // SAFETY: info is a siginfo_t-sized buffer; WNOWAIT leaves the child waitable.
+        let r = unsafe {
+            sc!(libc::SYS_waitid, libc::P_PID, pid, info.as_mut_ptr(), libc::WEXITED as usize | libc::WNOHANG as usize | WNOWAIT | WALL, 0)
+        };
+        let words = info.as_ptr() as *const i32;
+        // SAFETY: siginfo layout: si_code at byte 8, si_pid at 16, si_status at 24.
+        let (code, si_pid, status) = unsafe { (*words.add(2), *words.add(4), *words.add(6)) };
+        if r == 0 && si_pid == pid {
+            return Some(ChildExit { code, status });
+        }
+        // Field 9 of /proc/PID/stat: the task flags.
+        let stat = procfs::read_string(format!("/proc/{pid}/stat").as_bytes());
+        let flags = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_ascii_whitespace().nth(6)).and_then(|f| f.parse::<u64>().ok());
+        if r != 0 || flags.is_none_or(|f| f & PF_EXITING == 0) || attempt == 1999 {
+            return None;
+        }
+        let ts = libc::timespec { tv_sec: 0, tv_nsec: 1_000_000 };
+        // SAFETY: a plain sleep.
+        unsafe { sc!(libc::SYS_nanosleep, &ts as *const libc::timespec, 0) };
+    }
+    None
 }
 
 /// `(fd, parent's fd)` for every recorded fd whose open file description the parent holds too.
