@@ -45,7 +45,7 @@ coord="127.0.0.1:$port"
 export CR_COORD="$coord"
 coord_pid=""
 start_coord() {
-    "$bin/crcoord" --port "$port" --ckpt-dir "$work/ckpt" >"$work/crcoord.log" 2>&1 &
+    "$bin/crcoord" --port "$port" --ckpt-dir "$work/ckpt" "$@" >"$work/crcoord.log" 2>&1 &
     coord_pid=$!
     for _ in $(seq 200); do "$bin/crctl" status >/dev/null 2>&1 && return 0; sleep 0.05; done
     echo "crcoord did not start" >&2; exit 1
@@ -69,9 +69,10 @@ spread() { sort -g | awk 'NR==1{lo=$1} {hi=$1} END {printf "%s..%s", lo, hi}'; }
 wait_file() { for _ in $(seq 6000); do [ -e "$1" ] && return 0; sleep 0.01; done; echo "timeout waiting for $1" >&2; return 1; }
 mbps() { awk -v b="$1" -v ns="$2" 'BEGIN { printf "%.0f", b / (ns / 1e9) / 1e6 }'; }
 
-# Which stop-the-world option crlaunch has (the forked writer came later).
+# Stop-the-world writing (the program stays stopped while its image is written): what the
+# throughput benchmark measures. Forked writing is measured by bench/downtime.sh.
 stw_flag=""
-if "$bin/crlaunch" --help 2>&1 | grep -q -- "--no-forked"; then stw_flag="--no-forked"; fi
+if "$bin/crcoord" --help 2>&1 | grep -q -- "--no-forked"; then stw_flag="--no-forked"; fi
 
 echo "== machine" | tee -a "$out"
 { uname -srm; lscpu | grep -E "Model name|^CPU\(s\)|Thread|MHz" | sed 's/  */ /g'; free -g | head -2; df -hT "$work" | tail -1; date -u; } | tee -a "$out"
@@ -79,11 +80,11 @@ echo | tee -a "$out"
 printf '%-58s %16s %16s %10s\n' "benchmark" "crust" "baseline" "ratio" | tee -a "$out"
 
 # ---------------------------------------------------------------- checkpoint and restart
-start_coord
+start_coord $stw_flag
 for mib in $sizes; do
     bytes=$((mib << 20))
     for kind in random; do
-        w_ns=(); d_ns=(); mapped=(); mapped_touch=(); eager=(); eager_touch=(); ddr=(); ddr_cold=()
+        w_ns=(); d_ns=(); mapped=(); mapped_touch=(); eager=(); eager_cold=(); ddr=(); ddr_cold=()
         for rep in $(seq "$reps"); do
             d="$work/hog"; rm -rf "$d" "$work/ckpt"; mkdir -p "$d"
             "$bin/crlaunch" --ckpt-dir "$work/ckpt" $stw_flag -- "$work/memhog" "$mib" "$kind" "$d" >/dev/null 2>"$work/memhog.err" &
@@ -99,17 +100,22 @@ for mib in $sizes; do
             # dd writing the same number of bytes to the same filesystem, fsync included.
             t0=$(now_ns); dd if=/dev/zero of="$work/dd.out" bs=4M count=$((mib / 4)) conv=fsync status=none; t1=$(now_ns)
             d_ns+=($((t1 - t0))); rm -f "$work/dd.out"
-            # Restart: mapped (default) and eager, warm page cache (the image was just written).
-            for mode in mapped eager; do
+            # Restart: mapped (default) and eager with the image in the page cache (it was
+            # just written), then eager with the image's pages dropped from the cache.
+            for mode in mapped eager eagercold; do
                 rm -f "$d/resumed" "$d/touched"; touch "$d/go"
-                flag=""; [ "$mode" = eager ] && flag="--eager"
+                flag=""; [ "$mode" != mapped ] && flag="--eager"
+                [ "$mode" = eagercold ] && dd if="$img" iflag=nocache count=0 status=none
                 t0=$(now_ns)
                 "$bin/crrestart" $flag "$gen" >/dev/null 2>"$work/restart.err" &
                 rp=$!
                 wait_file "$d/touched"; wait "$rp" 2>/dev/null || true
                 r=$(cat "$d/resumed"); tt=$(cut -d' ' -f1 "$d/touched")
-                if [ "$mode" = mapped ]; then mapped+=($(( (r - t0) / 1000 ))); mapped_touch+=($(( (tt - t0) / 1000 )));
-                else eager+=($(( (r - t0) / 1000 ))); eager_touch+=($(( (tt - t0) / 1000 ))); fi
+                case $mode in
+                    mapped) mapped+=($(( (r - t0) / 1000 ))); mapped_touch+=($(( (tt - t0) / 1000 ))) ;;
+                    eager) eager+=($(( (r - t0) / 1000 ))) ;;
+                    eagercold) eager_cold+=($(( (r - t0) / 1000 ))) ;;
+                esac
                 rm -f "$d/go"
             done
             # The filesystem's read bandwidth for the image: warm cache, and cold (the file's
@@ -124,17 +130,19 @@ for mib in $sizes; do
         row "  spread (ms): crctl checkpoint --wait / dd conv=fsync" "$(printf '%s\n' "${w_ns[@]}" | awk '{print int($1/1e6)}' | spread)" \
             "$(printf '%s\n' "${d_ns[@]}" | awk '{print int($1/1e6)}' | spread)" ""
         m=$(printf '%s\n' "${mapped[@]}" | median); mt=$(printf '%s\n' "${mapped_touch[@]}" | median)
-        e=$(printf '%s\n' "${eager[@]}" | median); et=$(printf '%s\n' "${eager_touch[@]}" | median)
+        e=$(printf '%s\n' "${eager[@]}" | median); ec=$(printf '%s\n' "${eager_cold[@]}" | median)
         rw=$(printf '%s\n' "${ddr[@]}" | median); rc=$(printf '%s\n' "${ddr_cold[@]}" | median)
         row "restart ${mib} MiB mapped: crrestart → program runs, ms" "$((m / 1000))" "50 target" \
             "$(printf '%s\n' "${mapped[@]}" | awk '{print int($1/1000)}' | spread)"
         row "  mapped, until the program read all its memory, ms" "$((mt / 1000))" "" ""
-        row "restart ${mib} MiB eager: crrestart → program runs, MB/s" "$(mbps $bytes $((e * 1000)))" "$(mbps $bytes "$rw") dd warm" \
+        row "restart ${mib} MiB eager, warm cache: → program runs, MB/s" "$(mbps $bytes $((e * 1000)))" "$(mbps $bytes "$rw") dd warm" \
             "$(awk -v a="$rw" -v b="$((e * 1000))" 'BEGIN{printf "%.2f", a/b}')"
-        row "  eager vs dd reading the image cold (nocache)" "" "$(mbps $bytes "$rc") dd cold" \
-            "$(awk -v a="$rc" -v b="$((e * 1000))" 'BEGIN{printf "%.2f", a/b}')"
-        row "  spread (ms): eager restart / dd warm" "$(printf '%s\n' "${eager[@]}" | awk '{print int($1/1000)}' | spread)" \
-            "$(printf '%s\n' "${ddr[@]}" | awk '{print int($1/1e6)}' | spread)" ""
+        row "restart ${mib} MiB eager, cold cache: → program runs, MB/s" "$(mbps $bytes $((ec * 1000)))" "$(mbps $bytes "$rc") dd cold" \
+            "$(awk -v a="$rc" -v b="$((ec * 1000))" 'BEGIN{printf "%.2f", a/b}')"
+        row "  spread (ms): eager warm / eager cold" "$(printf '%s\n' "${eager[@]}" | awk '{print int($1/1000)}' | spread)" \
+            "$(printf '%s\n' "${eager_cold[@]}" | awk '{print int($1/1000)}' | spread)" ""
+        row "  spread (ms): dd warm / dd cold" "$(printf '%s\n' "${ddr[@]}" | awk '{print int($1/1e6)}' | spread)" \
+            "$(printf '%s\n' "${ddr_cold[@]}" | awk '{print int($1/1e6)}' | spread)" ""
     done
 done
 

@@ -109,7 +109,7 @@ fn main() {
     for set in ["mixed", "text", "numbers", "random"] {
         let data = dataset(set, mib);
         let mut cases: Vec<(String, Compression, i32)> = vec![("lz4".into(), Compression::Lz4, 0)];
-        for l in [-5, -3, -1, 1, 3] {
+        for l in [-20, -10, -5, -3, -1, 1, 3] {
             cases.push((format!("zstd {l}"), Compression::Zstd, l));
         }
         for (name, kind, level) in cases {

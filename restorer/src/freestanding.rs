@@ -94,6 +94,7 @@ const SYS_MPROTECT: usize = 10;
 const SYS_MUNMAP: usize = 11;
 const SYS_PREAD64: usize = 17;
 const SYS_MREMAP: usize = 25;
+const SYS_MADVISE: usize = 28;
 const SYS_PRCTL: usize = 157;
 const SYS_EXIT_GROUP: usize = 231;
 const SYS_OPENAT: usize = 257;
@@ -106,6 +107,7 @@ const MAP_FIXED: usize = 0x10;
 const MAP_ANONYMOUS: usize = 0x20;
 const MAP_GROWSDOWN: usize = 0x100;
 const MAP_FIXED_NOREPLACE: usize = 0x100000;
+const MADV_POPULATE_WRITE: usize = 23;
 const MREMAP_MAYMOVE: usize = 1;
 const MREMAP_FIXED: usize = 2;
 const O_RDONLY: usize = 0;
@@ -454,6 +456,12 @@ extern "C" fn restorer_main(sp: *const usize) -> ! {
                     fail_at(b"cannot map page data from the image", run.addr, m, EXIT_MAP_FAILED);
                 }
                 continue;
+            }
+            if run.len >= 64 << 10 {
+                // Fault the run's pages in with one call rather than one fault per page
+                // during the read (kernels before 5.14 refuse; the read faults them then).
+                // SAFETY: the run lies inside the region we just mapped writable.
+                unsafe { sc(SYS_MADVISE, run.addr as usize, run.len as usize, MADV_POPULATE_WRITE, 0, 0, 0) };
             }
             let mut done = 0u64;
             while done < run.len {
