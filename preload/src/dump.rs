@@ -41,6 +41,9 @@ const WRITEBACK_STEP: u64 = 64 << 20;
 /// mappings are the program's anonymous memory, not a file mapping (0 = none).
 static RESTORED_FROM_DEV: AtomicU64 = AtomicU64::new(0);
 static RESTORED_FROM_INO: AtomicU64 = AtomicU64::new(0);
+/// Its size: pages of such a mapping past the end of the file hold nothing (touching them
+/// raises SIGBUS), as when `mremap` grew a mapped run.
+static RESTORED_FROM_SIZE: AtomicU64 = AtomicU64::new(0);
 
 /// Compression imposed by the coordinator (`crcoord --compress`): 0 = none imposed,
 /// else 1 + the `Compression` as a number.
@@ -77,11 +80,19 @@ pub fn note_restored_image(image_fd: i32) {
     if let Ok(st) = sys::fstat(image_fd) {
         RESTORED_FROM_DEV.store(st.st_dev, Ordering::Relaxed);
         RESTORED_FROM_INO.store(st.st_ino, Ordering::Relaxed);
+        RESTORED_FROM_SIZE.store(st.st_size as u64, Ordering::Relaxed);
     }
 }
 
+/// The part of a mapping of the restart image that lies inside the file: `[v.start, end)`.
+pub(crate) fn restored_image_end(v: &Vma) -> u64 {
+    let size = RESTORED_FROM_SIZE.load(Ordering::Relaxed);
+    let in_file = size.saturating_sub(v.offset) & !(PAGE_SIZE - 1);
+    v.end.min(v.start.saturating_add(in_file))
+}
+
 /// A mapping of the image this process was restarted from.
-fn is_restored_image(v: &Vma) -> bool {
+pub(crate) fn is_restored_image(v: &Vma) -> bool {
     let ino = RESTORED_FROM_INO.load(Ordering::Relaxed);
     if ino == 0 || v.inode != ino || v.shared {
         return false;
@@ -184,8 +195,9 @@ fn collect_runs(v: &Vma, kind: &RegionKind, scanner: &mut PageScanner, out: &mut
     // mapped from the image this process was restarted from: every page holds data,
     // present in the page tables or not. Store the non-zero ones.
     if matches!(kind, RegionKind::Detached { .. }) || is_restored_image(v) {
+        let end = if is_restored_image(v) { restored_image_end(v) } else { v.end };
         let mut pa = v.start;
-        while pa < v.end {
+        while pa < end {
             if !page_is_zero(pa) {
                 runs.add(pa, PAGE_SIZE);
             }

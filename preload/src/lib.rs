@@ -11,6 +11,7 @@
 //! * [`quiesce`]: the checkpoint signal handler, the wrapper lock, stopping and resuming threads.
 //! * [`procfs`]: reading /proc/self (maps, pagemap, stat, fds).
 //! * [`dump`]: writing the image; [`pagescan`]: which pages hold data (PAGEMAP_SCAN).
+//! * [`mapped`]: memory mapped from the restart image (the `madvise` wrapper).
 //! * [`tree`]: the process-tree part of the image (children, zombies, shared fds, pipe bytes).
 //! * [`writer`]: the forked copy-on-write writer that runs `dump` while the program runs on.
 //! * [`ckpt_thread`]: the checkpoint thread and its coordinator connection.
@@ -28,6 +29,7 @@ pub mod heap;
 pub mod ckpt_thread;
 pub mod config;
 pub mod dump;
+pub mod mapped;
 pub mod pagescan;
 pub mod procfs;
 pub mod quiesce;

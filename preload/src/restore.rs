@@ -358,6 +358,8 @@ pub unsafe extern "C" fn crust_restart_entry(args: *const RestartArgs) -> ! {
         core::ptr::copy_nonoverlapping(a.pids_addr as *const PlanPid, t.as_mut_ptr(), n);
         &t[..n]
     };
+    // SAFETY: the plan is still mapped; remember which runs were mapped from the image.
+    unsafe { crate::mapped::record_from_plan(&a) };
     // SAFETY: the restorer and its plan are no longer executing or needed.
     unsafe {
         let _ = sys::munmap(a.restorer_start as usize, (a.restorer_end - a.restorer_start) as usize);

@@ -190,3 +190,19 @@ fn coordinator_compress_setting_overrides_the_programs() {
     let mut r = f.restart(&ck);
     f.finish(&mut r);
 }
+
+/// After a mapped restart, MADV_DONTNEED gives zeros (the madvise wrapper replaces image
+/// pages with anonymous memory) and growing a block with mremap gives zeros in the new
+/// part (the last page of a mapped region stays anonymous): as without crust.
+#[test]
+fn dontneed_and_mremap_behave_as_anonymous_memory_after_mapped_restart() {
+    let s = Session::new("dontneed");
+    let f = Flow::new(&s, Program::c("dontneed"));
+    let mut run = f.launch();
+    let ck = f.checkpoint_at(&mut run, 1);
+    s.advance_to(&mut run, 2);
+    f.kill(&mut [&mut run]);
+    let mut r = f.restart(&ck);
+    assert!(!image_mappings(r.pid).is_empty(), "the probe's memory was not mapped from the image");
+    f.finish(&mut r);
+}
