@@ -347,6 +347,7 @@ fn checkpoint(fd: i32, generation: u64, dir: &str, forked: bool) -> Result<(), S
     // From here until resume_all, allocations go to the scratch arena: nothing allocated
     // here may be used after resume_all (the arena is discarded).
     restore::save_process_state();
+    crate::writer::clear_shared_copies();
     let mut sub: i32 = 0;
     let _ = sys::prctl(libc::PR_GET_CHILD_SUBREAPER, &mut sub as *mut i32 as usize, 0, 0, 0);
     SUBREAPER.store(sub, Ordering::Relaxed);
@@ -445,7 +446,7 @@ fn forked_generation(fd: i32, generation: u64, dir: &str, t0: u64) -> Result<(),
     let captured = crate::dump::capture_stopped_facts(dir).and_then(|facts| {
         let req = dump_request(dir, generation, &facts);
         let r = if crate::config::get().forked {
-            crate::writer::spawn(&req).map(Captured::Writer)
+            crate::writer::copy_shared_memory().and_then(|()| crate::writer::spawn(&req)).map(Captured::Writer)
         } else {
             let tw = sys::clock_monotonic_ns();
             crate::dump::write_image(&req).map(|res| Captured::Written {

@@ -178,9 +178,21 @@ fn classify(v: &Vma, mm: &MmInfo) -> Option<RegionKind> {
     }
 }
 
+/// The readable shared mappings whose contents an image stores (a forked writer needs
+/// them copied while the program is stopped: `writer::copy_shared_memory`).
+pub(crate) fn shared_contents_stored(maps: &[Vma]) -> Vec<(u64, u64)> {
+    let mm = mm_info();
+    maps.iter()
+        .filter(|v| v.shared && v.prot & libc::PROT_READ as u32 != 0)
+        .filter(|v| matches!(classify(v, &mm), Some(RegionKind::Detached { .. })))
+        .map(|v| (v.start, v.end))
+        .collect()
+}
+
 fn page_is_zero(addr: u64) -> bool {
-    // SAFETY: the page is mapped and readable (checked by the caller).
-    let words = unsafe { core::slice::from_raw_parts(addr as *const u64, 512) };
+    // SAFETY: the page is mapped and readable (checked by the caller); shared memory is
+    // read from its copy taken at the stop (writer.rs).
+    let words = unsafe { core::slice::from_raw_parts(crate::writer::source(addr) as *const u64, 512) };
     words.iter().all(|&w| w == 0)
 }
 
@@ -323,6 +335,8 @@ impl PageWriter {
     /// Store one run (its offset and crc are filled in). `volatile`: the memory may change
     /// while being written (our own stack), so it is copied first.
     fn add(&mut self, run: &mut PageRun, volatile: bool) -> Result<(), String> {
+        // Shared memory is read from its copy taken at the stop (writer.rs).
+        let src_addr = crate::writer::source(run.addr);
         run.offset = self.stream_off;
         self.stream_off += run.len;
         if self.encoder.is_some() {
@@ -336,7 +350,7 @@ impl PageWriter {
             while done < len {
                 let n = (len - done).min(self.copy.len());
                 // SAFETY: the run lies in a readable mapping of this process.
-                let src = unsafe { core::slice::from_raw_parts((run.addr as usize + done) as *const u8, n) };
+                let src = unsafe { core::slice::from_raw_parts((src_addr as usize + done) as *const u8, n) };
                 self.copy[..n].copy_from_slice(src);
                 crc = crc32c::crc32c_append(crc, &self.copy[..n]);
                 sys::pwrite_all(self.fd, &self.copy[..n], self.file_off).map_err(|e| format!("writing image: errno {e}"))?;
@@ -349,12 +363,12 @@ impl PageWriter {
         }
         // SAFETY: the run lies in a readable mapping of this process that nobody changes
         // while the image is written (the program's threads are stopped).
-        let data = unsafe { core::slice::from_raw_parts(run.addr as *const u8, run.len as usize) };
+        let data = unsafe { core::slice::from_raw_parts(src_addr as *const u8, run.len as usize) };
         run.crc = crc32c::crc32c(data);
         let mut done = 0u64;
         while done < run.len {
             let n = (run.len - done).min(WRITEBACK_STEP - self.iov_bytes);
-            self.iov.push(libc::iovec { iov_base: (run.addr + done) as *mut libc::c_void, iov_len: n as usize });
+            self.iov.push(libc::iovec { iov_base: (src_addr + done) as *mut libc::c_void, iov_len: n as usize });
             self.iov_bytes += n;
             self.file_off += n;
             done += n;
@@ -423,13 +437,14 @@ impl PageWriter {
     }
 
     fn add_compressed(&mut self, run: &mut PageRun) -> Result<(), String> {
+        let src_addr = crate::writer::source(run.addr);
         let mut crc = 0u32;
         let mut done = 0usize;
         let len = run.len as usize;
         while done < len {
             let n = (len - done).min(CHUNK_SIZE - self.stage_len);
             // SAFETY: the run lies in a readable mapping of this process.
-            let src = unsafe { core::slice::from_raw_parts((run.addr as usize + done) as *const u8, n) };
+            let src = unsafe { core::slice::from_raw_parts((src_addr as usize + done) as *const u8, n) };
             let dst = &mut self.stage[self.stage_len..self.stage_len + n];
             dst.copy_from_slice(src);
             // The checksum describes the copy, which is what gets compressed.

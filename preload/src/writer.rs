@@ -38,6 +38,14 @@
 //! hit) and the generation fails naming the timeout. A writer whose program died meanwhile
 //! finds the pipe closed when it reports and removes its image; in any case it arms an
 //! alarm on itself (SIGALRM, default action) so an orphan can never linger forever.
+//!
+//! ## Shared memory
+//! A copy-on-write copy does not copy `MAP_SHARED` memory: the writer would read it live,
+//! while the program (or another process) changes it. So the contents of every shared
+//! mapping an image stores (shared anonymous memory, memfds, deleted files: what
+//! `dump::shared_contents_stored` names) are copied into the scratch arena while the
+//! program is stopped ([`copy_shared_memory`]), and the writer reads them from there
+//! ([`source`]). That copy is the one part of the downtime that grows with the data.
 
 use crate::dump::{self, DumpRequest};
 use crate::sys::{self, sc};
@@ -466,4 +474,63 @@ pub fn remove_partial_image(dir: &str) {
 /// After a restart: the writer of the checkpoint we came from belonged to the old process.
 pub fn reset_after_restart() {
     WRITER_TID.store(0, Ordering::Relaxed);
+    clear_shared_copies();
+}
+
+// ---------------------------------------------------------------- shared memory
+
+/// A shared mapping `[start, end)` and where its contents were copied at the stop.
+#[derive(Clone, Copy)]
+struct SharedCopy {
+    start: u64,
+    end: u64,
+    copy: u64,
+}
+
+const MAX_SHARED_COPIES: usize = 256;
+static mut SHARED_COPIES: [SharedCopy; MAX_SHARED_COPIES] = [SharedCopy { start: 0, end: 0, copy: 0 }; MAX_SHARED_COPIES];
+static N_SHARED_COPIES: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+
+/// Forget the copies (every checkpoint starts with none).
+pub fn clear_shared_copies() {
+    N_SHARED_COPIES.store(0, Ordering::Release);
+}
+
+/// Copy the contents of every shared mapping an image stores into the scratch arena.
+/// Threads stopped, allocator in scratch mode (the copies are not part of the image and
+/// are discarded in this process when it resumes; the writer has its own).
+pub fn copy_shared_memory() -> Result<(), String> {
+    clear_shared_copies();
+    let maps = crate::procfs::read_maps().map_err(|e| format!("read /proc/self/maps: errno {e}"))?;
+    let mut n = 0;
+    for (start, end) in dump::shared_contents_stored(&maps) {
+        if n == MAX_SHARED_COPIES {
+            return Err(format!("more than {MAX_SHARED_COPIES} shared memory mappings; use --no-forked (CR_FORKED=0)"));
+        }
+        let len = (end - start) as usize;
+        let layout = core::alloc::Layout::from_size_align(len, 4096).map_err(|_| "shared mapping too large".to_string())?;
+        // SAFETY: a fresh block of `len` bytes from the scratch arena.
+        let copy = unsafe { std::alloc::alloc(layout) };
+        if copy.is_null() {
+            return Err(format!("no room to copy {len} bytes of shared memory at {start:#x} (scratch arena)"));
+        }
+        // SAFETY: the mapping is readable (checked by shared_contents_stored) and nobody
+        // writes it while every process of the computation is stopped; the block is ours.
+        unsafe {
+            core::ptr::copy_nonoverlapping(start as *const u8, copy, len);
+            (*core::ptr::addr_of_mut!(SHARED_COPIES))[n] = SharedCopy { start, end, copy: copy as u64 };
+        }
+        n += 1;
+    }
+    N_SHARED_COPIES.store(n, Ordering::Release);
+    Ok(())
+}
+
+/// Where the contents of `addr` are read from for the image: the copy taken at the stop
+/// for shared memory, the address itself otherwise. A page run never crosses mappings.
+pub fn source(addr: u64) -> u64 {
+    let n = N_SHARED_COPIES.load(Ordering::Acquire).min(MAX_SHARED_COPIES);
+    // SAFETY: entries below n were written before n was published.
+    let copies = unsafe { &(&*core::ptr::addr_of!(SHARED_COPIES))[..n] };
+    copies.iter().find(|c| addr >= c.start && addr < c.end).map_or(addr, |c| c.copy + (addr - c.start))
 }

@@ -13,12 +13,15 @@
  * checkpoint), then goes through gates 1..3; after gate 3 it stops the workers and each
  * reports whether its invariant held. The output does not depend on how many steps ran.
  *
- * argv[1]: MiB per worker (default 16); argv[2]: workers (default 3).
+ * argv[1]: MiB per worker (default 16); argv[2]: workers (default 3); argv[3] "shared": the
+ * slices are MAP_SHARED anonymous memory (which a forked copy shares with the program
+ * instead of copying on write).
  */
 #include "gate.h"
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #define MAXW 16
@@ -65,16 +68,22 @@ int main(int argc, char **argv) {
     size_t mib = argc > 1 ? strtoul(argv[1], NULL, 10) : 16;
     int nw = argc > 2 ? atoi(argv[2]) : 3;
     if (nw < 1 || nw > MAXW) nw = 3;
+    int shared = argc > 3 && strcmp(argv[3], "shared") == 0;
     words = mib * (1u << 20) / 8;
     for (int t = 0; t < nw; t++) {
-        slices[t] = malloc(words * 8);
+        if (shared) {
+            void *p = mmap(NULL, words * 8, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+            slices[t] = p == MAP_FAILED ? NULL : p;
+        } else {
+            slices[t] = malloc(words * 8);
+        }
         if (!slices[t]) {
             printf("ERROR: out of memory\n");
             return 1;
         }
         for (size_t i = 0; i < words; i++) slices[t][i] = mix(i, (uint64_t)t);
     }
-    printf("dirty: %d workers x %zu MiB\n", nw, mib);
+    printf("dirty: %d workers x %zu MiB%s\n", nw, mib, shared ? " (shared memory)" : "");
     pthread_t th[MAXW];
     for (int t = 0; t < nw; t++) pthread_create(&th[t], NULL, worker, (void *)(intptr_t)t);
     /* Busy workers at every gate: each has done some steps before gate 1. */

@@ -35,6 +35,21 @@ fn dirtying_threads_restart_at_the_snapshot_moment_of_a_forked_checkpoint() {
     f.finish(&mut r);
 }
 
+/// The same with MAP_SHARED anonymous memory, which the writer shares with the program
+/// instead of getting a copy-on-write copy: it must be captured while the program is
+/// stopped.
+#[test]
+fn dirtying_threads_in_shared_memory_restart_at_the_snapshot_moment() {
+    let s = Session::new("forked_dirty_shared");
+    let f = Flow::new(&s, probe::dirty().arg("4").arg("3").arg("shared"));
+    let mut run = f.launch();
+    let ck = f.checkpoint_at(&mut run, 1);
+    s.advance_to(&mut run, 2);
+    f.kill(&mut [&mut run]);
+    let mut r = f.restart(&ck);
+    f.finish(&mut r);
+}
+
 #[test]
 fn dirtying_threads_run_on_correctly_after_forked_checkpoints() {
     let s = Session::new("forked_dirty_run_on");
