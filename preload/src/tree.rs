@@ -91,23 +91,59 @@ fn inherited_fds(fds: &[FdRecord]) -> Vec<(i32, i32)> {
     if parent <= 1 {
         return out;
     }
-    let theirs = procfs::list_numbers(format!("/proc/{parent}/fd").as_bytes());
+    // kcmp orders open file descriptions consistently (0 same, 1 less, 2 greater), so the
+    // parent's fds are sorted once and each of ours found by binary search: O(n log n)
+    // system calls, not O(n²), for processes with many fds.
+    let kcmp = |pid1: i32, fd1: i32, fd2: i32| -> core::cmp::Ordering {
+        // SAFETY: kcmp only compares kernel objects.
+        match unsafe { sc!(SYS_KCMP, pid1, parent, KCMP_FILE, fd1, fd2) } {
+            0 => core::cmp::Ordering::Equal,
+            1 => core::cmp::Ordering::Less,
+            2 => core::cmp::Ordering::Greater,
+            // Not comparable (a closed fd): never equal.
+            _ => core::cmp::Ordering::Less,
+        }
+    };
+    let mut theirs = procfs::list_numbers(format!("/proc/{parent}/fd").as_bytes());
+    // Inherited fds usually keep their number: try that first.
+    let unsorted = theirs.clone();
+    merge_sort(&mut theirs, &|a, b| kcmp(parent, a, b));
     for rec in fds {
-        let same = |pfd: i32| {
-            // SAFETY: kcmp only compares kernel objects.
-            unsafe { sc!(SYS_KCMP, me, parent, KCMP_FILE, rec.fd, pfd) == 0 }
-        };
-        // Inherited fds usually keep their number: try it first.
-        let hit = if theirs.binary_search(&rec.fd).is_ok() && same(rec.fd) {
+        let hit = if unsorted.binary_search(&rec.fd).is_ok() && kcmp(me, rec.fd, rec.fd).is_eq() {
             Some(rec.fd)
         } else {
-            theirs.iter().copied().find(|&p| p != rec.fd && same(p))
+            theirs.binary_search_by(|&p| kcmp(me, rec.fd, p).reverse()).ok().map(|i| theirs[i])
         };
         if let Some(p) = hit {
             out.push((rec.fd, p));
         }
     }
     out
+}
+
+/// A merge sort that stays safe with a comparison that is not a total order (the
+/// standard sort may panic then): the parent need not be under control, and one that
+/// changes its fds meanwhile only gets a useless order.
+fn merge_sort(v: &mut Vec<i32>, cmp: &dyn Fn(i32, i32) -> core::cmp::Ordering) {
+    if v.len() <= 1 {
+        return;
+    }
+    let mut right = v.split_off(v.len() / 2);
+    merge_sort(v, cmp);
+    merge_sort(&mut right, cmp);
+    let left = core::mem::take(v);
+    let (mut i, mut j) = (0, 0);
+    while i < left.len() && j < right.len() {
+        if cmp(right[j], left[i]).is_lt() {
+            v.push(right[j]);
+            j += 1;
+        } else {
+            v.push(left[i]);
+            i += 1;
+        }
+    }
+    v.extend_from_slice(&left[i..]);
+    v.extend_from_slice(&right[j..]);
 }
 
 /// Whether this process is the one that stores pipe `id`'s bytes in this generation.

@@ -71,6 +71,8 @@ static int child(int down, int up, int start, pid_t parent) {
     }
     printf("child: %d messages read\n", n);
     fflush(stdout);
+    /* fd 20 is the parent's stdout under another number: one file offset still. */
+    dprintf(20, "child: this line went through fd 20\n");
     pid_t me = getpid();
     write_all(up, &me, sizeof me);
     write_all(up, &h, sizeof h);
@@ -85,6 +87,7 @@ int main(void) {
     pid_t c = fork();
     if (c < 0) return 92;
     if (c == 0) {
+        if (dup2(1, 20) != 20) _exit(93);
         close(down[1]);
         close(up[0]);
         close(start[1]);
