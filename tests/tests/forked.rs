@@ -77,6 +77,30 @@ fn no_forked_writes_stop_the_world_and_restarts_identically() {
     f.finish(&mut r);
 }
 
+/// A process started with `CR_FORKED=0` under a coordinator that runs forked generations
+/// writes its image itself while stopped (in the capture phase); the coordinator logs the
+/// exact per-process downtime; the restart is identical.
+#[test]
+fn a_process_declining_forking_writes_stop_the_world_in_a_forked_generation() {
+    if suite_no_forked() {
+        return; // needs a forked coordinator
+    }
+    let s = Session::new("forked_declined");
+    let mut coord = s.start_coordinator(&[], &[]);
+    let f = Flow::new(&s, probe::dirty().env("CR_FORKED", "0"));
+    let mut run = f.launch();
+    let ck = f.checkpoint_at(&mut run, 1);
+    let (downtime, write) = manifest_times(&ck.gen);
+    assert!(downtime > write, "the declining process's downtime {downtime} us must include its write ({write} us)");
+    let log = coord.stderr_text();
+    assert!(log.contains("forked=true"), "the coordinator did not run a forked generation:\n{log}");
+    assert!(log.contains(&format!("downtime_us={downtime}")), "the coordinator log does not show the downtime:\n{log}");
+    s.advance_to(&mut run, 2);
+    f.kill(&mut [&mut run]);
+    let mut r = f.restart(&ck);
+    f.finish(&mut r);
+}
+
 /// Run `crctl checkpoint --wait` in the background while the writer, armed through
 /// `CR_TEST_WRITER_PAUSE`, announces its pid and waits; `with_writer` gets that pid.
 fn checkpoint_with_paused_writer(s: &Session, pause: &Path, with_writer: impl FnOnce(i32)) -> CmdOutput {
