@@ -293,7 +293,7 @@ extern "C" fn writer_main(args: *const WriterArgs) -> ! {
         sc!(SYS_CLOSE_RANGE, a.report_fd + 1, u32::MAX, 0);
     }
     if let Some(p) = a.pause_file {
-        test_pause(p);
+        test_pause(p, a.report_fd);
     }
     let t0 = sys::clock_monotonic_ns();
     let result = dump::write_image(a.req);
@@ -329,8 +329,9 @@ extern "C" fn writer_main(args: *const WriterArgs) -> ! {
 }
 
 /// Test hook (`CR_TEST_WRITER_PAUSE=DIR`): while `DIR/arm` exists, a writer announces its
-/// pid in `DIR/writer.pid` (atomically) and waits to be killed (or for its alarm).
-fn test_pause(dir: &str) {
+/// pid in `DIR/writer.pid` (atomically) and waits to be killed, for its alarm, or until
+/// nobody listens on its report pipe any more (the program died): then it gives up.
+fn test_pause(dir: &str, report_fd: i32) {
     if sys::stat(format!("{dir}/arm").as_bytes()).is_err() {
         return;
     }
@@ -341,9 +342,14 @@ fn test_pause(dir: &str) {
         let _ = sys::rename(tmp.as_bytes(), format!("{dir}/writer.pid").as_bytes());
     }
     loop {
+        // POLLERR on a pipe's write end: its read end is closed.
+        let mut fds = [libc::pollfd { fd: report_fd, events: 0, revents: 0 }];
         let ts = libc::timespec { tv_sec: 3600, tv_nsec: 0 };
-        // SAFETY: ts is valid.
-        unsafe { sc!(libc::SYS_nanosleep, &ts as *const libc::timespec, 0) };
+        // SAFETY: valid pollfd and timespec.
+        let r = unsafe { sc!(libc::SYS_ppoll, fds.as_mut_ptr(), 1, &ts as *const libc::timespec, 0, 8) };
+        if r > 0 && fds[0].revents & (libc::POLLERR | libc::POLLHUP) != 0 {
+            sys::exit_group(1);
+        }
     }
 }
 

@@ -86,7 +86,7 @@ fn a_process_declining_forking_writes_stop_the_world_in_a_forked_generation() {
         return; // needs a forked coordinator
     }
     let s = Session::new("forked_declined");
-    let mut coord = s.start_coordinator(&[], &[]);
+    let coord = s.start_coordinator(&[], &[]);
     let f = Flow::new(&s, probe::dirty().env("CR_FORKED", "0"));
     let mut run = f.launch();
     let ck = f.checkpoint_at(&mut run, 1);
@@ -190,6 +190,32 @@ fn a_hanging_writer_is_killed_after_the_writer_timeout() {
     assert!(complete_generations(&s.ckpt_dir).is_empty());
     // (No second checkpoint here: a 1 s writer timeout is too short for a loaded machine.)
     f.finish(&mut run);
+}
+
+/// The program dying while its writer works fails the generation: no image is published,
+/// the generation directory goes, and the writer, finding nobody listening, ends.
+#[test]
+fn the_program_dying_while_its_writer_writes_fails_the_generation() {
+    if suite_no_forked() {
+        return; // needs a writer
+    }
+    let s = Session::new("forked_program_dies");
+    let pause = s.root.join("writer-pause");
+    fs::create_dir_all(&pause).unwrap();
+    let f = Flow::new(&s, probe::dirty().env("CR_TEST_WRITER_PAUSE", &pause));
+    let mut run = f.launch();
+    let ck1 = f.checkpoint_at(&mut run, 1);
+    let mut writer = 0;
+    let out = checkpoint_with_paused_writer(&s, &pause, |wpid| {
+        writer = wpid;
+        run.kill9();
+    });
+    assert!(!out.status.success(), "the checkpoint of a program that died succeeded: {}", out.describe());
+    assert!(out.all_text_lower().contains("ended before its image was written"), "crctl does not say why: {}", out.describe());
+    assert!(wait_until(READY_TIMEOUT, || !process_alive(writer)), "the writer {writer} outlived its program");
+    assert_eq!(complete_generations(&s.ckpt_dir), vec![ck1.gen.clone()]);
+    let mut r = f.restart(&ck1);
+    f.finish(&mut r);
 }
 
 /// A program that is a child subreaper, counts SIGCHLDs and polls wait() and its children
