@@ -15,7 +15,7 @@
 //!   consuming them: nothing is taken out of the pipe and put back, so no other process
 //!   (inside or outside the computation) can see bytes reordered. Exactly one process of
 //!   the computation stores a given pipe's bytes: the first to create the claim file
-//!   `.pipe-<inode>` in the generation directory (O_EXCL).
+//!   `.pipe-<host>-<inode>` in the generation directory (O_EXCL).
 
 use crate::procfs;
 use crate::sys::{self, sc};
@@ -148,7 +148,9 @@ fn merge_sort(v: &mut Vec<i32>, cmp: &dyn Fn(i32, i32) -> core::cmp::Ordering) {
 
 /// Whether this process is the one that stores pipe `id`'s bytes in this generation.
 pub fn claim_pipe(dir: &str, id: u64) -> bool {
-    match sys::open(format!("{dir}/.pipe-{id}").as_bytes(), libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC, 0o600) {
+    // Pipe inode numbers are per host; a generation directory may be shared by hosts.
+    let host = crate::dump::uname().0;
+    match sys::open(format!("{dir}/.pipe-{host}-{id}").as_bytes(), libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC, 0o600) {
         Ok(fd) => {
             sys::close(fd);
             true
