@@ -20,12 +20,14 @@
  *  - cr_disable()/cr_enable() bracket a critical section (they nest, per thread). While any
  *    thread is inside one, a checkpoint waits (the process shows as "held" in `crctl status`;
  *    the coordinator's --generation-timeout bounds the wait and names the process). A thread
- *    calling cr_disable() while a checkpoint is under way waits until it is over.
+ *    calling cr_disable() while a checkpoint is about to stop the program waits until the
+ *    program runs again.
  *  - Hooks run on crust's checkpoint thread, in an ordinary thread context (not a signal
  *    handler), while the program's threads run: they may use malloc, stdio and locks. The
  *    before-checkpoint hook runs before the threads are stopped and the checkpoint waits for
- *    it; the resume hook runs as soon as they run again after a checkpoint (also a failed
- *    one); the restart hook runs after a restart, before cr_checkpoint() returns 0 in the
+ *    it; the resume hook runs when the process is done with a checkpoint (also a failed one;
+ *    with forked checkpoints once its image is written, the threads having run again since
+ *    the capture); the restart hook runs after a restart, before cr_checkpoint() returns 0 in the
  *    thread that asked for the checkpoint (other threads already run). A hook must not call
  *    cr_checkpoint() and must not wait for a thread that is inside cr_checkpoint() or a
  *    critical section. Up to 8 hooks of each kind; `crid` is the generation (for the restart

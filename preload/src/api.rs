@@ -12,12 +12,14 @@
 //!   the coordinator gives up on the generation (`--generation-timeout`).
 //! * Hooks run on the checkpoint thread, never in a signal handler and never while the
 //!   program's threads are stopped: the before-checkpoint hooks before they are stopped
-//!   (the checkpoint waits for them), the resume hooks just after they run again, the
-//!   restart hooks when the checkpoint thread comes back after a restart.
+//!   (the checkpoint waits for them), the resume hooks when this process is done with the
+//!   checkpoint (with forked checkpoints: once its image is written, while the program has
+//!   been running since its capture), the restart hooks when the checkpoint thread comes
+//!   back after a restart.
 //! * `cr_ignore_fd()` keeps a descriptor out of checkpoints; after a restart it is closed.
 //!
 //! Which requests a generation answers: while a checkpoint is pending in this process
-//! ([`PENDING`], from the `Checkpoint` message until the threads run again) no new request
+//! ([`PENDING`], from the `Checkpoint` message until the threads are stopped) no new request
 //! starts (callers wait), and the checkpoint thread waits for requests being sent
 //! ([`INFLIGHT`]) before it records the last request number ([`COVER`]). So every request
 //! it covers was sent before this process said it suspended, which is exactly when the
@@ -252,8 +254,17 @@ pub fn before_checkpoint(fd: i32, generation: u64) -> Result<bool, String> {
     }
 }
 
-/// The program runs again after generation `generation` (checkpoint thread): resume hooks,
-/// and requests and critical sections may start again.
+/// Every program thread is stopped (checkpoint thread): requests and critical sections
+/// may start again as soon as the threads run, even while a forked writer still writes
+/// the image.
+pub fn suspended() {
+    PENDING.store(0, Ordering::SeqCst);
+    sys::futex_wake(&PENDING, u32::MAX);
+}
+
+/// This process is done with generation `generation` (checkpoint thread; with forked
+/// checkpoints, once its image is written): resume hooks, and requests and critical
+/// sections may start again if the checkpoint never stopped the threads.
 pub fn after_checkpoint(generation: u64) {
     PENDING.store(0, Ordering::SeqCst);
     sys::futex_wake(&PENDING, u32::MAX);

@@ -344,6 +344,7 @@ fn checkpoint(fd: i32, generation: u64, dir: &str, forked: bool) -> Result<(), S
         quiesce::resume_all();
         return send(fd, &ToCoord::Failed { generation, error: detail });
     }
+    crate::api::suspended();
     // From here until resume_all, allocations go to the scratch arena: nothing allocated
     // here may be used after resume_all (the arena is discarded).
     restore::save_process_state();
