@@ -35,7 +35,7 @@ work="$(cd "$work" && pwd)"
 out="$work/results.txt"
 : > "$out"
 cc=${CC:-gcc}
-for p in memhog syscalls compute idle; do
+for p in memhog syscalls compute idle readfresh; do
     "$cc" -O2 -o "$work/$p" "$here/$p.c"
 done
 export CR_LOG=warn
@@ -84,7 +84,7 @@ start_coord $stw_flag
 for mib in $sizes; do
     bytes=$((mib << 20))
     for kind in random; do
-        w_ns=(); d_ns=(); mapped=(); mapped_touch=(); eager=(); eager_cold=(); ddr=(); ddr_cold=()
+        w_ns=(); d_ns=(); mapped=(); mapped_touch=(); eager=(); eager_cold=(); ddr=(); ddr_cold=(); fresh=()
         for rep in $(seq "$reps"); do
             d="$work/hog"; rm -rf "$d" "$work/ckpt"; mkdir -p "$d"
             "$bin/crlaunch" --ckpt-dir "$work/ckpt" $stw_flag -- "$work/memhog" "$mib" "$kind" "$d" >/dev/null 2>"$work/memhog.err" &
@@ -121,6 +121,7 @@ for mib in $sizes; do
             # The filesystem's read bandwidth for the image: warm cache, and cold (the file's
             # pages dropped from the cache with dd iflag=nocache first).
             t0=$(now_ns); dd if="$img" of=/dev/null bs=4M status=none; t1=$(now_ns); ddr+=($((t1 - t0)))
+            fresh+=($("$work/readfresh" "$img"))
             dd if="$img" iflag=nocache count=0 status=none
             t0=$(now_ns); dd if="$img" of=/dev/null bs=4M status=none; t1=$(now_ns); ddr_cold+=($((t1 - t0)))
         done
@@ -137,6 +138,9 @@ for mib in $sizes; do
         row "  mapped, until the program read all its memory, ms" "$((mt / 1000))" "" ""
         row "restart ${mib} MiB eager, warm cache: → program runs, MB/s" "$(mbps $bytes $((e * 1000)))" "$(mbps $bytes "$rw") dd warm" \
             "$(awk -v a="$rw" -v b="$((e * 1000))" 'BEGIN{printf "%.2f", a/b}')"
+        fr=$(printf '%s\n' "${fresh[@]}" | median)
+        row "  eager warm vs reading the image into fresh memory" "" "$(mbps $bytes "$fr") readfresh" \
+            "$(awk -v a="$fr" -v b="$((e * 1000))" 'BEGIN{printf "%.2f", a/b}')"
         row "restart ${mib} MiB eager, cold cache: → program runs, MB/s" "$(mbps $bytes $((ec * 1000)))" "$(mbps $bytes "$rc") dd cold" \
             "$(awk -v a="$rc" -v b="$((ec * 1000))" 'BEGIN{printf "%.2f", a/b}')"
         row "  spread (ms): eager warm / eager cold" "$(printf '%s\n' "${eager[@]}" | awk '{print int($1/1000)}' | spread)" \

@@ -14,10 +14,10 @@
 use crate::image::{Chunk, Compression, ImageMeta, PageRun, HEADER_SIZE};
 use crate::Error;
 
-/// zstd level used for images: the fastest of the regular levels' neighbours that still
-/// compresses text and sparse memory well (see BENCHMARKS.md for the measurements that
-/// chose it).
-pub const ZSTD_LEVEL: i32 = -1;
+/// zstd level used for images. On process-like data (examples/codec_bench.rs) level 1 was
+/// both faster and smaller than -1 (numeric data slows the negative levels down), the
+/// fastest levels (-10, -20) gain about 20 % speed for a worse ratio: see BENCHMARKS.md.
+pub const ZSTD_LEVEL: i32 = 1;
 
 /// A chunk encoder for one compression kind.
 pub struct Encoder {
