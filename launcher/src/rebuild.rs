@@ -516,7 +516,7 @@ fn exec_restorer(cx: &Ctx, i: usize, pids: &[PlanPid]) -> Result<Infallible, Str
         scratch_addr,
         coord: &t.coord,
         generation: meta.generation,
-        verify: true,
+        verify: !p.pages_verified,
         pids,
         close_from: base,
         shared: &shared,

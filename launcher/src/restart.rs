@@ -86,6 +86,8 @@ pub struct ProcPlan {
     /// What the restorer reads or maps page data from: the image file itself, or a memfd
     /// with the unpacked page data of a compressed image (`crate::pages`).
     pub pages: std::fs::File,
+    /// Every page checksum was checked already (the restorer need not check them again).
+    pub pages_verified: bool,
     pub meta: ImageMeta,
     pub parent: Option<usize>,
     /// Live children, in creation order.
@@ -243,11 +245,13 @@ fn load(opts: &RestartOptions) -> Result<TreePlan, String> {
                 mp.vpid
             ));
         }
-        // Page checksums (`--verify`), unpacking of compressed images.
-        let pages = crate::pages::open_pages(&img_path, &img, opts.verify)?;
+        // Page checksums (`--verify`, and `--eager`, which reads everything anyway: checked
+        // here, before anything changes), unpacking of compressed images.
+        let pages = crate::pages::open_pages(&img_path, &img, opts.verify || opts.eager)?;
         procs.push(ProcPlan {
             img_path,
             pages: pages.file,
+            pages_verified: pages.verified,
             meta: img.meta,
             parent: None,
             children: Vec::new(),

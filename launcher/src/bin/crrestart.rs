@@ -14,8 +14,8 @@ struct Args {
     #[arg(long)]
     keep_files: bool,
     /// Check every page checksum before starting. Without it, runs mapped from the image
-    /// are not read (so not checked) at restart; eager restore and compressed images
-    /// check every page as they read it.
+    /// are not read (so not checked) at restart; --eager and compressed images check
+    /// every page before starting anyway.
     #[arg(long)]
     verify: bool,
     /// Read all memory in (into anonymous memory) instead of mapping large runs straight
