@@ -101,6 +101,9 @@ for mib in $sizes; do
         printf "%-10s %14.1f %14.1f %16.1f %14.2f %10.2f\n", "  (min)", f / 1000, d / 1000, t / 1000, d / f, d / t
     }' | tee -a "$out"
     echo "  samples (us): fork $(printf '%s\n' "${forks[@]}" | spread), downtime $(printf '%s\n' "${downs[@]}" | spread)" | tee -a "$out"
+    # Each checkpoint against the fork sampled just before it (same load): median ratios.
+    paired=$(for i in "${!downs[@]}"; do echo "${downs[$i]} ${forks[$i]}"; done)
+    echo "  paired (each checkpoint vs the fork just before it), median: downtime/fork $(awk '{print $1 / $2}' <<<"$paired" | median | awk '{printf "%.2f", $1}'), vs target $(awk '{print $1 / (1.5 * $2 + 2000)}' <<<"$paired" | median | awk '{printf "%.2f", $1}')" | tee -a "$out"
     # For comparison: the same program with stop-the-world writing (CR_FORKED=0), stopped
     # until its image is durable.
     rm -rf "$d" "$work/ckpt"; mkdir -p "$d"
