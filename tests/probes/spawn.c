@@ -1,6 +1,6 @@
 /* Every way of starting a program: fork + execve with an empty environment, posix_spawn
  * with an environment of its own (no LD_PRELOAD), vfork + execv, popen, system, and fork +
- * exec of a statically linked program (argv[1]; optional). Every started process reports
+ * exec of a statically linked program (argv[1]; optional), daemon() in a forked child. Every started process reports
  * on a pipe (its pid, its parent's pid, and on stderr whether the preload is in it) and
  * waits on an inherited "release" pipe, so that at gate 1 all of them are alive.
  *
@@ -131,6 +131,21 @@ int main(int argc, char **argv) {
     if (!po) ERR("popen: %s", strerror(errno));
     expected++;
 
+    /* d: daemon() in a forked child: the daemon (an orphan now) reports. */
+    fflush(stdout);
+    pid_t dm = fork();
+    if (dm == 0) {
+        close(release_w); /* no exec here: the release pipe's end must not stay open */
+        close(rep[0]);
+        if (daemon(1, 1) != 0) _exit(3);
+        _exit(child_main('d', report_w));
+    }
+    {
+        int s2 = 0;
+        if (waitpid(dm, &s2, 0) != dm || !WIFEXITED(s2) || WEXITSTATUS(s2) != 0) ERR("daemon()'s parent: status %d", s2);
+    }
+    expected++;
+
     /* x: fork + exec of a static program (outside control), if given. */
     pid_t x = -1;
     if (static_prog) {
@@ -151,12 +166,16 @@ int main(int argc, char **argv) {
 
     /* Everybody reports (the system() child already did). */
     struct report r;
-    int seen_e = 0, seen_p = 0, seen_v = 0, seen_o = 0, seen_x = 0, seen_s = 0;
+    int seen_e = 0, seen_p = 0, seen_v = 0, seen_o = 0, seen_x = 0, seen_s = 0, seen_d = 0;
     for (int i = 0; i < expected + 1; i++) {
         read_report(rep[0], &r);
         switch (r.kind) {
         case 's':
             seen_s++;
+            break;
+        case 'd':
+            seen_d++;
+            if (r.pid == dm || r.ppid == me) ERR("daemon() did not detach");
             break;
         case 'e':
             seen_e++;
@@ -182,8 +201,8 @@ int main(int argc, char **argv) {
             break;
         }
     }
-    printf("reports: exec %d, posix_spawn %d, vfork %d, popen %d, system %d, static %d\n", seen_e, seen_p, seen_v,
-           seen_o, seen_s, seen_x);
+    printf("reports: exec %d, posix_spawn %d, vfork %d, popen %d, system %d, daemon %d, static %d\n", seen_e, seen_p,
+           seen_v, seen_o, seen_s, seen_d, seen_x);
 
     gate(1);
 

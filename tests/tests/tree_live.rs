@@ -64,7 +64,7 @@ fn tree_restarted_after_kill_sees_the_same_pids() {
 }
 
 /// fork + execve with an empty environment, posix_spawn with an environment without
-/// LD_PRELOAD, vfork + execv, popen and system: every started program is under control
+/// LD_PRELOAD, vfork + execv, popen, system and daemon: every started program is under control
 /// (it is in the generation taken while they all live, with its image) and sees the pid
 /// its parent got. A fork + exec of a statically linked program is reported: the
 /// generation of the rest succeeds and its manifest names the static one as excluded.
@@ -90,6 +90,11 @@ fn exec_spawn_popen_system_children_are_under_control_and_static_exec_is_exclude
     assert!(
         m.processes.iter().any(|q| q.args.iter().any(|a| a == "o") && q.vpid != p.vpid),
         "popen's child is not in the generation: {:?}",
+        m.processes
+    );
+    assert!(
+        m.processes.iter().any(|q| q.vpid != p.vpid && q.vppid != p.vpid),
+        "the daemon (an orphan, forked by daemon()) is not in the generation: {:?}",
         m.processes
     );
     assert_eq!(m.excluded.len(), 1, "the static child is listed as excluded: {:?}", m.excluded);
