@@ -29,6 +29,8 @@ pub static FIRST_CONTACT: core::sync::atomic::AtomicU32 = core::sync::atomic::At
 fn first_contact_done() {
     if FIRST_CONTACT.swap(1, Ordering::AcqRel) == 0 {
         sys::futex_wake(&FIRST_CONTACT, u32::MAX);
+        // A parent waiting in fork/posix_spawn/popen for our registration (wrap_proc.rs).
+        crate::wrap_proc::registered();
     }
 }
 
@@ -134,6 +136,7 @@ fn serve_forever() -> ! {
                 if session(fd).is_err() {
                     first_contact_done();
                 }
+                let _no_fork = crate::wrap_proc::ConnGuard::new();
                 COORD_FD.store(-1, Ordering::Release);
                 crate::api::disconnected();
                 crate::dump::remove_own_fd(fd);
@@ -167,6 +170,8 @@ fn parse_addr(s: &str) -> Option<libc::sockaddr_in> {
 }
 
 fn connect() -> Result<i32, i32> {
+    // No fork while the socket exists but COORD_FD does not name it yet (wrap_proc.rs).
+    let _no_fork = crate::wrap_proc::ConnGuard::new();
     let addr = parse_addr(&crate::config::get().coord).ok_or(libc::EINVAL)?;
     // SAFETY: plain socket creation.
     let fd = sys::check(unsafe { sc!(sys::SYS_socket, libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) })? as i32;

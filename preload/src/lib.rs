@@ -80,11 +80,11 @@ extern "C" fn init(argc: i32, argv: *const *const u8, envp: *const *const u8) {
     }
     quiesce::install_handler();
     wrappers::set_active();
+    // A spawning parent waits until we are registered (wrap_proc.rs).
+    wrap_proc::set_notify_fd(cfg.notify_fd);
     ckpt_thread::start();
     // Register before main(): a checkpoint asked for right after launch then includes us.
     ckpt_thread::wait_first_contact(2_000_000_000);
-    // A spawning parent waits for this (wrap_proc.rs).
-    wrap_proc::notify_registered(cfg.notify_fd);
 }
 
 #[used]

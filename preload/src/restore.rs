@@ -380,6 +380,7 @@ pub unsafe extern "C" fn crust_restart_entry(args: *const RestartArgs) -> ! {
     RESTARTED_FROM.store(a.generation, Ordering::Relaxed);
     // Not registered with the coordinator yet (exec waits for it: wrap_proc.rs).
     crate::ckpt_thread::FIRST_CONTACT.store(0, Ordering::Release);
+    crate::wrap_proc::set_notify_fd(-1);
     let coord_len = a.coord.iter().position(|&c| c == 0).unwrap_or(0);
     if coord_len > 0 {
         crate::config::set_coord(std::string::String::from_utf8_lossy(&a.coord[..coord_len]).into_owned());

@@ -109,6 +109,10 @@ static LEFT: AtomicBool = AtomicBool::new(false);
 /// The process is about to end: announce it once and keep the wrapper lock for good, so
 /// no checkpoint starts in it any more (a checkpoint in progress is waited for first).
 fn leaving_for_good() {
+    // Our hello must be read before our Leaving (a child that ends right after fork).
+    if crate::ckpt_thread::COORD_FD.load(Ordering::Acquire) >= 0 {
+        crate::ckpt_thread::wait_first_contact(500_000_000);
+    }
     quiesce::wrapper_enter();
     // A forked writer still writing this process's image of a generation: its report
     // must reach the coordinator before this process's end does (no new checkpoint can
@@ -166,22 +170,28 @@ struct Notify {
 }
 
 impl Notify {
+    /// A socket pair, not a pipe: the new process writes with MSG_NOSIGNAL, so a parent
+    /// that stopped waiting (and closed its end) never gets it killed by SIGPIPE.
     /// `cloexec`: false when the writing end must survive an exec.
     fn new(cloexec: bool) -> Option<Notify> {
         let mut fds = [-1i32; 2];
-        let flags = if cloexec { libc::O_CLOEXEC } else { 0 };
+        let kind = libc::SOCK_STREAM | if cloexec { libc::SOCK_CLOEXEC } else { 0 };
         // SAFETY: fds is a valid out-array of two ints.
-        sys::check(unsafe { sc!(libc::SYS_pipe2, fds.as_mut_ptr(), flags) }).ok()?;
+        sys::check(unsafe { sc!(libc::SYS_socketpair, libc::AF_UNIX, kind, 0, fds.as_mut_ptr()) }).ok()?;
         // The reading end is ours alone.
         let _ = sys::fcntl(fds[0], libc::F_SETFD, libc::FD_CLOEXEC as usize);
         Some(Notify { rfd: fds[0], wfd: fds[1] })
     }
 
-    /// In the parent: wait (bounded) for the byte or for every writer to be gone.
+    /// In the parent: wait (bounded) for the byte or for every writer to be gone. A wait
+    /// that runs out makes the next ones short (a coordinator that does not answer must
+    /// not cost every fork seconds); an answer makes them normal again.
     fn wait(self, timeout_ms: i32) {
         sys::close(self.wfd);
+        let timeout_ms = if REGISTER_SLOW.load(Ordering::Relaxed) { timeout_ms.min(SLOW_WAIT_MS) } else { timeout_ms };
         let mut pfd = libc::pollfd { fd: self.rfd, events: libc::POLLIN, revents: 0 };
         let start = sys::clock_monotonic_ns();
+        let mut answered = false;
         loop {
             let spent = ((sys::clock_monotonic_ns() - start) / 1_000_000) as i32;
             if spent >= timeout_ms {
@@ -193,8 +203,10 @@ impl Notify {
             if r == -(libc::EINTR as isize) {
                 continue;
             }
+            answered = r > 0;
             break;
         }
+        REGISTER_SLOW.store(!answered, Ordering::Relaxed);
         sys::close(self.rfd);
     }
 
@@ -204,12 +216,31 @@ impl Notify {
     }
 }
 
+/// The last registration wait ran out.
+static REGISTER_SLOW: AtomicBool = AtomicBool::new(false);
+/// How long a parent waits while registrations are slow.
+const SLOW_WAIT_MS: i32 = 50;
+
+/// The notify fd of this process's registration (-1: none or done).
+static NOTIFY_FD: core::sync::atomic::AtomicI32 = core::sync::atomic::AtomicI32::new(-1);
+
+/// Set before the checkpoint thread starts: it calls [`registered`] after its first
+/// contact with the coordinator (either way).
+pub fn set_notify_fd(fd: i32) {
+    NOTIFY_FD.store(fd, Ordering::Release);
+}
+
+/// The first contact with the coordinator ended (checkpoint thread).
+pub fn registered() {
+    notify_registered(NOTIFY_FD.swap(-1, Ordering::AcqRel));
+}
+
 /// In a new process: say "registered" (or "gave up") on the inherited notify fd.
 pub fn notify_registered(fd: i32) {
     if fd >= 0 {
         let b = [1u8];
-        // SAFETY: one byte from a local buffer.
-        let _ = unsafe { sys::write_raw(fd, b.as_ptr(), 1) };
+        // SAFETY: one byte from a local buffer; MSG_NOSIGNAL: never SIGPIPE.
+        let _ = unsafe { sc!(libc::SYS_sendto, fd, b.as_ptr(), 1, libc::MSG_NOSIGNAL, 0, 0) };
         sys::close(fd);
     }
 }
@@ -219,6 +250,35 @@ pub fn notify_registered(fd: i32) {
 const REGISTER_WAIT_MS: i32 = 3000;
 
 // ---------------------------------------------------------------- fork
+
+static CONN_LOCK: AtomicBool = AtomicBool::new(false);
+
+/// Held while the checkpoint thread creates or closes its coordinator socket, and by
+/// `fork` around the real fork: a child never inherits a socket of ours that
+/// `COORD_FD` does not name (it closes the one it names), which would keep the parent's
+/// connection open after the parent is gone.
+pub struct ConnGuard;
+
+impl ConnGuard {
+    pub fn new() -> ConnGuard {
+        while CONN_LOCK.compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
+            core::hint::spin_loop();
+        }
+        ConnGuard
+    }
+}
+
+impl Default for ConnGuard {
+    fn default() -> Self {
+        ConnGuard::new()
+    }
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        CONN_LOCK.store(false, Ordering::Release);
+    }
+}
 
 type ForkFn = unsafe extern "C" fn() -> pid_t;
 
@@ -239,12 +299,20 @@ fn child_after_fork(notify: Option<&Notify>) {
     vpid::VPID.store(0, Ordering::Relaxed);
     crate::restore::RESTARTED_FROM.store(0, Ordering::Relaxed);
     crate::ckpt_thread::FIRST_CONTACT.store(0, Ordering::Release);
-    crate::ckpt_thread::start();
+    // Our parent's own registration socket, if it was not registered yet when it forked,
+    // is not ours to answer.
+    let inherited = NOTIFY_FD.swap(-1, Ordering::AcqRel);
+    if inherited >= 0 {
+        sys::close(inherited);
+    }
+    // The checkpoint thread tells the parent once registered; this thread goes on.
     if let Some(n) = notify {
         sys::close(n.rfd);
-        crate::ckpt_thread::wait_first_contact(2_000_000_000);
-        notify_registered(n.wfd);
+        set_notify_fd(n.wfd);
+    } else {
+        set_notify_fd(-1);
     }
+    crate::ckpt_thread::start();
 }
 
 /// fork(): see the module documentation.
@@ -261,10 +329,12 @@ pub unsafe extern "C" fn fork() -> pid_t {
     let g = WrapperGuard::new();
     let notify = Notify::new(true);
     loop {
+        let conn = ConnGuard::new();
         crate::heap::fork_prepare();
         // SAFETY: forwarding.
         let pid = unsafe { f() };
         crate::heap::fork_done();
+        drop(conn);
         if pid == 0 {
             if vpid::is_virtual_in_use(sys::getpid()) {
                 // Our real pid is some process's virtual pid: let the parent try again.
