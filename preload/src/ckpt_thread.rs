@@ -27,10 +27,13 @@ pub static COMP_ID: AtomicU64 = AtomicU64::new(0);
 pub static FIRST_CONTACT: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
 
 fn first_contact_done() {
+    if FIRST_CONTACT.load(Ordering::Acquire) == 0 {
+        // A parent waiting in fork/posix_spawn/popen for our registration (wrap_proc.rs);
+        // before the flag, so a program that execs right after never carries the fd on.
+        crate::wrap_proc::registered();
+    }
     if FIRST_CONTACT.swap(1, Ordering::AcqRel) == 0 {
         sys::futex_wake(&FIRST_CONTACT, u32::MAX);
-        // A parent waiting in fork/posix_spawn/popen for our registration (wrap_proc.rs).
-        crate::wrap_proc::registered();
     }
 }
 

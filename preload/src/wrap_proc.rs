@@ -631,6 +631,9 @@ fn do_exec(path_for_check: Option<&[u8]>, envp: *const *const c_char, exec: impl
     // Our hello must reach the coordinator before our Leaving does (a process exec'ing
     // right after its start or a restart).
     crate::ckpt_thread::wait_first_contact(2_000_000_000);
+    // Whatever happened, a parent waiting for our registration stops waiting now (the fd
+    // must not pass on to the new program).
+    registered();
     let g = WrapperGuard::new();
     let target = path_for_check.map_or(Target::Unknown, |p| classify(p, 0));
     let env = control_env(envp, None, true);
