@@ -9,7 +9,10 @@
  */
 #include "gate.h"
 #include <fcntl.h>
+#include <sched.h>
 #include <signal.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
 #include <stdint.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
@@ -221,6 +224,21 @@ int main(void) {
 
     /* Round 2. A makes a process group of its own; a signal with si_pid; a new child B
      * joins A's group (A is then a zombie, still its group's leader); reaping with status. */
+    /* Other calls that take A's pid. */
+    CHECK(fcntl(up[0], F_SETOWN, a) == 0 && fcntl(up[0], F_GETOWN) == a, "fcntl F_SETOWN/F_GETOWN with A's pid");
+    CHECK(fcntl(up[0], F_SETOWN, -getpgrp()) == 0 && fcntl(up[0], F_GETOWN) == -getpgrp(), "fcntl F_SETOWN with -pgid");
+    cpu_set_t cs;
+    CHECK(sched_getaffinity(a, sizeof cs, &cs) == 0, "sched_getaffinity(A): %s", strerror(errno));
+    CHECK(sched_getscheduler(a) >= 0, "sched_getscheduler(A): %s", strerror(errno));
+    errno = 0;
+    CHECK(getpriority(PRIO_PROCESS, a) != -1 || errno == 0, "getpriority(A): %s", strerror(errno));
+    CHECK(syscall(SYS_kill, a, 0) == 0 && syscall(SYS_getpgid, a) == getpgrp(), "syscall(SYS_kill/SYS_getpgid, A)");
+    CHECK(killpg(getpgrp(), 0) == 0, "killpg(own group, 0): %s", strerror(errno));
+    char path[64], buf[64];
+    snprintf(path, sizeof path, "/proc/%d/task/%d", a, a);
+    struct stat stb;
+    CHECK(stat(path, &stb) == 0, "stat %s: %s", "/proc/A/task/A", strerror(errno));
+    CHECK(readlink("/proc/self", buf, sizeof buf) > 0, "readlink /proc/self");
     CHECK(kill(a, SIGUSR1) == 0, "kill(A, SIGUSR1): %s", strerror(errno));
     xwrite(down_a[1], "a", 1);
     struct report r2a = {0}, r2g = {0};

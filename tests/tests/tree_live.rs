@@ -46,9 +46,11 @@ fn tree_checkpoint_holds_every_process_and_changes_no_output() {
 }
 
 /// The same tree, killed after the checkpoint and restarted: every process has new real
-/// pids, and round 2 (setpgid, kill with si_pid, setsid, waitpid/waitid with status,
-/// SIGCHLD si_pid, /proc/<pid>) runs on virtual pids only; the output is the uninterrupted
-/// run's.
+/// pids, and round 2 (fcntl F_SETOWN/F_GETOWN, sched_getaffinity/getscheduler,
+/// getpriority, syscall(SYS_kill/SYS_getpgid), killpg, stat /proc/<pid>/task/<tid>, kill
+/// with si_pid in an SA_SIGINFO handler, setpgid/setsid, a new child joining a group by
+/// a restored pid, waitpid/waitid with status, SIGCHLD si_pid) runs on virtual pids only;
+/// the output is the uninterrupted run's.
 #[test]
 fn tree_restarted_after_kill_sees_the_same_pids() {
     let s = Session::new("tree_live_restart");
