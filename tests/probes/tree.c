@@ -239,7 +239,8 @@ int main(void) {
     struct stat stb;
     CHECK(stat(path, &stb) == 0, "stat %s: %s", "/proc/A/task/A", strerror(errno));
     CHECK(readlink("/proc/self", buf, sizeof buf) > 0, "readlink /proc/self");
-    CHECK(kill(a, SIGUSR1) == 0, "kill(A, SIGUSR1): %s", strerror(errno));
+    union sigval sv = {.sival_int = 7};
+    CHECK(sigqueue(a, SIGUSR1, sv) == 0, "sigqueue(A, SIGUSR1): %s", strerror(errno));
     xwrite(down_a[1], "a", 1);
     struct report r2a = {0}, r2g = {0};
     for (int i = 0; i < 2; i++) {

@@ -47,7 +47,7 @@ fn tree_checkpoint_holds_every_process_and_changes_no_output() {
 
 /// The same tree, killed after the checkpoint and restarted: every process has new real
 /// pids, and round 2 (fcntl F_SETOWN/F_GETOWN, sched_getaffinity/getscheduler,
-/// getpriority, syscall(SYS_kill/SYS_getpgid), killpg, stat /proc/<pid>/task/<tid>, kill
+/// getpriority, syscall(SYS_kill/SYS_getpgid), killpg, stat /proc/<pid>/task/<tid>, sigqueue
 /// with si_pid in an SA_SIGINFO handler, setpgid/setsid, a new child joining a group by
 /// a restored pid, waitpid/waitid with status, SIGCHLD si_pid) runs on virtual pids only;
 /// the output is the uninterrupted run's.
