@@ -324,8 +324,8 @@ fn set_busy(on: bool) {
 /// Called when the program exits normally (`exit()`, return from `main`): if a forked
 /// writer is still writing, let this process's part of the generation end first (bounded
 /// by the writer timeout), so that a checkpoint taken just before the end still counts.
-/// `_exit` waits too (`wrap_proc.rs`); `exit_group` and signals do not: that generation
-/// then fails cleanly.
+/// `_exit` and the `exec` family wait too (`wrap_proc.rs`); `exit_group` and signals do
+/// not: that generation then fails cleanly.
 pub fn wait_at_exit() {
     let limit = (crate::config::get().writer_timeout_secs + 5) * 1_000_000_000;
     let start = sys::clock_monotonic_ns();

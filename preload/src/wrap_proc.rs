@@ -635,6 +635,9 @@ fn do_exec(path_for_check: Option<&[u8]>, envp: *const *const c_char, exec: impl
     // must not pass on to the new program).
     registered();
     let g = WrapperGuard::new();
+    // A forked writer still writing this process's image: its report must reach the
+    // coordinator before the exec ends this process's part of the generation (as for exit).
+    crate::ckpt_thread::wait_at_exit();
     let target = path_for_check.map_or(Target::Unknown, |p| classify(p, 0));
     let env = control_env(envp, None, true);
     announce_exec(target, path_for_check.unwrap_or(b"?"));

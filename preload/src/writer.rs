@@ -328,9 +328,10 @@ extern "C" fn writer_main(args: *const WriterArgs) -> ! {
     sys::exit_group(if result.is_ok() { 0 } else { 1 });
 }
 
-/// Test hook (`CR_TEST_WRITER_PAUSE=DIR`): while `DIR/arm` exists, a writer announces its
-/// pid in `DIR/writer.pid` (atomically) and waits to be killed, for its alarm, or until
-/// nobody listens on its report pipe any more (the program died): then it gives up.
+/// Test hook (`CR_TEST_WRITER_PAUSE=DIR`): when `DIR/arm` exists, a writer announces its
+/// pid in `DIR/writer.pid` (atomically) and waits until `DIR/arm` is gone (then it writes
+/// on), until it is killed or its alarm fires, or until nobody listens on its report pipe
+/// any more (the program died: then it gives up).
 fn test_pause(dir: &str, report_fd: i32) {
     if sys::stat(format!("{dir}/arm").as_bytes()).is_err() {
         return;
@@ -344,11 +345,14 @@ fn test_pause(dir: &str, report_fd: i32) {
     loop {
         // POLLERR on a pipe's write end: its read end is closed.
         let mut fds = [libc::pollfd { fd: report_fd, events: 0, revents: 0 }];
-        let ts = libc::timespec { tv_sec: 3600, tv_nsec: 0 };
+        let ts = libc::timespec { tv_sec: 0, tv_nsec: 20_000_000 };
         // SAFETY: valid pollfd and timespec.
         let r = unsafe { sc!(libc::SYS_ppoll, fds.as_mut_ptr(), 1, &ts as *const libc::timespec, 0, 8) };
         if r > 0 && fds[0].revents & (libc::POLLERR | libc::POLLHUP) != 0 {
             sys::exit_group(1);
+        }
+        if sys::stat(format!("{dir}/arm").as_bytes()).is_err() {
+            return;
         }
     }
 }

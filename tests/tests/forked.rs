@@ -218,6 +218,42 @@ fn the_program_dying_while_its_writer_writes_fails_the_generation() {
     f.finish(&mut r);
 }
 
+/// A program that execs while its writer still writes waits for the writer (the exec
+/// would end this process's part of the generation before its image is durable).
+#[test]
+fn exec_while_the_writer_writes_waits_for_it() {
+    if suite_no_forked() {
+        return; // needs a writer
+    }
+    let s = Session::new("forked_exec");
+    let pause = s.root.join("writer-pause");
+    fs::create_dir_all(&pause).unwrap();
+    let f = Flow::new(&s, Program::c("execer").env("CR_TEST_WRITER_PAUSE", &pause));
+    let mut run = f.launch();
+    s.advance_to(&mut run, 1);
+    s.wait_registered(1);
+    let pidfile = pause.join("writer.pid");
+    fs::create_dir_all(pause.join("arm")).unwrap();
+    s.settle_gate_fds();
+    let out = std::thread::scope(|sc| {
+        let h = sc.spawn(|| s.crctl(&["checkpoint", "--wait"]));
+        assert!(wait_for_file(&pidfile, READY_TIMEOUT), "the writer never announced itself\n{}", s.diagnostics());
+        s.gate.go(1);
+        // The program is at its exec, held there while the writer is paused.
+        let pid = run.pid;
+        let held = wait_until(READY_TIMEOUT, || {
+            let said = fs::read_to_string(&f.out).unwrap_or_default();
+            let sc = fs::read_to_string(format!("/proc/{pid}/syscall")).unwrap_or_default();
+            said.contains("about to exec") && !said.contains("after exec") && sc.starts_with("202 ")
+        });
+        assert!(held, "the program did not wait at its exec:\n{}", fs::read_to_string(&f.out).unwrap_or_default());
+        fs::remove_dir(pause.join("arm")).unwrap();
+        h.join().expect("crctl thread")
+    });
+    assert!(out.status.success(), "the checkpoint failed although the exec waited: {}", out.describe());
+    f.finish(&mut run);
+}
+
 /// A program that is a child subreaper, counts SIGCHLDs and polls wait() and its children
 /// without pause never sees the writers of checkpoints taken before and after a restart.
 #[test]
