@@ -72,6 +72,11 @@ extern "C" fn init(argc: i32, argv: *const *const u8, envp: *const *const u8) {
     if !cfg.inherited_vpids.is_empty() {
         vpid::decode_into(&cfg.inherited_vpids);
         if cfg.inherited_vpid <= 0 {
+            if vpid::is_virtual_in_use(sys::getpid()) {
+                // Our real pid is a virtual pid the tree knows: the spawning parent reaps
+                // us and spawns again (wrap_proc.rs), before any of the program runs.
+                sys::exit_group(127);
+            }
             vpid::remove_real(sys::getpid());
         }
     }

@@ -812,16 +812,28 @@ fn spawn_common(
     let g = WrapperGuard::new();
     let target = check.map_or(Target::Unknown, |p| classify(p, 0));
     let controlled = matches!(target, Target::Controlled | Target::Unknown);
-    let notify = if controlled { Notify::new(false) } else { None };
-    let env = control_env(envp, notify.as_ref().map(|n| n.wfd), false);
-    let mut child: pid_t = 0;
-    // SAFETY: forwarding with the controlled environment.
-    let r = unsafe { f(&mut child, path, fa, attr, argv, env.as_ptr()) };
-    match notify {
-        Some(n) if r == 0 => n.wait(REGISTER_WAIT_MS),
-        Some(n) => n.forget(),
-        None => {}
-    }
+    let mut attempts = 0;
+    let (r, child, env) = loop {
+        let notify = if controlled { Notify::new(false) } else { None };
+        let env = control_env(envp, notify.as_ref().map(|n| n.wfd), false);
+        let mut child: pid_t = 0;
+        // SAFETY: forwarding with the controlled environment.
+        let r = unsafe { f(&mut child, path, fa, attr, argv, env.as_ptr()) };
+        match notify {
+            Some(n) if r == 0 => n.wait(REGISTER_WAIT_MS),
+            Some(n) => n.forget(),
+            None => {}
+        }
+        if r == 0 && controlled && attempts < 8 && vpid::is_virtual_in_use(child) {
+            // Its real pid is some process's virtual pid: the new program's preload saw
+            // the same in the table it inherited and exited before its main (lib.rs).
+            // SAFETY: reaping that child by its exact pid.
+            unsafe { sc!(libc::SYS_wait4, child, 0, libc::__WALL, 0) };
+            attempts += 1;
+            continue;
+        }
+        break (r, child, env);
+    };
     if r == 0 {
         // A mapping to this real pid is stale (its process is gone).
         vpid::remove_real(child);
