@@ -175,3 +175,40 @@ fn checkpoints_during_a_tight_fork_loop_complete_and_hold_whole_processes() {
     assert!(caught > 0, "no generation caught a child of the fork loop");
     f.finish(&mut run);
 }
+
+/// A new child never gets a pid that is some process's virtual pid (after a restart the
+/// kernel may hand out the number a restored process is known by). In a fresh pid
+/// namespace (root; `unshare`), the probe makes the kernel's next pid one that its pid
+/// table (`CR_VPIDS`, as a restarted tree's processes have) names as another process's
+/// virtual pid, and forks: without crust the child gets that pid; under crust the fork is
+/// done again and the child gets another one.
+#[test]
+fn fork_never_hands_out_a_virtual_pid_in_use() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 || !Path::new("/usr/bin/unshare").exists() {
+        eprintln!("skipped: needs root and unshare (a pid namespace of its own)");
+        return;
+    }
+    let s = Session::new("tree_collide");
+    let probe = c_probe("collide");
+    let ns = |inner: Vec<std::ffi::OsString>| {
+        let mut p = Program::new("/usr/bin/unshare").arg("--pid").arg("--fork").arg("--mount-proc");
+        for a in inner {
+            p = p.arg(a);
+        }
+        p.env("PROBE_VIRT", "700").env("CR_VPIDS", "700:99999")
+    };
+    let plain = s.run_reference(&ns(vec![probe.clone().into()]));
+    assert_eq!(plain.stdout_text().trim(), "pid collision", "the setup must produce the collision: {}", plain.describe());
+    let b = bins();
+    let under = s.run_reference(&ns(vec![
+        b.crlaunch.clone().into(),
+        "--coord".into(),
+        s.coord().into(),
+        "--ckpt-dir".into(),
+        s.ckpt_dir.clone().into(),
+        "--".into(),
+        probe.into(),
+    ]));
+    assert_eq!(under.stdout_text().trim(), "pid kept apart", "{}", under.describe());
+}
