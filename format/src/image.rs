@@ -18,14 +18,20 @@ use serde::{Deserialize, Serialize};
 
 /// First 8 bytes of every image.
 pub const MAGIC: [u8; 8] = *b"CRUSTIMG";
-/// Current image format version (2: compressed page data, chunk table).
-pub const VERSION: u32 = 2;
+/// Current image format version (2: compressed page data, chunk table; 3: the fd table
+/// right after the header).
+pub const VERSION: u32 = 3;
 /// Size of the header page; page data starts here.
 pub const HEADER_SIZE: usize = 4096;
 /// Page size the format is built around.
 pub const PAGE_SIZE: u64 = 4096;
-/// Number of header bytes covered by `header_crc`.
+/// The header checksum (at bytes 72..76) covers bytes 0..72 and 76..HEADER_CRC_END.
 const HEADER_CRC_SPAN: usize = 72;
+const HEADER_CRC_END: usize = 128;
+
+fn header_crc(b: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc32c::crc32c(&b[..HEADER_CRC_SPAN]), &b[HEADER_CRC_SPAN + 4..HEADER_CRC_END])
+}
 /// Uncompressed size of a compressed chunk (the last one of an image may be shorter).
 pub const CHUNK_SIZE: usize = 1 << 20;
 
@@ -90,6 +96,10 @@ pub struct Header {
     pub data_len: u64,
     /// Total file length, so truncation is detected from the header alone.
     pub file_len: u64,
+    /// Length of the fd table at offset [`HEADER_SIZE`] (0: none; the table is then the
+    /// metadata's `fds`), and the crc32c of its bytes.
+    pub fd_table_len: u64,
+    pub fd_table_crc: u32,
 }
 
 impl Header {
@@ -106,7 +116,9 @@ impl Header {
         b[48..56].copy_from_slice(&self.data_offset.to_le_bytes());
         b[56..64].copy_from_slice(&self.data_len.to_le_bytes());
         b[64..72].copy_from_slice(&self.file_len.to_le_bytes());
-        let crc = crc32c::crc32c(&b[..HEADER_CRC_SPAN]);
+        b[80..88].copy_from_slice(&self.fd_table_len.to_le_bytes());
+        b[88..92].copy_from_slice(&self.fd_table_crc.to_le_bytes());
+        let crc = header_crc(&b);
         b[72..76].copy_from_slice(&crc.to_le_bytes());
         b
     }
@@ -126,7 +138,7 @@ impl Header {
             return Err(crate::Error::Version { found: version, supported: VERSION });
         }
         let crc = u32_at(72);
-        if crc32c::crc32c(&b[..HEADER_CRC_SPAN]) != crc {
+        if header_crc(b) != crc {
             return Err(crate::Error::Corrupt("header checksum mismatch".into()));
         }
         Ok(Header {
@@ -138,6 +150,8 @@ impl Header {
             data_offset: u64_at(48),
             data_len: u64_at(56),
             file_len: u64_at(64),
+            fd_table_len: u64_at(80),
+            fd_table_crc: u32_at(88),
         })
     }
 }
@@ -264,6 +278,144 @@ pub enum FdKind {
     Socket { id: u64, description: String },
     /// Something crust cannot restore yet; `description` names it.
     Unsupported { description: String },
+    /// An fd the program marked "do not checkpoint" (`cr_ignore_fd`): closed after a
+    /// restart unless substituted (`crrestart --fd`). `description` says what it was.
+    Ignored { description: String },
+}
+
+impl FdKind {
+    /// Short name of the kind, as `crrestart --list-fds` shows it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            FdKind::File { .. } => "file",
+            FdKind::Directory { .. } => "directory",
+            FdKind::CharDevice { .. } => "device",
+            FdKind::Tty { .. } => "tty",
+            FdKind::Pipe { .. } => "pipe",
+            FdKind::Socket { .. } => "socket",
+            FdKind::Unsupported { .. } => "unsupported",
+            FdKind::Ignored { .. } => "ignored",
+        }
+    }
+
+    /// The path or description of what the fd refers to.
+    pub fn target(&self) -> String {
+        match self {
+            FdKind::File { path, .. } | FdKind::Directory { path } | FdKind::CharDevice { path, .. } | FdKind::Tty { path } => {
+                path.clone()
+            }
+            FdKind::Pipe { id, read_end, .. } => format!("pipe:[{id}] ({} end)", if *read_end { "read" } else { "write" }),
+            FdKind::Socket { description, .. } | FdKind::Unsupported { description } | FdKind::Ignored { description } => {
+                description.clone()
+            }
+        }
+    }
+}
+
+/// One row of the fd table stored right after the header (readable without the memory
+/// or the metadata: `crrestart --list-fds`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FdEntry {
+    pub fd: i32,
+    /// [`FdKind::name`].
+    pub kind: String,
+    /// Path, or a description for objects without one.
+    pub path: String,
+    /// File status flags (O_ACCMODE, O_APPEND, O_NONBLOCK, ...).
+    pub flags: i32,
+    pub cloexec: bool,
+    pub offset: i64,
+}
+
+impl FdEntry {
+    pub fn of(rec: &FdRecord) -> FdEntry {
+        FdEntry {
+            fd: rec.fd,
+            kind: rec.kind.name().to_string(),
+            path: rec.kind.target(),
+            flags: rec.flags,
+            cloexec: rec.cloexec,
+            offset: rec.offset,
+        }
+    }
+
+    /// The flags as text: access mode, then O_APPEND, O_NONBLOCK... and O_CLOEXEC.
+    pub fn flags_text(&self) -> String {
+        let mut s = match self.flags & 3 {
+            0 => "O_RDONLY",
+            1 => "O_WRONLY",
+            _ => "O_RDWR",
+        }
+        .to_string();
+        for (bit, name) in [
+            (0o2000, "O_APPEND"),
+            (0o4000, "O_NONBLOCK"),
+            (0o4010000, "O_SYNC"),
+            (0o10000, "O_DSYNC"),
+            (0o40000, "O_DIRECT"),
+            (0o1000000, "O_NOATIME"),
+            (0o10000000, "O_PATH"),
+        ] {
+            if self.flags & bit == bit {
+                s.push('|');
+                s.push_str(name);
+            }
+        }
+        if self.cloexec {
+            s.push_str("|O_CLOEXEC");
+        }
+        s
+    }
+}
+
+/// Encode the fd table stored after the header: (bytes, crc32c).
+pub fn encode_fd_table(fds: &[FdRecord]) -> Result<(Vec<u8>, u32), crate::Error> {
+    let entries: Vec<FdEntry> = fds.iter().map(FdEntry::of).collect();
+    let bytes = postcard::to_allocvec(&entries)?;
+    let crc = crc32c::crc32c(&bytes);
+    Ok((bytes, crc))
+}
+
+/// Where page data starts in an image whose fd table is `fd_table_len` bytes long.
+pub fn data_start(fd_table_len: u64) -> u64 {
+    HEADER_SIZE as u64 + fd_table_len.div_ceil(PAGE_SIZE) * PAGE_SIZE
+}
+
+/// Read an image's fd table: the header page and the table right after it, nothing else
+/// (an image without a table: its metadata's fds).
+pub fn read_fd_table(path: &std::path::Path) -> Result<(ImageHead, Vec<FdEntry>), crate::Error> {
+    use std::io::Read;
+    let io = |e| crate::Error::Io { path: path.display().to_string(), source: e };
+    let mut f = std::fs::File::open(path).map_err(io)?;
+    let len = f.metadata().map_err(io)?.len();
+    let mut page = vec![0u8; HEADER_SIZE.min(len as usize)];
+    f.read_exact(&mut page)?;
+    let header = Header::from_bytes(&page)?;
+    if len < header.file_len {
+        return Err(crate::Error::Truncated { what: "image", have: len, need: header.file_len });
+    }
+    if header.fd_table_len == 0 {
+        let img = read_image(path)?;
+        let entries = img.meta.fds.iter().map(FdEntry::of).collect();
+        return Ok((ImageHead { header, file_len: len }, entries));
+    }
+    if header.fd_table_len > (64 << 20) || data_start(header.fd_table_len) > header.data_offset {
+        return Err(crate::Error::Corrupt("fd table out of bounds".into()));
+    }
+    let mut table = vec![0u8; header.fd_table_len as usize];
+    f.read_exact(&mut table)?;
+    if crc32c::crc32c(&table) != header.fd_table_crc {
+        return Err(crate::Error::Corrupt("fd table checksum mismatch".into()));
+    }
+    let entries: Vec<FdEntry> = postcard::from_bytes(&table)?;
+    Ok((ImageHead { header, file_len: len }, entries))
+}
+
+/// The header of an image read on its own.
+#[derive(Debug, Clone, Copy)]
+pub struct ImageHead {
+    pub header: Header,
+    pub file_len: u64,
 }
 
 /// One open file descriptor.
@@ -529,11 +681,14 @@ mod tests {
 
     #[test]
     fn header_roundtrip_and_corruption() {
-        let h = Header { version: VERSION, flags: 0, meta_offset: 8192, meta_len: 100, meta_crc: 5, data_offset: 4096, data_len: 4096, file_len: 8292 };
+        let h = Header { version: VERSION, flags: 0, meta_offset: 8192, meta_len: 100, meta_crc: 5, data_offset: 4096, data_len: 4096, file_len: 8292, fd_table_len: 0, fd_table_crc: 0 };
         let mut b = h.to_bytes();
         assert_eq!(Header::from_bytes(&b).unwrap(), h);
         b[30] ^= 1;
         assert!(matches!(Header::from_bytes(&b), Err(crate::Error::Corrupt(_))));
+        let mut t = h.to_bytes();
+        t[81] ^= 1;
+        assert!(matches!(Header::from_bytes(&t), Err(crate::Error::Corrupt(_))), "the fd table fields are checksummed");
         let mut v = h.to_bytes();
         v[8] = 99;
         assert!(matches!(Header::from_bytes(&v), Err(crate::Error::Version { .. })));

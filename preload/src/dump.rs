@@ -298,13 +298,16 @@ struct PageWriter {
 }
 
 impl PageWriter {
-    fn new(fd: i32, compression: Compression) -> Result<PageWriter, String> {
+    /// `data_off`: where page data starts in the file (after the header and the fd table).
+    fn new(fd: i32, compression: Compression, data_off: u64) -> Result<PageWriter, String> {
         let mut w = PageWriter {
             fd,
-            file_off: HEADER_SIZE as u64,
-            stream_off: HEADER_SIZE as u64,
+            file_off: data_off,
+            // Uncompressed runs are where their offset says; compressed runs' offsets are
+            // positions in the page-data stream, which starts at HEADER_SIZE.
+            stream_off: if compression == Compression::None { data_off } else { HEADER_SIZE as u64 },
             iov: Vec::with_capacity(MAX_IOV),
-            iov_off: HEADER_SIZE as u64,
+            iov_off: data_off,
             iov_bytes: 0,
             copy: Vec::new(),
             encoder: None,
@@ -530,10 +533,18 @@ fn describe_fds(dir: &str) -> Result<Vec<FdRecord>, String> {
     bits.iter_mut().for_each(|b| *b = 0);
     let fds = procfs::list_fds();
     for &fd in &fds {
-        if is_own_fd(fd) || crate::api::is_ignored_fd(fd) {
+        if is_own_fd(fd) {
             continue;
         }
         let target = procfs::readlink_string(format!("/proc/self/fd/{fd}").as_bytes());
+        if crate::api::is_ignored_fd(fd) {
+            // "Do not checkpoint" (cr_ignore_fd): listed, so that it can be substituted;
+            // closed after a restart otherwise.
+            let flags = sys::fcntl(fd, libc::F_GETFL, 0).unwrap_or(0) as i32;
+            let cloexec = sys::fcntl(fd, libc::F_GETFD, 0).unwrap_or(0) as i32 & libc::FD_CLOEXEC != 0;
+            out.push(FdRecord { fd, flags, cloexec, offset: 0, kind: FdKind::Ignored { description: target } });
+            continue;
+        }
         let Ok(st) = sys::fstat(fd) else { continue };
         let flags = sys::fcntl(fd, libc::F_GETFL, 0).unwrap_or(0) as i32;
         let cloexec = sys::fcntl(fd, libc::F_GETFD, 0).unwrap_or(0) as i32 & libc::FD_CLOEXEC != 0;
@@ -565,6 +576,14 @@ fn describe_fds(dir: &str) -> Result<Vec<FdRecord>, String> {
             libc::S_IFSOCK => FdKind::Socket { id: st.st_ino, description: target.clone() },
             _ => FdKind::Unsupported { description: target.clone() },
         };
+        if let Some(why) = cannot_restore(fd, &kind) {
+            return Err(format!(
+                "fd {fd} ({}) is {why}, which crust cannot checkpoint yet; the program can mark it \
+                 \"do not checkpoint\" (cr_ignore_fd) to leave it out (then it is closed after a restart, \
+                 or substituted with crrestart --fd)",
+                kind.target()
+            ));
+        }
         out.push(FdRecord { fd, flags, cloexec, offset, kind });
     }
     // Bytes in flight: copied without consuming them, by exactly one process of the
@@ -576,6 +595,40 @@ fn describe_fds(dir: &str) -> Result<Vec<FdRecord>, String> {
         }
     }
     Ok(out)
+}
+
+/// Character devices a restart reopens by path and gets the same thing back.
+const REOPENABLE_DEVICES: [&str; 5] = ["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom"];
+
+/// Why an fd cannot be restored (None: it can). Checked at checkpoint time, so that the
+/// checkpoint fails with the fd's name rather than a restart later. fds 0-2 that are
+/// sockets are the program's connection to the outside and become crrestart's own.
+fn cannot_restore(fd: i32, kind: &FdKind) -> Option<String> {
+    match kind {
+        FdKind::Socket { .. } if fd > 2 => Some("a socket".to_string()),
+        FdKind::CharDevice { path, .. } if !REOPENABLE_DEVICES.contains(&path.as_str()) => {
+            Some(format!("the device {path}"))
+        }
+        FdKind::Unsupported { description } if description.starts_with("deleted file") => {
+            Some("a file deleted while open (or a memfd)".to_string())
+        }
+        FdKind::Unsupported { description } => {
+            let what = match description.strip_prefix("anon_inode:") {
+                Some(k) => {
+                    let k = k.trim_start_matches('[').trim_end_matches(']');
+                    match k {
+                        "io_uring" => "an io_uring instance".to_string(),
+                        "userfaultfd" => "a userfaultfd".to_string(),
+                        "perf_event" => "a perf event".to_string(),
+                        k => format!("a kernel object of kind {k}"),
+                    }
+                }
+                None => format!("of an unknown kind ({description})"),
+            };
+            Some(what)
+        }
+        _ => None,
+    }
 }
 
 fn rlimits() -> Vec<Rlimit> {
@@ -744,8 +797,13 @@ fn write_into(fd: i32, req: &DumpRequest, vpid: i32) -> Result<(u64, u64), Strin
     let volatile = volatile_mappings(&maps);
     let mut regions: Vec<Region> = Vec::new();
     let mut memory_bytes = 0u64;
+    // The fd table goes right after the header, so that it can be read without the rest.
+    let (fd_table, fd_table_crc) =
+        crust_format::image::encode_fd_table(&fds).map_err(|e| format!("encoding the fd table: {e}"))?;
+    sys::pwrite_all(fd, &fd_table, HEADER_SIZE as u64).map_err(|e| format!("writing the fd table: errno {e}"))?;
+    let data_off = crust_format::image::data_start(fd_table.len() as u64);
     let result = (|| -> Result<(u64, Vec<Chunk>), String> {
-        let mut writer = PageWriter::new(fd, req.compression)?;
+        let mut writer = PageWriter::new(fd, req.compression, data_off)?;
         for (vi, v) in maps.iter().enumerate() {
             let Some(kind) = classify(v, &mm) else { continue };
             let mut runs = Vec::new();
@@ -858,9 +916,11 @@ fn write_into(fd: i32, req: &DumpRequest, vpid: i32) -> Result<(u64, u64), Strin
         meta_offset: offset,
         meta_len: meta_bytes.len() as u64,
         meta_crc,
-        data_offset: HEADER_SIZE as u64,
-        data_len: offset - HEADER_SIZE as u64,
+        data_offset: data_off,
+        data_len: offset - data_off,
         file_len,
+        fd_table_len: fd_table.len() as u64,
+        fd_table_crc,
     };
     sys::pwrite_all(fd, &header.to_bytes(), 0).map_err(|e| format!("writing header: errno {e}"))?;
     Ok((file_len, memory_bytes))

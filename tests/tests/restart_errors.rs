@@ -279,6 +279,8 @@ fn image_corruptions_are_rejected_by_the_format_reader_for_the_intended_reason()
         data_offset: HEADER_SIZE as u64,
         data_len: page_data.len() as u64,
         file_len: meta_offset + meta_bytes.len() as u64,
+        fd_table_len: 0,
+        fd_table_crc: 0,
     };
     let write = |p: &Path| {
         let mut f = fs::File::create(p).unwrap();
