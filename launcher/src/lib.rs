@@ -6,6 +6,7 @@
 //!   can run under `LD_PRELOAD`, parsing signal names, logging setup.
 
 pub mod coord_client;
+pub mod fds;
 pub mod pages;
 pub mod plan;
 pub mod rebuild;

@@ -212,6 +212,7 @@ fn materialize(t: &TreePlan) -> Result<Vec<i32>, String> {
     for o in &t.objects {
         let fd = match o {
             ObjSpec::Open(rec) => crate::restart::open_for_fd(rec)?.into_raw_fd(),
+            ObjSpec::Subst { rec, path } => crate::restart::open_substitute(rec, path)?.into_raw_fd(),
             ObjSpec::DevNull => std::fs::OpenOptions::new()
                 .read(true)
                 .write(true)

@@ -31,6 +31,8 @@ pub struct RestartOptions {
     pub verify: bool,
     /// Read all page data in instead of mapping large runs from the image (`crate::pages`).
     pub eager: bool,
+    /// `--fd [VPID:]N=PATH`: fds that refer to another file after the restart.
+    pub fd_substs: Vec<crate::fds::FdSubst>,
 }
 
 /// Where one fd of a restored process comes from.
@@ -48,6 +50,8 @@ pub enum Src {
 pub enum ObjSpec {
     /// A file, directory or device reopened at its path (and offset).
     Open(FdRecord),
+    /// A substituted fd (`crrestart --fd`): this path, opened with the fd's recorded flags.
+    Subst { rec: FdRecord, path: String },
     /// /dev/null, for a pipe whose reader is outside the checkpoint.
     DevNull,
     /// One end of a pipe (index into [`TreePlan::pipes`]).
@@ -211,6 +215,69 @@ pub fn open_for_fd(rec: &FdRecord) -> Result<std::fs::File, String> {
     }
 }
 
+/// Open the file that replaces fd `rec.fd` (`crrestart --fd`): with the fd's recorded
+/// flags; created (0644) when the fd was open for writing and the path does not exist; at
+/// the recorded offset when the fd was a file and the new file is that long (a moved log
+/// continues where it was), else at its end (a file) or its start.
+pub fn open_substitute(rec: &FdRecord, path: &str) -> Result<std::fs::File, String> {
+    let what = || format!("fd {} substituted by {path}", rec.fd);
+    let p = Path::new(path);
+    if p.is_dir() {
+        return std::fs::File::open(p).map_err(|e| format!("{}: {e}", what()));
+    }
+    let acc = rec.flags & libc::O_ACCMODE;
+    let mut o = std::fs::OpenOptions::new();
+    let write = acc == libc::O_WRONLY || acc == libc::O_RDWR;
+    o.read(acc == libc::O_RDONLY || acc == libc::O_RDWR);
+    o.write(write);
+    if write && !p.exists() {
+        o.create(true).mode(0o644);
+    }
+    o.custom_flags(rec.flags & (libc::O_APPEND | libc::O_NONBLOCK | libc::O_DIRECT | libc::O_SYNC | libc::O_DSYNC | libc::O_NOATIME));
+    let f = o.open(p).map_err(|e| format!("{}: {e}", what()))?;
+    let md = f.metadata().map_err(|e| format!("{}: {e}", what()))?;
+    if md.is_file() {
+        let off = match rec.kind {
+            FdKind::File { .. } => (rec.offset.max(0) as u64).min(md.len()),
+            _ => 0,
+        };
+        // SAFETY: lseek on our own fd.
+        unsafe { libc::lseek(std::os::fd::AsRawFd::as_raw_fd(&f), off as libc::off_t, libc::SEEK_SET) };
+    }
+    Ok(f)
+}
+
+/// Resolve `--fd` substitutions to (process index, fd) → path, checking each names a
+/// process of the generation and an fd it held.
+fn resolve_substs(t: &TreePlan, substs: &[crate::fds::FdSubst]) -> Result<HashMap<(usize, i32), String>, String> {
+    let mut out = HashMap::new();
+    for s in substs {
+        let i = match s.vpid {
+            None => t.root,
+            Some(v) => t.procs.iter().position(|p| p.meta.vpid == v).ok_or_else(|| {
+                let have: Vec<String> = t.procs.iter().map(|p| format!("{} ({})", p.meta.vpid, p.meta.program)).collect();
+                format!("--fd {v}:{}={}: the generation has no process vpid {v} (it has {})", s.fd, s.path, have.join(", "))
+            })?,
+        };
+        let m = &t.procs[i].meta;
+        if !m.fds.iter().any(|r| r.fd == s.fd) {
+            let have: Vec<String> = m.fds.iter().map(|r| r.fd.to_string()).collect();
+            return Err(format!(
+                "--fd {}: process vpid {} ({}) had no fd {} at checkpoint time (its fds: {}; see crrestart --list-fds)",
+                s.path,
+                m.vpid,
+                m.program,
+                s.fd,
+                have.join(" ")
+            ));
+        }
+        if out.insert((i, s.fd), s.path.clone()).is_some() {
+            return Err(format!("--fd: fd {} of process vpid {} is substituted twice", s.fd, m.vpid));
+        }
+    }
+    Ok(out)
+}
+
 /// Read, check and link every image of the generation.
 fn load(opts: &RestartOptions) -> Result<TreePlan, String> {
     let (gen_dir, man) = manifest::resolve_generation(&opts.path).map_err(|e| e.to_string())?;
@@ -370,7 +437,8 @@ fn load(opts: &RestartOptions) -> Result<TreePlan, String> {
 }
 
 /// Decide where every fd of every process comes from, and which objects to create.
-fn plan_fds(t: &mut TreePlan, keep_files: bool) -> Result<(), String> {
+fn plan_fds(t: &mut TreePlan, keep_files: bool, substs: &[crate::fds::FdSubst]) -> Result<(), String> {
+    let substs = resolve_substs(t, substs)?;
     // Pipes: which ends the tree holds.
     #[derive(Default)]
     struct Ends {
@@ -440,6 +508,18 @@ fn plan_fds(t: &mut TreePlan, keep_files: bool) -> Result<(), String> {
         let inherited = t.procs[i].meta.tree.inherited_fds.clone();
         let mut fds = Vec::new();
         for rec in &recs {
+            if let Some(path) = substs.get(&(i, rec.fd)) {
+                // Check now that it can be opened; it is opened for real later.
+                open_substitute(rec, path).map_err(|e| format!("{who}: {e}"))?;
+                t.objects.push(ObjSpec::Subst { rec: rec.clone(), path: path.clone() });
+                let src = Src::Obj(t.objects.len() - 1);
+                resolved.insert((i, rec.fd), src);
+                fds.push((rec.fd, src));
+                continue;
+            }
+            if matches!(rec.kind, FdKind::Ignored { .. }) {
+                continue; // marked "do not checkpoint": closed after the restart
+            }
             let src = match &rec.kind {
                 FdKind::Pipe { id, read_end, .. } => {
                     let e = &ends[id];
@@ -581,7 +661,7 @@ fn plan_groups(t: &mut TreePlan) {
 /// Everything checked and planned; nothing changed yet.
 pub fn prepare(opts: &RestartOptions) -> Result<TreePlan, String> {
     let mut t = load(opts)?;
-    plan_fds(&mut t, opts.keep_files)?;
+    plan_fds(&mut t, opts.keep_files, &opts.fd_substs)?;
     plan_shared_memory(&mut t);
     plan_groups(&mut t);
     Ok(t)

@@ -1,4 +1,5 @@
-//! `crrestart [--coord HOST:PORT] PATH`: restart a checkpointed program.
+//! `crrestart [--coord HOST:PORT] [--fd [VPID:]N=PATH]... PATH`: restart a checkpointed program;
+//! `crrestart --list-fds [--json] PATH`: show the fds of its processes.
 use clap::Parser;
 
 #[derive(Parser)]
@@ -22,6 +23,16 @@ struct Args {
     /// from the image file [env: CR_RESTART_EAGER=1].
     #[arg(long, env = "CR_RESTART_EAGER", value_parser = clap::builder::BoolishValueParser::new())]
     eager: bool,
+    /// Show the fd table of every process of the generation (read without the memory) and exit.
+    #[arg(long)]
+    list_fds: bool,
+    /// With --list-fds: JSON instead of a table.
+    #[arg(long, requires = "list_fds")]
+    json: bool,
+    /// Fd substitution: fd N of the root process (VPID:N of process VPID) refers to PATH
+    /// after the restart, opened with the fd's recorded flags (repeatable).
+    #[arg(long = "fd", value_name = "[VPID:]N=PATH", value_parser = crust_launcher::fds::FdSubst::parse)]
+    fd: Vec<crust_launcher::fds::FdSubst>,
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
     /// A checkpoint directory or one generation's directory.
@@ -31,6 +42,18 @@ struct Args {
 fn main() {
     let a = Args::parse();
     crust_launcher::init_logging(a.verbose);
+    if a.list_fds {
+        match crust_launcher::fds::list(&a.path, a.json) {
+            Ok(s) => {
+                print!("{s}");
+                return;
+            }
+            Err(e) => {
+                eprintln!("crrestart: {e}");
+                std::process::exit(2);
+            }
+        }
+    }
     let opts = crust_launcher::restart::RestartOptions {
         path: a.path,
         coord: a.coord.unwrap_or_else(crust_launcher::default_coord),
@@ -38,6 +61,7 @@ fn main() {
         keep_files: a.keep_files,
         verify: a.verify,
         eager: a.eager,
+        fd_substs: a.fd,
     };
     match crust_launcher::restart::restart(&opts) {
         Ok(never) => match never {},
