@@ -1,0 +1,104 @@
+/* File-descriptor probe: what a restart must give back for each kind of fd.
+ *
+ * Before gate 1 it sets up, at fixed numbers:
+ *   10  log.txt, O_RDWR|O_CREAT|O_APPEND, "line 1" written
+ *   11  data.txt (written by the probe), O_RDONLY with FD_CLOEXEC, read 6 bytes in
+ *   12  /dev/zero, 13  /dev/urandom (FD_CLOEXEC)
+ *   14, 15 (PROBE_SOCKET=1) a socketpair, marked "do not checkpoint" when PROBE_IGNORE=1
+ * After gate 2 it prints each fd's flags, the rest of data.txt, what /dev/zero and
+ * /dev/urandom read, appends "line 2" to the log and prints the log read back through fd
+ * 10, and what fds 14 and 15 are now.
+ */
+#include "gate.h"
+
+#include <fcntl.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#ifdef WITH_API
+#include <crust.h>
+#endif
+
+static void place(int fd, int at, int cloexec) {
+    if (fd < 0) {
+        ERR("open for fd %d: %s", at, strerror(errno));
+        return;
+    }
+    if (dup2(fd, at) != at) ERR("dup2 %d: %s", at, strerror(errno));
+    close(fd);
+    if (cloexec) fcntl(at, F_SETFD, FD_CLOEXEC);
+}
+
+static const char *kind(int fd) {
+    struct stat st;
+    if (fstat(fd, &st) != 0) return "closed";
+    switch (st.st_mode & S_IFMT) {
+    case S_IFREG: return "regular file";
+    case S_IFSOCK: return "socket";
+    case S_IFCHR: return "character device";
+    case S_IFIFO: return "pipe";
+    default: return "other";
+    }
+}
+
+static void show_flags(int fd) {
+    int fl = fcntl(fd, F_GETFL), fdfl = fcntl(fd, F_GETFD);
+    const char *acc = (fl & O_ACCMODE) == O_RDONLY ? "rdonly" : (fl & O_ACCMODE) == O_WRONLY ? "wronly" : "rdwr";
+    printf("fd %d: %s %s append=%d cloexec=%d\n", fd, kind(fd), acc, !!(fl & O_APPEND), !!(fdfl & FD_CLOEXEC));
+}
+
+int main(void) {
+    int sock = getenv("PROBE_SOCKET") && atoi(getenv("PROBE_SOCKET"));
+    int ignore = getenv("PROBE_IGNORE") && atoi(getenv("PROBE_IGNORE"));
+
+    int d = open("data.txt", O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    const char *data = "header|the rest of the data file\n";
+    if (d < 0 || write(d, data, strlen(data)) != (ssize_t)strlen(data)) ERR("data.txt: %s", strerror(errno));
+    close(d);
+    unlink("log.txt");
+    place(open("log.txt", O_RDWR | O_CREAT | O_APPEND, 0644), 10, 0);
+    if (write(10, "line 1\n", 7) != 7) ERR("write log: %s", strerror(errno));
+    place(open("data.txt", O_RDONLY), 11, 1);
+    char hdr[7] = {0};
+    if (read(11, hdr, 6) != 6) ERR("read data.txt: %s", strerror(errno));
+    printf("data header [%s]\n", hdr);
+    place(open("/dev/zero", O_RDONLY), 12, 0);
+    place(open("/dev/urandom", O_RDONLY), 13, 1);
+    if (sock) {
+        int sv[2];
+        if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) != 0) ERR("socketpair: %s", strerror(errno));
+        place(sv[0], 14, 0);
+        place(sv[1], 15, 0);
+        if (ignore) {
+#ifdef WITH_API
+            printf("ignored %d %d\n", cr_ignore_fd(14) == 0 || !cr_is_enabled(), cr_ignore_fd(15) == 0 || !cr_is_enabled());
+#else
+            ERR("PROBE_IGNORE needs the probe built WITH_API");
+#endif
+        }
+    }
+
+    gate(1);
+    gate(2);
+
+    for (int fd = 10; fd <= 13; fd++) show_flags(fd);
+    char buf[256];
+    ssize_t n = read(11, buf, sizeof buf - 1);
+    buf[n > 0 ? n : 0] = 0;
+    printf("data rest (%zd): %s", n, buf);
+    unsigned char z[64];
+    memset(z, 0xff, sizeof z);
+    n = read(12, z, sizeof z);
+    int zeros = n == (ssize_t)sizeof z;
+    for (size_t i = 0; i < sizeof z; i++) zeros &= z[i] == 0;
+    printf("/dev/zero gave %zd zero bytes: %s\n", n, zeros ? "yes" : "no");
+    n = read(13, z, 16);
+    printf("/dev/urandom gave %zd bytes\n", n);
+    if (write(10, "line 2\n", 7) != 7) ERR("write log after gate 2: %s", strerror(errno));
+    n = pread(10, buf, sizeof buf - 1, 0);
+    buf[n > 0 ? n : 0] = 0;
+    printf("log through fd 10:\n%s", buf);
+    if (sock) printf("fd 14: %s, fd 15: %s\n", kind(14), kind(15));
+
+    gate(3);
+    return probe_exit_code();
+}

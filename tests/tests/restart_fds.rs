@@ -1,0 +1,181 @@
+//! File descriptors (issue 6): the fd table at the start of every image
+//! (`crrestart --list-fds`), fd substitution at restart (`crrestart --fd [VPID:]N=PATH`),
+//! fds of kinds crust cannot restore refused at checkpoint time unless marked "do not
+//! checkpoint", and what regular files and devices keep across a restart (O_APPEND,
+//! close-on-exec, offsets, /dev/zero, /dev/urandom). The probe is `tests/probes/fdtab.c`.
+
+use crust_tests::*;
+use std::fs;
+
+
+fn fdtab() -> Program {
+    Program::c("fdtab")
+}
+
+/// The probe built with the application API (`cr_ignore_fd`).
+fn fdtab_api() -> Program {
+    use std::hash::{Hash, Hasher};
+    let include = workspace_dir().join("api").join("include");
+    let mut h = std::hash::DefaultHasher::new();
+    fs::read(include.join("crust.h")).expect("api/include/crust.h").hash(&mut h);
+    Program::new(compile_c("fdtab", &["-DWITH_API", "-I", include.to_str().unwrap()], &format!("api{:x}", h.finish())))
+}
+
+fn crrestart(s: &Session, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(&bins().crrestart)
+        .args(args)
+        .env("CR_COORD", s.coord())
+        .current_dir(&s.root)
+        .output()
+        .expect("run crrestart")
+}
+
+fn text(o: &std::process::Output) -> (String, String) {
+    (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+}
+
+/// The row of fd `fd` in `crrestart --list-fds` output.
+fn row(listing: &str, fd: i32) -> Vec<String> {
+    listing
+        .lines()
+        .map(|l| l.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+        .find(|w| w.first().map(String::as_str) == Some(&fd.to_string()))
+        .unwrap_or_else(|| panic!("no row for fd {fd} in:\n{listing}"))
+}
+
+/// Regular files keep O_APPEND, close-on-exec and their offsets; /dev/zero and
+/// /dev/urandom are devices again; the whole output equals an uninterrupted run's. Before
+/// the restart, `crrestart --list-fds` shows every fd (table and JSON), also when the
+/// image's metadata is damaged (the table is read on its own, without the memory).
+#[test]
+fn files_and_devices_keep_flags_and_list_fds_shows_them() {
+    let s = Session::new("fds_files");
+    let f = Flow::new(&s, fdtab());
+    let mut run = f.launch();
+    let ck = f.checkpoint_at(&mut run, 1);
+    s.advance_to(&mut run, 2);
+    f.kill(&mut [&mut run]);
+
+    let o = crrestart(&s, &["--list-fds", ck.gen.to_str().unwrap()]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "crrestart --list-fds failed: {err}");
+    let log = row(&out, 10);
+    assert_eq!(&log[1..4], ["file", "O_RDWR|O_APPEND", "7"], "fd 10 in:\n{out}");
+    assert!(log[4].ends_with("/log.txt"), "fd 10 path in:\n{out}");
+    let data = row(&out, 11);
+    assert_eq!(&data[1..4], ["file", "O_RDONLY|O_CLOEXEC", "6"], "fd 11 in:\n{out}");
+    assert_eq!(&row(&out, 12)[1..], ["device", "O_RDONLY", "0", "/dev/zero"], "fd 12 in:\n{out}");
+    assert_eq!(&row(&out, 13)[1..], ["device", "O_RDONLY|O_CLOEXEC", "0", "/dev/urandom"], "fd 13 in:\n{out}");
+    assert!(out.lines().next().is_some_and(|l| l.starts_with("process vpid ")), "no process line in:\n{out}");
+
+    let o = crrestart(&s, &["--list-fds", "--json", ck.gen.to_str().unwrap()]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("--list-fds --json gives JSON");
+    let fds = v[0]["fds"].as_array().expect("fds array");
+    let e = fds.iter().find(|e| e["fd"] == 11).expect("fd 11 in the JSON");
+    assert_eq!((e["kind"].as_str(), e["offset"].as_i64(), e["cloexec"].as_bool()), (Some("file"), Some(6), Some(true)));
+
+    // Damage the metadata at the end of a copy of the image: the table still reads, a
+    // restart from it is refused.
+    let img = images_of(&ck.gen).into_iter().next().expect("an image");
+    let damaged = s.root.join("damaged.crimg");
+    fs::copy(&img, &damaged).unwrap();
+    let mut bytes = fs::read(&damaged).unwrap();
+    let n = bytes.len();
+    bytes[n - 3] ^= 0x5a;
+    fs::write(&damaged, &bytes).unwrap();
+    let o = crrestart(&s, &["--list-fds", damaged.to_str().unwrap()]);
+    let (out2, err2) = text(&o);
+    assert!(o.status.success(), "--list-fds of an image with damaged metadata failed: {err2}");
+    assert_eq!(row(&out2, 13), row(&out, 13));
+
+    let mut r = f.restart(&ck);
+    f.finish(&mut r);
+}
+
+/// The log moved after the checkpoint: a plain restart fails naming it; `--fd 10=NEW`
+/// restarts with fd 10 on the moved file, at its offset, still O_APPEND (the output, which
+/// reads the log back through fd 10, equals an uninterrupted run's).
+#[test]
+fn fd_substitution_restarts_with_a_moved_log() {
+    let s = Session::new("fds_subst");
+    let f = Flow::new(&s, fdtab());
+    let mut run = f.launch();
+    let ck = f.checkpoint_at(&mut run, 1);
+    s.advance_to(&mut run, 2);
+    f.kill(&mut [&mut run]);
+    let moved_dir = s.root.join("moved");
+    fs::create_dir_all(&moved_dir).unwrap();
+    let moved = moved_dir.join("log.txt");
+    fs::rename(s.work_dir.join("log.txt"), &moved).unwrap();
+
+    let o = s.restart_expecting_failure(&ck.gen);
+    assert!(!o.status.success(), "a restart without the moved log succeeded: {}", o.describe());
+    assert!(o.stderr_text().contains("log.txt"), "the error does not name the missing log: {}", o.describe());
+
+    // Bad specs and fds the image does not hold: non-zero exit, a message naming them.
+    let bad = |args: &[&str], want: &str| {
+        let o = s.restart_expecting_failure_with(&ck.gen, args);
+        assert!(!o.status.success(), "crrestart {args:?} succeeded: {}", o.describe());
+        assert!(o.stderr_text().contains(want), "crrestart {args:?}: the error does not say {want:?}: {}", o.describe());
+    };
+    bad(&["--fd", "10"], "bad --fd");
+    bad(&["--fd", "x=/tmp/a"], "bad --fd");
+    bad(&["--fd", "99=/tmp/a"], "no fd 99");
+    bad(&["--fd", "4242:10=/tmp/a"], "no process vpid 4242");
+    let log_subst = format!("10={}", moved.display());
+    bad(&["--fd", &log_subst, "--fd", "12=/nonexistent/dir/dev"], "/nonexistent/dir/dev");
+    bad(&["--fd", &log_subst, "--fd", &log_subst], "substituted twice");
+
+    let mut f = f;
+    f.restart_args = vec!["--fd".into(), log_subst];
+    let mut r = f.restart(&ck);
+    f.finish(&mut r);
+    assert_eq!(fs::read_to_string(&moved).unwrap(), "line 1\nline 2\n", "the moved log");
+    assert!(!s.work_dir.join("log.txt").exists(), "the log came back at its old path");
+}
+
+/// A socket the program did not mark: the checkpoint fails naming the fd and its kind,
+/// no generation is left, and the program runs on to the same end as an uninterrupted run.
+#[test]
+fn checkpoint_refuses_an_fd_it_cannot_restore_naming_it() {
+    let s = Session::new("fds_refuse");
+    let prog = fdtab().env("PROBE_SOCKET", "1");
+    let f = Flow::new(&s, prog);
+    let mut run = f.launch();
+    s.advance_to(&mut run, 1);
+    s.settle_gate_fds();
+    s.wait_registered(1);
+    let o = s.crctl(&["checkpoint", "--wait"]);
+    assert!(!o.status.success(), "the checkpoint of a program with a socket succeeded: {}", o.describe());
+    let msg = o.all_text_lower();
+    assert!(msg.contains("fd 14") && msg.contains("socket"), "the error does not name fd 14 and its kind: {}", o.describe());
+    assert!(complete_generations(&s.ckpt_dir).is_empty(), "a generation was left: {:?}", complete_generations(&s.ckpt_dir));
+    f.finish(&mut run);
+}
+
+/// A socketpair marked "do not checkpoint": the checkpoint succeeds, `--list-fds` shows
+/// the fds as ignored, and a restart substitutes one (a kind crust cannot restore) with
+/// /dev/null and closes the other.
+#[test]
+fn ignored_fds_are_closed_or_substituted_after_a_restart() {
+    let s = Session::new("fds_ignored");
+    let prog = fdtab_api().env("PROBE_SOCKET", "1").env("PROBE_IGNORE", "1");
+    let mut f = Flow::new(&s, prog);
+    let mut run = f.launch();
+    let ck = f.checkpoint_at(&mut run, 1);
+    s.advance_to(&mut run, 2);
+    f.kill(&mut [&mut run]);
+    let o = crrestart(&s, &["--list-fds", ck.gen.to_str().unwrap()]);
+    let (out, _) = text(&o);
+    assert_eq!(row(&out, 14)[1], "ignored", "fd 14 in:\n{out}");
+    assert!(row(&out, 14)[4].starts_with("socket:"), "fd 14 in:\n{out}");
+
+    f.restart_args = vec!["--fd".into(), "14=/dev/null".into()];
+    let mut r = f.restart(&ck);
+    let status = s.drive_to_exit(&mut r);
+    assert_eq!(status.code(), Some(PROBE_EXIT_CODE), "the restarted probe: {}", s.diagnostics());
+    let got = fs::read_to_string(&f.out).unwrap();
+    let want = f.reference.stdout_text().replace("fd 14: socket, fd 15: socket", "fd 14: character device, fd 15: closed");
+    assert_same_bytes(want.as_bytes(), got.as_bytes(), "output after the restart");
+}
+
