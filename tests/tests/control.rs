@@ -59,9 +59,15 @@ fn checkpoint_layout_manifest_and_image_header_match_contract() {
     assert_eq!(u32::from_le_bytes(bytes[8..12].try_into().unwrap()), crust_format::image::VERSION, "version");
     assert_eq!(
         u32::from_le_bytes(bytes[72..76].try_into().unwrap()),
-        crc32c::crc32c(&bytes[0..72]),
-        "header crc32c over bytes 0..72"
+        crc32c::crc32c_append(crc32c::crc32c(&bytes[0..72]), &bytes[76..128]),
+        "header crc32c over bytes 0..72 and 76..128"
     );
+    // The fd table right after the header page; page data after it, page-aligned.
+    let fd_table_len = u64::from_le_bytes(bytes[80..88].try_into().unwrap());
+    assert!(fd_table_len > 0, "no fd table");
+    let table = &bytes[4096..4096 + fd_table_len as usize];
+    assert_eq!(u32::from_le_bytes(bytes[88..92].try_into().unwrap()), crc32c::crc32c(table), "fd table crc32c");
+    assert_eq!(u64::from_le_bytes(bytes[48..56].try_into().unwrap()), crust_format::image::data_start(fd_table_len), "data_offset");
     let image = read_image(img).expect("image parses");
     verify_pages(img, &image.meta).expect("page checksums");
     assert_eq!(image.header.file_len, bytes.len() as u64, "header file_len");
