@@ -454,15 +454,27 @@ fn forked_generation(fd: i32, generation: u64, dir: &str, t0: u64) -> Result<(),
     // hold still while they are captured.
     let captured = crate::dump::capture_stopped_facts(dir).and_then(|facts| {
         let req = dump_request(dir, generation, &facts);
-        let r = if crate::config::get().forked {
-            crate::writer::copy_shared_memory().and_then(|()| crate::writer::spawn(&req)).map(Captured::Writer)
-        } else {
+        let write_here = || {
             let tw = sys::clock_monotonic_ns();
             crate::dump::write_image(&req).map(|res| Captured::Written {
                 bytes: res.bytes,
                 memory_bytes: res.memory_bytes,
                 write_us: (sys::clock_monotonic_ns() - tw) / 1000,
             })
+        };
+        let r = if !crate::config::get().forked {
+            write_here()
+        } else {
+            match crate::writer::copy_shared_memory().and_then(|()| crate::writer::spawn(&req)) {
+                Ok(w) => Ok(Captured::Writer(w)),
+                // No writer (no memory to commit for the copy, a process limit, too much
+                // shared memory for the scratch arena): write while stopped rather than
+                // not at all; the downtime recorded shows it.
+                Err(_) => {
+                    crate::writer::clear_shared_copies();
+                    write_here()
+                }
+            }
         };
         core::mem::forget(facts);
         r

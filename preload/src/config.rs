@@ -10,7 +10,7 @@
 //! | CR_COMPRESS| page data compression: none, zstd, lz4                | none             |
 //! | CR_FORKED  | `0`: write images stop-the-world, not from a forked copy | forked        |
 //! | CR_WRITER_TIMEOUT | seconds a forked writer may take before it is killed | 600          |
-//! | CR_TEST_WRITER_PAUSE | tests only: DIR; while DIR/arm exists a forked writer writes its pid to DIR/writer.pid and waits to be killed | unset |
+//! | CR_TEST_WRITER_PAUSE | tests only: DIR; while DIR/arm exists a forked writer writes its pid to DIR/writer.pid and waits; DIR/no-writer makes creating it fail | unset |
 //!
 //! Per-process variables, set by the preload itself across `exec` and removed from the
 //! environment at load (the program never sees them; see `wrap_proc.rs`):

@@ -109,6 +109,12 @@ pub enum Outcome {
 /// Create the writer. Threads must be stopped (and stay stopped until this returns).
 pub fn spawn(req: &DumpRequest) -> Result<Writer, String> {
     let cfg = crate::config::get();
+    if let Some(dir) = cfg.test_writer_pause.as_deref() {
+        // Test hook: `DIR/no-writer` makes creating the writer fail.
+        if sys::stat(format!("{dir}/no-writer").as_bytes()).is_ok() {
+            return Err("no writer (test)".to_string());
+        }
+    }
     let mut p = [0i32; 2];
     // SAFETY: p is a valid int[2].
     sys::check(unsafe { sc!(libc::SYS_pipe2, p.as_mut_ptr(), libc::O_CLOEXEC) })

@@ -101,6 +101,27 @@ fn a_process_declining_forking_writes_stop_the_world_in_a_forked_generation() {
     f.finish(&mut r);
 }
 
+/// When no writer can be created, the process writes its image while stopped: the
+/// checkpoint succeeds (with a stop-the-world downtime) and restarts identically.
+#[test]
+fn without_a_writer_the_image_is_written_while_stopped() {
+    if suite_no_forked() {
+        return; // about forked generations
+    }
+    let s = Session::new("forked_no_writer");
+    let pause = s.root.join("writer-pause");
+    fs::create_dir_all(pause.join("no-writer")).unwrap();
+    let f = Flow::new(&s, probe::dirty().env("CR_TEST_WRITER_PAUSE", &pause));
+    let mut run = f.launch();
+    let ck = f.checkpoint_at(&mut run, 1);
+    let (downtime, write) = manifest_times(&ck.gen);
+    assert!(downtime > write, "downtime {downtime} us must include the write ({write} us) without a writer");
+    s.advance_to(&mut run, 2);
+    f.kill(&mut [&mut run]);
+    let mut r = f.restart(&ck);
+    f.finish(&mut r);
+}
+
 /// Run `crctl checkpoint --wait` in the background while the writer, armed through
 /// `CR_TEST_WRITER_PAUSE`, announces its pid and waits; `with_writer` gets that pid.
 fn checkpoint_with_paused_writer(s: &Session, pause: &Path, with_writer: impl FnOnce(i32)) -> CmdOutput {
