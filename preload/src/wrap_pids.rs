@@ -14,7 +14,8 @@
 //! * scheduling and resources: `sched_{set,get}{affinity,scheduler,param}`,
 //!   `sched_rr_get_interval`, `{get,set}priority`, `prlimit`, `pidfd_open`,
 //!   `process_vm_{readv,writev}`;
-//! * `fcntl`/`fcntl64` `F_SETOWN`/`F_GETOWN`/`F_SETOWN_EX`/`F_GETOWN_EX`;
+//! * `fcntl`/`fcntl64` `F_SETOWN`/`F_GETOWN`/`F_SETOWN_EX`/`F_GETOWN_EX`; `ioctl`
+//!   `TIOCGPGRP`/`TIOCSPGRP`/`TIOCGSID`;
 //! * `/proc/<pid>/...` (and `/proc/<pid>/task/<tid>`) paths given to `open`, `openat`,
 //!   `fopen`, `opendir`, the stat family, `readlink`, `access`, `chdir`; `readlink` of
 //!   `/proc/self` and `/proc/thread-self` answers virtual ids;
@@ -68,6 +69,7 @@ slots! {
     R_PVM_READV = c"process_vm_readv";
     R_PVM_WRITEV = c"process_vm_writev";
     R_FCNTL = c"fcntl";
+    R_IOCTL = c"ioctl";
     R_FCNTL64 = c"fcntl64";
     R_OPEN = c"open";
     R_OPEN64 = c"open64";
@@ -559,6 +561,37 @@ pub unsafe extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: usize) -> c_int {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn fcntl64(fd: c_int, cmd: c_int, arg: usize) -> c_int {
     fcntl_common(&R_FCNTL64, fd, cmd, arg)
+}
+
+// ---------------------------------------------------------------- ioctl
+
+type IoctlFn = unsafe extern "C" fn(c_int, libc::c_ulong, usize) -> c_int;
+
+/// `ioctl` is variadic with one optional argument, passed like `fcntl`'s (see there).
+/// Only the terminal's process group and session requests carry pids; every other request
+/// is forwarded after one comparison.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ioctl(fd: c_int, req: libc::c_ulong, arg: usize) -> c_int {
+    let Some(f) = real::<IoctlFn>(&R_IOCTL) else { return fail(libc::ENOSYS) };
+    match req {
+        libc::TIOCSPGRP if arg != 0 && !vpid::is_empty() => {
+            // SAFETY: the program passed a pid_t; we pass a translated copy.
+            let pgrp: pid_t = vpid::to_real(unsafe { *(arg as *const pid_t) });
+            // SAFETY: forwarding with the copy.
+            unsafe { f(fd, req, &pgrp as *const pid_t as usize) }
+        }
+        libc::TIOCGPGRP | libc::TIOCGSID if arg != 0 => {
+            // SAFETY: forwarding; then translating the kernel's answer in place.
+            let r = unsafe { f(fd, req, arg) };
+            if r == 0 {
+                // SAFETY: filled by the kernel.
+                unsafe { *(arg as *mut pid_t) = vpid::to_virtual(*(arg as *const pid_t)) };
+            }
+            r
+        }
+        // SAFETY: forwarding unchanged.
+        _ => unsafe { f(fd, req, arg) },
+    }
 }
 
 // ---------------------------------------------------------------- /proc/<pid> paths
