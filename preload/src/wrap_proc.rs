@@ -180,6 +180,9 @@ impl Notify {
         sys::check(unsafe { sc!(libc::SYS_socketpair, libc::AF_UNIX, kind, 0, fds.as_mut_ptr()) }).ok()?;
         // The reading end is ours alone.
         let _ = sys::fcntl(fds[0], libc::F_SETFD, libc::FD_CLOEXEC as usize);
+        if !cloexec {
+            spawn_notify_add(fds[1]);
+        }
         Some(Notify { rfd: fds[0], wfd: fds[1] })
     }
 
@@ -187,6 +190,7 @@ impl Notify {
     /// that runs out makes the next ones short (a coordinator that does not answer must
     /// not cost every fork seconds); an answer makes them normal again.
     fn wait(self, timeout_ms: i32) {
+        spawn_notify_remove(self.wfd);
         sys::close(self.wfd);
         let timeout_ms = if REGISTER_SLOW.load(Ordering::Relaxed) { timeout_ms.min(SLOW_WAIT_MS) } else { timeout_ms };
         let mut pfd = libc::pollfd { fd: self.rfd, events: libc::POLLIN, revents: 0 };
@@ -211,8 +215,27 @@ impl Notify {
     }
 
     fn forget(self) {
+        spawn_notify_remove(self.wfd);
         sys::close(self.rfd);
         sys::close(self.wfd);
+    }
+}
+
+/// Writing ends of spawn/popen notify sockets being handed to a new program right now.
+/// They cannot be close-on-exec; a child another thread forks meanwhile closes them.
+static SPAWN_NOTIFY: [core::sync::atomic::AtomicI32; 8] = [const { core::sync::atomic::AtomicI32::new(-1) }; 8];
+
+fn spawn_notify_add(fd: i32) {
+    for s in &SPAWN_NOTIFY {
+        if s.compare_exchange(-1, fd, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+            return;
+        }
+    }
+}
+
+fn spawn_notify_remove(fd: i32) {
+    for s in &SPAWN_NOTIFY {
+        let _ = s.compare_exchange(fd, -1, Ordering::AcqRel, Ordering::Relaxed);
     }
 }
 
@@ -304,6 +327,13 @@ fn child_after_fork(notify: Option<&Notify>) {
     let inherited = NOTIFY_FD.swap(-1, Ordering::AcqRel);
     if inherited >= 0 {
         sys::close(inherited);
+    }
+    // Nor the ones another thread of the parent was handing to a spawned program.
+    for s in &SPAWN_NOTIFY {
+        let fd = s.swap(-1, Ordering::AcqRel);
+        if fd >= 0 {
+            sys::close(fd);
+        }
     }
     // The checkpoint thread tells the parent once registered; this thread goes on.
     if let Some(n) = notify {
