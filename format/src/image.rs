@@ -281,6 +281,10 @@ pub enum FdKind {
     /// An fd the program marked "do not checkpoint" (`cr_ignore_fd`): closed after a
     /// restart unless substituted (`crrestart --fd`). `description` says what it was.
     Ignored { description: String },
+    /// A regular file deleted while open (or a memfd): its whole content is stored, and a
+    /// restart recreates it as an unlinked file in the same directory (a memfd of the same
+    /// name). `path` is where it was, without the kernel's " (deleted)".
+    Deleted { path: String, data: Vec<u8>, memfd: bool },
 }
 
 impl FdKind {
@@ -295,6 +299,7 @@ impl FdKind {
             FdKind::Socket { .. } => "socket",
             FdKind::Unsupported { .. } => "unsupported",
             FdKind::Ignored { .. } => "ignored",
+            FdKind::Deleted { .. } => "deleted",
         }
     }
 
@@ -304,6 +309,7 @@ impl FdKind {
             FdKind::File { path, .. } | FdKind::Directory { path } | FdKind::CharDevice { path, .. } | FdKind::Tty { path } => {
                 path.clone()
             }
+            FdKind::Deleted { path, data, .. } => format!("{path} (deleted, {} bytes stored)", data.len()),
             FdKind::Pipe { id, read_end, .. } => format!("pipe:[{id}] ({} end)", if *read_end { "read" } else { "write" }),
             FdKind::Socket { description, .. } | FdKind::Unsupported { description } | FdKind::Ignored { description } => {
                 description.clone()

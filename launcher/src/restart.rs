@@ -211,7 +211,57 @@ pub fn open_for_fd(rec: &FdRecord) -> Result<std::fs::File, String> {
         FdKind::CharDevice { path, .. } | FdKind::Tty { path } => {
             o.open(path).map_err(|e| format!("device {path} (fd {}): {e}", rec.fd))
         }
+        FdKind::Deleted { path, data, memfd } => {
+            let tmp = recreate_deleted(path, *memfd).map_err(|e| format!("fd {} ({path}, deleted while open): {e}", rec.fd))?;
+            std::io::Write::write_all(&mut &tmp, data).map_err(|e| format!("fd {} ({path}, deleted while open): {e}", rec.fd))?;
+            // A description with the recorded flags (the program's may be write-only or
+            // O_APPEND), through the unlinked file's /proc link.
+            let link = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&tmp));
+            let f = o.open(&link).map_err(|e| format!("fd {} ({path}, deleted while open): {e}", rec.fd))?;
+            // SAFETY: lseek on our own fd.
+            unsafe { libc::lseek(std::os::fd::AsRawFd::as_raw_fd(&f), rec.offset, libc::SEEK_SET) };
+            Ok(f)
+        }
         _ => Err(format!("fd {}: cannot reopen", rec.fd)),
+    }
+}
+
+/// An empty unlinked file standing for a file deleted while open: a memfd of the same
+/// name for a memfd, else an `O_TMPFILE` file in the directory it was in (a file created
+/// and unlinked at once where the file system has no `O_TMPFILE`).
+fn recreate_deleted(path: &str, memfd: bool) -> Result<std::fs::File, String> {
+    use std::os::fd::FromRawFd;
+    if memfd {
+        let name = path.strip_prefix("/memfd:").unwrap_or(path);
+        let c = std::ffi::CString::new(name.as_bytes().to_vec()).map_err(|_| "a memfd name with a NUL byte".to_string())?;
+        // SAFETY: a valid C string; the new fd is owned by the File.
+        let fd = unsafe { libc::memfd_create(c.as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(format!("memfd_create: {}", std::io::Error::last_os_error()));
+        }
+        // SAFETY: fd is a new fd we own.
+        return Ok(unsafe { std::fs::File::from_raw_fd(fd) });
+    }
+    let dir = Path::new(path).parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("/"));
+    if !dir.is_dir() {
+        return Err(format!("its directory {} no longer exists (substitute it with --fd)", dir.display()));
+    }
+    let mut o = std::fs::OpenOptions::new();
+    o.read(true).write(true).mode(0o600).custom_flags(libc::O_TMPFILE | libc::O_CLOEXEC);
+    match o.open(dir) {
+        Ok(f) => Ok(f),
+        Err(_) => {
+            let name = dir.join(format!(".crust-deleted-{}-{}", std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)));
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&name)
+                .map_err(|e| format!("cannot create a file in {}: {e}", dir.display()))?;
+            let _ = std::fs::remove_file(&name);
+            Ok(f)
+        }
     }
 }
 
@@ -569,6 +619,19 @@ fn plan_fds(t: &mut TreePlan, keep_files: bool, substs: &[crate::fds::FdSubst]) 
                         (None, FdKind::Tty { .. } | FdKind::Socket { .. }) if rec.fd <= 2 => Src::Inherit(rec.fd),
                         (None, FdKind::Socket { description, .. }) => {
                             return Err(format!("{who}: fd {} is a socket ({description}); sockets are not restored yet", rec.fd))
+                        }
+                        (None, FdKind::Deleted { path, memfd, .. }) => {
+                            let dir = Path::new(path).parent().unwrap_or(Path::new("/"));
+                            if !*memfd && !dir.is_dir() {
+                                return Err(format!(
+                                    "{who}: fd {} was {path}, deleted while open; its directory {} no longer exists \
+                                     (substitute it with --fd)",
+                                    rec.fd,
+                                    dir.display()
+                                ));
+                            }
+                            t.objects.push(ObjSpec::Open(rec.clone()));
+                            Src::Obj(t.objects.len() - 1)
                         }
                         (None, FdKind::Unsupported { description }) => {
                             return Err(format!("{who}: fd {} ({description}) is of a kind crust cannot restore yet", rec.fd))

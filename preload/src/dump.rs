@@ -554,8 +554,8 @@ fn describe_fds(dir: &str) -> Result<Vec<FdRecord>, String> {
         let offset = sys::lseek(fd, 0, libc::SEEK_CUR).unwrap_or(0);
         let kind = match st.st_mode & libc::S_IFMT {
             libc::S_IFREG => {
-                if target.ends_with(" (deleted)") {
-                    FdKind::Unsupported { description: format!("deleted file {target}") }
+                if let Some(path) = target.strip_suffix(" (deleted)") {
+                    FdKind::Deleted { path: path.to_string(), data: deleted_content(fd, &target, st.st_size as u64)?, memfd: path.starts_with("/memfd:") }
                 } else {
                     FdKind::File { path: target.clone(), identity: file_identity(&st) }
                 }
@@ -597,6 +597,39 @@ fn describe_fds(dir: &str) -> Result<Vec<FdRecord>, String> {
     Ok(out)
 }
 
+/// Most bytes stored for one file deleted while open.
+const MAX_DELETED: u64 = 64 << 20;
+
+/// The whole content of a file deleted while open, read through a fresh read-only
+/// description (the program's may be write-only; its offset must not move).
+fn deleted_content(fd: i32, target: &str, size: u64) -> Result<Vec<u8>, String> {
+    if size > MAX_DELETED {
+        return Err(format!(
+            "fd {fd} ({target}) is a file deleted while open holding {size} bytes; crust stores at most {} MiB of such a file \
+             (mark it with cr_ignore_fd to leave it out)",
+            MAX_DELETED >> 20
+        ));
+    }
+    let src = sys::open(format!("/proc/self/fd/{fd}").as_bytes(), libc::O_RDONLY | libc::O_CLOEXEC, 0)
+        .map_err(|e| format!("cannot read fd {fd} ({target}), deleted while open: errno {e}"))?;
+    let mut data = vec![0u8; size as usize];
+    let mut done = 0usize;
+    let r = loop {
+        if done == data.len() {
+            break Ok(());
+        }
+        match sys::pread(src, &mut data[done..], done as u64) {
+            Ok(0) => break Ok(()),
+            Ok(n) => done += n,
+            Err(libc::EINTR) => {}
+            Err(e) => break Err(format!("reading fd {fd} ({target}), deleted while open: errno {e}")),
+        }
+    };
+    sys::close(src);
+    data.truncate(done);
+    r.map(|()| data)
+}
+
 /// Character devices a restart reopens by path and gets the same thing back.
 const REOPENABLE_DEVICES: [&str; 5] = ["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom"];
 
@@ -608,9 +641,6 @@ fn cannot_restore(fd: i32, kind: &FdKind) -> Option<String> {
         FdKind::Socket { .. } if fd > 2 => Some("a socket".to_string()),
         FdKind::CharDevice { path, .. } if !REOPENABLE_DEVICES.contains(&path.as_str()) => {
             Some(format!("the device {path}"))
-        }
-        FdKind::Unsupported { description } if description.starts_with("deleted file") => {
-            Some("a file deleted while open (or a memfd)".to_string())
         }
         FdKind::Unsupported { description } => {
             let what = match description.strip_prefix("anon_inode:") {

@@ -5,6 +5,8 @@
  *   11  data.txt (written by the probe), O_RDONLY with FD_CLOEXEC, read 6 bytes in
  *   12  /dev/zero, 13  /dev/urandom (FD_CLOEXEC)
  *   14, 15 (PROBE_SOCKET=1) a socketpair, marked "do not checkpoint" when PROBE_IGNORE=1
+ *   16  scratch.tmp, O_RDWR, 3000 bytes written, deleted, offset 100
+ *   17  a memfd "probe-memfd" (not mapped), 20 bytes, offset 3, MFD_CLOEXEC
  * After gate 2 it prints each fd's flags, the rest of data.txt, what /dev/zero and
  * /dev/urandom read, appends "line 2" to the log and prints the log read back through fd
  * 10, and what fds 14 and 15 are now.
@@ -12,6 +14,7 @@
 #include "gate.h"
 
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
 #ifdef WITH_API
@@ -77,6 +80,14 @@ int main(void) {
         }
     }
 
+    place(open("scratch.tmp", O_RDWR | O_CREAT | O_TRUNC, 0600), 16, 0);
+    for (int i = 0; i < 100; i++) dprintf(16, "deleted line %04d.......\n", i); /* 25 bytes each */
+    if (unlink("scratch.tmp") != 0) ERR("unlink scratch.tmp: %s", strerror(errno));
+    lseek(16, 100, SEEK_SET);
+    place(memfd_create("probe-memfd", MFD_CLOEXEC), 17, 1);
+    if (write(17, "memfd bytes 0123456\n", 20) != 20) ERR("write memfd: %s", strerror(errno));
+    lseek(17, 3, SEEK_SET);
+
     gate(1);
     gate(2);
 
@@ -98,6 +109,31 @@ int main(void) {
     buf[n > 0 ? n : 0] = 0;
     printf("log through fd 10:\n%s", buf);
     if (sock) printf("fd 14: %s, fd 15: %s\n", kind(14), kind(15));
+
+    show_flags(16);
+    struct stat st;
+    fstat(16, &st);
+    printf("fd 16: links %d size %lld offset %lld\n", (int)st.st_nlink, (long long)st.st_size, (long long)lseek(16, 0, SEEK_CUR));
+    n = read(16, buf, 50);
+    buf[n > 0 ? n : 0] = 0;
+    printf("fd 16 reads: %s|\n", buf);
+    lseek(16, 0, SEEK_END);
+    dprintf(16, "appended after gate 2\n");
+    unsigned long long h = FNV_INIT;
+    char big[4096];
+    off_t at = 0;
+    while ((n = pread(16, big, sizeof big, at)) > 0) {
+        h = fnv1a(big, n, h);
+        at += n;
+    }
+    printf("fd 16 content: %lld bytes, hash %016llx\n", (long long)at, h);
+    show_flags(17);
+    char link[256] = {0};
+    if (readlink("/proc/self/fd/17", link, sizeof link - 1) < 0) ERR("readlink fd 17: %s", strerror(errno));
+    printf("fd 17 is a memfd named probe-memfd: %s\n", strncmp(link, "/memfd:probe-memfd", 18) == 0 ? "yes" : "no");
+    n = read(17, buf, 64);
+    buf[n > 0 ? n : 0] = 0;
+    printf("fd 17 reads: %s", buf);
 
     gate(3);
     return probe_exit_code();

@@ -2,7 +2,8 @@
 //! (`crrestart --list-fds`), fd substitution at restart (`crrestart --fd [VPID:]N=PATH`),
 //! fds of kinds crust cannot restore refused at checkpoint time unless marked "do not
 //! checkpoint", and what regular files and devices keep across a restart (O_APPEND,
-//! close-on-exec, offsets, /dev/zero, /dev/urandom). The probe is `tests/probes/fdtab.c`.
+//! close-on-exec, offsets, /dev/zero, /dev/urandom, a file deleted while open and a memfd
+//! held as an fd, with their contents). The probe is `tests/probes/fdtab.c`.
 
 use crust_tests::*;
 use std::fs;
@@ -44,7 +45,9 @@ fn row(listing: &str, fd: i32) -> Vec<String> {
 }
 
 /// Regular files keep O_APPEND, close-on-exec and their offsets; /dev/zero and
-/// /dev/urandom are devices again; the whole output equals an uninterrupted run's. Before
+/// /dev/urandom are devices again; a file deleted while open comes back unlinked with its
+/// content and offset (the probe reads on, appends and hashes it), a memfd as a memfd of
+/// the same name; the whole output equals an uninterrupted run's. Before
 /// the restart, `crrestart --list-fds` shows every fd (table and JSON), also when the
 /// image's metadata is damaged (the table is read on its own, without the memory).
 #[test]
@@ -67,6 +70,10 @@ fn files_and_devices_keep_flags_and_list_fds_shows_them() {
     assert_eq!(&row(&out, 12)[1..], ["device", "O_RDONLY", "0", "/dev/zero"], "fd 12 in:\n{out}");
     assert_eq!(&row(&out, 13)[1..], ["device", "O_RDONLY|O_CLOEXEC", "0", "/dev/urandom"], "fd 13 in:\n{out}");
     assert!(out.lines().next().is_some_and(|l| l.starts_with("process vpid ")), "no process line in:\n{out}");
+    let deleted = row(&out, 16);
+    assert_eq!(&deleted[1..4], ["deleted", "O_RDWR", "100"], "fd 16 in:\n{out}");
+    assert!(deleted[4].ends_with("/scratch.tmp") && deleted[6] == "2500", "fd 16 in:\n{out}");
+    assert_eq!(&row(&out, 17)[1..5], ["deleted", "O_RDWR|O_CLOEXEC", "3", "/memfd:probe-memfd"], "fd 17 in:\n{out}");
 
     let o = crrestart(&s, &["--list-fds", "--json", ck.gen.to_str().unwrap()]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("--list-fds --json gives JSON");
