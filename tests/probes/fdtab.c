@@ -7,6 +7,9 @@
  *   14, 15 (PROBE_SOCKET=1) a socketpair, marked "do not checkpoint" when PROBE_IGNORE=1
  *   16  scratch.tmp, O_RDWR, 3000 bytes written, deleted, offset 100
  *   17  a memfd "probe-memfd" (not mapped), 20 bytes, offset 3, MFD_CLOEXEC
+ * With PROBE_CHILD=1 it forks a child that holds child.log (O_RDWR|O_APPEND) at fd 20 and
+ * waits on a pipe; after gate 2 the parent wakes it, the child appends "child 2" and
+ * prints its log read back through fd 20, and the parent reaps it.
  * After gate 2 it prints each fd's flags, the rest of data.txt, what /dev/zero and
  * /dev/urandom read, appends "line 2" to the log and prints the log read back through fd
  * 10, and what fds 14 and 15 are now.
@@ -16,6 +19,7 @@
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 #ifdef WITH_API
 #include <crust.h>
@@ -88,8 +92,41 @@ int main(void) {
     if (write(17, "memfd bytes 0123456\n", 20) != 20) ERR("write memfd: %s", strerror(errno));
     lseek(17, 3, SEEK_SET);
 
+    int child_pipe[2] = {-1, -1};
+    pid_t child = -1;
+    if (getenv("PROBE_CHILD") && atoi(getenv("PROBE_CHILD"))) {
+        if (pipe(child_pipe) != 0) ERR("pipe: %s", strerror(errno));
+        fflush(stdout);
+        child = fork();
+        if (child == 0) {
+            close(child_pipe[1]);
+            place(open("child.log", O_RDWR | O_CREAT | O_TRUNC | O_APPEND, 0644), 20, 0);
+            if (write(20, "child 1\n", 8) != 8) ERR("write child.log: %s", strerror(errno));
+            char c;
+            ssize_t got;
+            while ((got = read(child_pipe[0], &c, 1)) < 0 && errno == EINTR) {
+            }
+            if (got != 1) _exit(3); /* the parent is gone (killed at gate 2): write nothing */
+            if (write(20, "child 2\n", 8) != 8) ERR("write child.log after gate 2: %s", strerror(errno));
+            char cbuf[256];
+            ssize_t k = pread(20, cbuf, sizeof cbuf - 1, 0);
+            cbuf[k > 0 ? k : 0] = 0;
+            printf("child log through fd 20:\n%s", cbuf);
+            fflush(stdout);
+            _exit(probe_failures ? 1 : 0);
+        }
+        close(child_pipe[0]);
+    }
+
     gate(1);
     gate(2);
+
+    if (child > 0) {
+        if (write(child_pipe[1], "x", 1) != 1) ERR("wake the child: %s", strerror(errno));
+        int status = -1;
+        if (waitpid(child, &status, 0) != child) ERR("waitpid: %s", strerror(errno));
+        printf("child exited %d\n", WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+    }
 
     for (int fd = 10; fd <= 13; fd++) show_flags(fd);
     char buf[256];

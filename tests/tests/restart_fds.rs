@@ -186,3 +186,47 @@ fn ignored_fds_are_closed_or_substituted_after_a_restart() {
     assert_same_bytes(want.as_bytes(), got.as_bytes(), "output after the restart");
 }
 
+
+/// A tree: `--list-fds` shows the parent's and the child's tables; the child's log,
+/// moved after the checkpoint, is substituted with `--fd VPID:20=NEW` (VPID as listed),
+/// and fd 20 of another process, or of a vpid not in the generation, is refused.
+#[test]
+fn fd_substitution_in_one_process_of_a_tree() {
+    let s = Session::new("fds_tree");
+    let mut f = Flow::new(&s, fdtab().env("PROBE_CHILD", "1"));
+    let mut run = f.launch();
+    let ck = f.checkpoint_at(&mut run, 1);
+    s.advance_to(&mut run, 2);
+    f.kill(&mut [&mut run]);
+
+    let o = crrestart(&s, &["--list-fds", ck.gen.to_str().unwrap()]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "crrestart --list-fds failed: {err}");
+    let procs: Vec<&str> = out.lines().filter(|l| l.starts_with("process vpid ")).collect();
+    assert_eq!(procs.len(), 2, "two processes in:\n{out}");
+    // The child's section is the one with fd 20.
+    let mut child_vpid = None;
+    let mut current = None;
+    for l in out.lines() {
+        if let Some(rest) = l.strip_prefix("process vpid ") {
+            current = rest.split_whitespace().next().and_then(|v| v.parse::<i32>().ok());
+        } else if l.split_whitespace().next() == Some("20") {
+            child_vpid = current;
+        }
+    }
+    let child_vpid = child_vpid.unwrap_or_else(|| panic!("no process with fd 20 in:\n{out}"));
+    let child_log = row(&out, 20);
+    assert_eq!(&child_log[1..4], ["file", "O_RDWR|O_APPEND", "8"], "fd 20 in:\n{out}");
+
+    let moved = s.root.join("child-moved.log");
+    fs::rename(s.work_dir.join("child.log"), &moved).unwrap();
+    let o = s.restart_expecting_failure_with(&ck.gen, &["--fd", &format!("20={}", moved.display())]);
+    assert!(o.stderr_text().contains("no fd 20"), "fd 20 of the root: {}", o.describe());
+    let o = s.restart_expecting_failure(&ck.gen);
+    assert!(o.stderr_text().contains("child.log"), "the error does not name the moved log: {}", o.describe());
+
+    f.restart_args = vec!["--fd".into(), format!("{child_vpid}:20={}", moved.display())];
+    let mut r = f.restart(&ck);
+    f.finish(&mut r);
+    assert_eq!(fs::read_to_string(&moved).unwrap(), "child 1\nchild 2\n", "the moved child log");
+}
