@@ -75,6 +75,10 @@ slots! {
     R_OPEN64 = c"open64";
     R_OPENAT = c"openat";
     R_OPENAT64 = c"openat64";
+    R_OPEN_2 = c"__open_2";
+    R_OPEN64_2 = c"__open64_2";
+    R_OPENAT_2 = c"__openat_2";
+    R_OPENAT64_2 = c"__openat64_2";
     R_FOPEN = c"fopen";
     R_FOPEN64 = c"fopen64";
     R_OPENDIR = c"opendir";
@@ -750,6 +754,11 @@ path_wrapper!(open, R_OPEN, (path: *const c_char, flags: c_int, mode: libc::c_ui
 path_wrapper!(open64, R_OPEN64, (path: *const c_char, flags: c_int, mode: libc::c_uint) -> c_int, -1, |path => p| (p, flags, mode));
 path_wrapper!(openat, R_OPENAT, (dirfd: c_int, path: *const c_char, flags: c_int, mode: libc::c_uint) -> c_int, -1, |path => p| (dirfd, p, flags, mode));
 path_wrapper!(openat64, R_OPENAT64, (dirfd: c_int, path: *const c_char, flags: c_int, mode: libc::c_uint) -> c_int, -1, |path => p| (dirfd, p, flags, mode));
+// _FORTIFY_SOURCE builds call these when the flags are not known at compile time.
+path_wrapper!(__open_2, R_OPEN_2, (path: *const c_char, flags: c_int) -> c_int, -1, |path => p| (p, flags));
+path_wrapper!(__open64_2, R_OPEN64_2, (path: *const c_char, flags: c_int) -> c_int, -1, |path => p| (p, flags));
+path_wrapper!(__openat_2, R_OPENAT_2, (dirfd: c_int, path: *const c_char, flags: c_int) -> c_int, -1, |path => p| (dirfd, p, flags));
+path_wrapper!(__openat64_2, R_OPENAT64_2, (dirfd: c_int, path: *const c_char, flags: c_int) -> c_int, -1, |path => p| (dirfd, p, flags));
 path_wrapper!(fopen, R_FOPEN, (path: *const c_char, mode: *const c_char) -> *mut libc::FILE, core::ptr::null_mut(), |path => p| (p, mode));
 path_wrapper!(fopen64, R_FOPEN64, (path: *const c_char, mode: *const c_char) -> *mut libc::FILE, core::ptr::null_mut(), |path => p| (p, mode));
 path_wrapper!(opendir, R_OPENDIR, (path: *const c_char) -> *mut libc::DIR, core::ptr::null_mut(), |path => p| (p));
