@@ -391,8 +391,7 @@ fn dump_request<'a>(dir: &'a str, generation: u64, facts: &'a crate::dump::Stopp
 
 /// Resume the program and return how long it was stopped (µs).
 fn resume(t0: u64) -> u64 {
-    quiesce::resume_all();
-    (sys::clock_monotonic_ns() - t0) / 1000
+    (quiesce::resume_all() - t0) / 1000
 }
 
 /// A message kept on the stack, so it survives `resume_all` (which discards the scratch

@@ -90,17 +90,29 @@ pub fn set_scratch(on: bool) -> bool {
         SCRATCH_USED.store(0, Ordering::Relaxed);
         SCRATCH_ON.store(true, Ordering::SeqCst);
     } else {
-        SCRATCH_ON.store(false, Ordering::SeqCst);
-        let used = SCRATCH_USED.swap(0, Ordering::Relaxed);
-        let base = SCRATCH_BASE.load(Ordering::Relaxed);
-        if base != 0 && used > 0 {
-            // SAFETY: returns scratch pages to the kernel; nothing refers to them any more.
-            unsafe {
-                sys::sc!(sys::SYS_madvise, base, (used + 4095) & !4095, libc::MADV_DONTNEED);
-            }
-        }
+        release_scratch(scratch_off());
     }
     true
+}
+
+/// Route allocations back to the normal heap; returns how much of the scratch arena was
+/// used, for [`release_scratch`] (which may come later: the checkpoint thread gives the
+/// pages back after the program runs again, out of its downtime).
+pub fn scratch_off() -> usize {
+    SCRATCH_ON.store(false, Ordering::SeqCst);
+    SCRATCH_USED.swap(0, Ordering::Relaxed)
+}
+
+/// Return the first `used` bytes of the scratch arena to the kernel (everything allocated
+/// there is discarded).
+pub fn release_scratch(used: usize) {
+    let base = SCRATCH_BASE.load(Ordering::Relaxed);
+    if base != 0 && used > 0 {
+        // SAFETY: returns scratch pages to the kernel; nothing refers to them any more.
+        unsafe {
+            sys::sc!(sys::SYS_madvise, base, (used + 4095) & !4095, libc::MADV_DONTNEED);
+        }
+    }
 }
 
 /// The scratch arena's address range (excluded from images).

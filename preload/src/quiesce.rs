@@ -475,12 +475,18 @@ fn blocked_detail(tid: i32, sig: i32) -> std::string::String {
 }
 
 /// Let every stopped thread run again and release the wrapper lock.
-pub fn resume_all() {
+/// Returns the moment (CLOCK_MONOTONIC, ns) they were woken: the end of the downtime.
+pub fn resume_all() -> u64 {
     ACTIVE.store(0, Ordering::Release);
-    crate::heap::set_scratch(false);
+    let used = crate::heap::scratch_off();
     RESUME_SEQ.fetch_add(1, Ordering::AcqRel);
     sys::futex_wake(&RESUME_SEQ, u32::MAX);
     writer_unlock();
+    let woken = sys::clock_monotonic_ns();
+    // Only the checkpoint thread uses the scratch arena: its pages go back to the kernel
+    // now that the program runs (a forked writer has its own copy of them).
+    crate::heap::release_scratch(used);
+    woken
 }
 
 /// After a restart: reset the bookkeeping that restored memory carried over.
