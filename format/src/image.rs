@@ -285,6 +285,11 @@ pub enum FdKind {
     /// restart recreates it as an unlinked file in the same directory (a memfd of the same
     /// name). `path` is where it was, without the kernel's " (deleted)".
     Deleted { path: String, data: Vec<u8>, memfd: bool },
+    /// An eventfd: its counter and whether it is in semaphore mode (`EFD_SEMAPHORE`).
+    EventFd { count: u64, semaphore: bool },
+    /// A timerfd: its clock, the time left until it next expires (0 = disarmed) and its
+    /// interval, in nanoseconds, and the expirations not read yet (`ticks`).
+    TimerFd { clockid: i32, value_ns: u64, interval_ns: u64, ticks: u64 },
 }
 
 impl FdKind {
@@ -300,6 +305,8 @@ impl FdKind {
             FdKind::Unsupported { .. } => "unsupported",
             FdKind::Ignored { .. } => "ignored",
             FdKind::Deleted { .. } => "deleted",
+            FdKind::EventFd { .. } => "eventfd",
+            FdKind::TimerFd { .. } => "timerfd",
         }
     }
 
@@ -310,6 +317,16 @@ impl FdKind {
                 path.clone()
             }
             FdKind::Deleted { path, data, .. } => format!("{path} (deleted, {} bytes stored)", data.len()),
+            FdKind::EventFd { count, semaphore } => {
+                format!("eventfd count {count}{}", if *semaphore { " (semaphore)" } else { "" })
+            }
+            FdKind::TimerFd { clockid, value_ns, interval_ns, ticks } => format!(
+                "timerfd clock {clockid} next in {}.{:09} s, interval {}.{:09} s, {ticks} unread",
+                value_ns / 1_000_000_000,
+                value_ns % 1_000_000_000,
+                interval_ns / 1_000_000_000,
+                interval_ns % 1_000_000_000
+            ),
             FdKind::Pipe { id, read_end, .. } => format!("pipe:[{id}] ({} end)", if *read_end { "read" } else { "write" }),
             FdKind::Socket { description, .. } | FdKind::Unsupported { description } | FdKind::Ignored { description } => {
                 description.clone()

@@ -222,6 +222,65 @@ pub fn open_for_fd(rec: &FdRecord) -> Result<std::fs::File, String> {
             unsafe { libc::lseek(std::os::fd::AsRawFd::as_raw_fd(&f), rec.offset, libc::SEEK_SET) };
             Ok(f)
         }
+        FdKind::EventFd { count, semaphore } => {
+            let mut flags = libc::EFD_CLOEXEC;
+            if *semaphore {
+                flags |= libc::EFD_SEMAPHORE;
+            }
+            if rec.flags & libc::O_NONBLOCK != 0 {
+                flags |= libc::EFD_NONBLOCK;
+            }
+            // SAFETY: creates a new fd, owned by the File below.
+            let fd = unsafe { libc::eventfd(0, flags) };
+            if fd < 0 {
+                return Err(format!("fd {} (eventfd): {}", rec.fd, std::io::Error::last_os_error()));
+            }
+            // SAFETY: fd is ours.
+            let f = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+            if *count > 0 {
+                // SAFETY: writes 8 bytes from a u64 (the counter may exceed eventfd()'s u32).
+                let n = unsafe { libc::write(fd, count as *const u64 as *const libc::c_void, 8) };
+                if n != 8 {
+                    return Err(format!("fd {} (eventfd): cannot set the counter to {count}: {}", rec.fd, std::io::Error::last_os_error()));
+                }
+            }
+            Ok(f)
+        }
+        FdKind::TimerFd { clockid, value_ns, interval_ns, ticks } => {
+            let mut flags = libc::TFD_CLOEXEC;
+            if rec.flags & libc::O_NONBLOCK != 0 {
+                flags |= libc::TFD_NONBLOCK;
+            }
+            // SAFETY: creates a new fd, owned by the File below.
+            let fd = unsafe { libc::timerfd_create(*clockid, flags) };
+            if fd < 0 {
+                return Err(format!("fd {} (timerfd on clock {clockid}): {}", rec.fd, std::io::Error::last_os_error()));
+            }
+            // SAFETY: fd is ours.
+            let f = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+            let ts = |ns: u64| libc::timespec { tv_sec: (ns / 1_000_000_000) as libc::time_t, tv_nsec: (ns % 1_000_000_000) as libc::c_long };
+            // The time left runs from now: the time the program was not running does not count.
+            // A periodic timer shows 0 left when it expires right now: keep it armed.
+            let value = if *value_ns == 0 && *interval_ns > 0 { 1 } else { *value_ns };
+            let its = libc::itimerspec { it_interval: ts(*interval_ns), it_value: ts(value) };
+            // SAFETY: valid itimerspec; no old value wanted.
+            if unsafe { libc::timerfd_settime(fd, 0, &its, std::ptr::null_mut()) } != 0 {
+                return Err(format!("fd {} (timerfd): timerfd_settime: {}", rec.fd, std::io::Error::last_os_error()));
+            }
+            if *ticks > 0 {
+                // TFD_IOC_SET_TICKS (_IOW('T', 0, u64)): the expirations not read yet.
+                const TFD_IOC_SET_TICKS: libc::c_ulong = 0x4008_5400;
+                // SAFETY: the ioctl reads one u64.
+                if unsafe { libc::ioctl(fd, TFD_IOC_SET_TICKS, ticks as *const u64) } != 0 {
+                    return Err(format!(
+                        "fd {} (timerfd): cannot restore its {ticks} unread expirations (TFD_IOC_SET_TICKS: {}; the kernel needs CONFIG_CHECKPOINT_RESTORE)",
+                        rec.fd,
+                        std::io::Error::last_os_error()
+                    ));
+                }
+            }
+            Ok(f)
+        }
         _ => Err(format!("fd {}: cannot reopen", rec.fd)),
     }
 }
@@ -619,6 +678,11 @@ fn plan_fds(t: &mut TreePlan, keep_files: bool, substs: &[crate::fds::FdSubst]) 
                         (None, FdKind::Tty { .. } | FdKind::Socket { .. }) if rec.fd <= 2 => Src::Inherit(rec.fd),
                         (None, FdKind::Socket { description, .. }) => {
                             return Err(format!("{who}: fd {} is a socket ({description}); sockets are not restored yet", rec.fd))
+                        }
+                        (None, FdKind::EventFd { .. } | FdKind::TimerFd { .. }) => {
+                            open_for_fd(rec).map_err(|e| format!("{who}: {e}"))?;
+                            t.objects.push(ObjSpec::Open(rec.clone()));
+                            Src::Obj(t.objects.len() - 1)
                         }
                         (None, FdKind::Deleted { path, memfd, .. }) => {
                             let dir = Path::new(path).parent().unwrap_or(Path::new("/"));

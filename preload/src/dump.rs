@@ -574,7 +574,7 @@ fn describe_fds(dir: &str) -> Result<Vec<FdRecord>, String> {
                 FdKind::Pipe { id: st.st_ino, read_end, data: Vec::new(), capacity }
             }
             libc::S_IFSOCK => FdKind::Socket { id: st.st_ino, description: target.clone() },
-            _ => FdKind::Unsupported { description: target.clone() },
+            _ => anon_kind(fd, &target).unwrap_or_else(|| FdKind::Unsupported { description: target.clone() }),
         };
         if let Some(why) = cannot_restore(fd, &kind) {
             return Err(format!(
@@ -595,6 +595,34 @@ fn describe_fds(dir: &str) -> Result<Vec<FdRecord>, String> {
         }
     }
     Ok(out)
+}
+
+/// eventfd and timerfd state from `/proc/self/fdinfo` (None: another kind, or a format
+/// this kernel does not show).
+fn anon_kind(fd: i32, target: &str) -> Option<FdKind> {
+    let kind = target.strip_prefix("anon_inode:")?.trim_start_matches('[').trim_end_matches(']');
+    if kind != "eventfd" && kind != "timerfd" {
+        return None;
+    }
+    let info = procfs::read_string(format!("/proc/self/fdinfo/{fd}").as_bytes());
+    if kind == "eventfd" {
+        return Some(FdKind::EventFd {
+            count: procfs::status_value(&info, "eventfd-count:", 16)?,
+            semaphore: procfs::status_value(&info, "eventfd-semaphore:", 10).unwrap_or(0) != 0,
+        });
+    }
+    // "it_value: (SECS, NSECS)": the time left, relative, whatever the settime flags.
+    let pair = |key: &str| -> Option<u64> {
+        let v = info.lines().find_map(|l| l.strip_prefix(key))?;
+        let (a, b) = v.trim().trim_start_matches('(').trim_end_matches(')').split_once(',')?;
+        Some(a.trim().parse::<u64>().ok()? * 1_000_000_000 + b.trim().parse::<u64>().ok()?)
+    };
+    Some(FdKind::TimerFd {
+        clockid: procfs::status_value(&info, "clockid:", 10)? as i32,
+        value_ns: pair("it_value:")?,
+        interval_ns: pair("it_interval:")?,
+        ticks: procfs::status_value(&info, "ticks:", 10)?,
+    })
 }
 
 /// Most bytes stored for one file deleted while open.

@@ -7,6 +7,9 @@
  *   14, 15 (PROBE_SOCKET=1) a socketpair, marked "do not checkpoint" when PROBE_IGNORE=1
  *   16  scratch.tmp, O_RDWR, 3000 bytes written, deleted, offset 100
  *   17  a memfd "probe-memfd" (not mapped), 20 bytes, offset 3, MFD_CLOEXEC
+ *   18  an eventfd with counter 5 (EFD_NONBLOCK), 19 an eventfd in semaphore mode, counter 3
+ *   21  a timerfd (CLOCK_MONOTONIC) due in an hour, interval 2 s
+ *   22  a one-shot timerfd that expired once before gate 1, not read
  * With PROBE_CHILD=1 it forks a child that holds child.log (O_RDWR|O_APPEND) at fd 20 and
  * waits on a pipe; after gate 2 the parent wakes it, the child appends "child 2" and
  * prints its log read back through fd 20, and the parent reaps it.
@@ -17,7 +20,11 @@
 #include "gate.h"
 
 #include <fcntl.h>
+#include <poll.h>
+#include <stdint.h>
+#include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <sys/timerfd.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -92,6 +99,17 @@ int main(void) {
     if (write(17, "memfd bytes 0123456\n", 20) != 20) ERR("write memfd: %s", strerror(errno));
     lseek(17, 3, SEEK_SET);
 
+    place(eventfd(5, EFD_NONBLOCK), 18, 0);
+    place(eventfd(3, EFD_SEMAPHORE), 19, 0);
+    place(timerfd_create(CLOCK_MONOTONIC, 0), 21, 0);
+    struct itimerspec its = {{2, 0}, {3600, 0}};
+    if (timerfd_settime(21, 0, &its, NULL) != 0) ERR("timerfd_settime 21: %s", strerror(errno));
+    place(timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK), 22, 0);
+    struct itimerspec once = {{0, 0}, {0, 1000000}};
+    if (timerfd_settime(22, 0, &once, NULL) != 0) ERR("timerfd_settime 22: %s", strerror(errno));
+    struct pollfd pfd = {22, POLLIN, 0};
+    if (poll(&pfd, 1, 5000) != 1) ERR("timer 22 did not expire");
+
     int child_pipe[2] = {-1, -1};
     pid_t child = -1;
     if (getenv("PROBE_CHILD") && atoi(getenv("PROBE_CHILD"))) {
@@ -146,6 +164,30 @@ int main(void) {
     buf[n > 0 ? n : 0] = 0;
     printf("log through fd 10:\n%s", buf);
     if (sock) printf("fd 14: %s, fd 15: %s\n", kind(14), kind(15));
+
+    uint64_t v = 0;
+    n = read(18, &v, 8);
+    printf("eventfd 18: read %zd value %llu", n, (unsigned long long)v);
+    n = read(18, &v, 8);
+    printf(", again: %s, nonblock=%d\n", n < 0 && errno == EAGAIN ? "EAGAIN" : "data", !!(fcntl(18, F_GETFL) & O_NONBLOCK));
+    printf("eventfd 19 (semaphore):");
+    for (int i = 0; i < 3; i++) {
+        v = 0;
+        n = read(19, &v, 8);
+        printf(" %llu", (unsigned long long)v);
+    }
+    fcntl(19, F_SETFL, O_NONBLOCK);
+    n = read(19, &v, 8);
+    printf(", then %s\n", n < 0 && errno == EAGAIN ? "EAGAIN" : "data");
+    struct itimerspec cur;
+    if (timerfd_gettime(21, &cur) != 0) ERR("timerfd_gettime 21: %s", strerror(errno));
+    printf("timer 21: interval %ld.%09ld, due in (3000 s, 3600 s]: %s\n", (long)cur.it_interval.tv_sec, cur.it_interval.tv_nsec,
+           cur.it_value.tv_sec >= 3000 && cur.it_value.tv_sec < 3600 ? "yes" : "no");
+    v = 0;
+    n = read(22, &v, 8);
+    printf("timer 22: read %zd, %llu expiration(s)", n, (unsigned long long)v);
+    n = read(22, &v, 8);
+    printf(", again: %s\n", n < 0 && errno == EAGAIN ? "EAGAIN" : "data");
 
     show_flags(16);
     struct stat st;

@@ -3,7 +3,8 @@
 //! fds of kinds crust cannot restore refused at checkpoint time unless marked "do not
 //! checkpoint", and what regular files and devices keep across a restart (O_APPEND,
 //! close-on-exec, offsets, /dev/zero, /dev/urandom, a file deleted while open and a memfd
-//! held as an fd, with their contents). The probe is `tests/probes/fdtab.c`.
+//! held as an fd, with their contents; eventfds with their counter and semaphore mode;
+//! timerfds with the time left, interval and unread expirations). The probe is `tests/probes/fdtab.c`.
 
 use crust_tests::*;
 use std::fs;
@@ -47,7 +48,8 @@ fn row(listing: &str, fd: i32) -> Vec<String> {
 /// Regular files keep O_APPEND, close-on-exec and their offsets; /dev/zero and
 /// /dev/urandom are devices again; a file deleted while open comes back unlinked with its
 /// content and offset (the probe reads on, appends and hashes it), a memfd as a memfd of
-/// the same name; the whole output equals an uninterrupted run's. Before
+/// the same name; eventfds keep their counters (semaphore mode too), timerfds their
+/// interval, time left and unread expiration; the whole output equals an uninterrupted run's. Before
 /// the restart, `crrestart --list-fds` shows every fd (table and JSON), also when the
 /// image's metadata is damaged (the table is read on its own, without the memory).
 #[test]
@@ -74,6 +76,11 @@ fn files_and_devices_keep_flags_and_list_fds_shows_them() {
     assert_eq!(&deleted[1..4], ["deleted", "O_RDWR", "100"], "fd 16 in:\n{out}");
     assert!(deleted[4].ends_with("/scratch.tmp") && deleted[6] == "2500", "fd 16 in:\n{out}");
     assert_eq!(&row(&out, 17)[1..5], ["deleted", "O_RDWR|O_CLOEXEC", "3", "/memfd:probe-memfd"], "fd 17 in:\n{out}");
+    assert_eq!(&row(&out, 18)[1..], ["eventfd", "O_RDWR|O_NONBLOCK", "0", "eventfd", "count", "5"], "fd 18 in:\n{out}");
+    assert_eq!(&row(&out, 19)[1..], ["eventfd", "O_RDWR", "0", "eventfd", "count", "3", "(semaphore)"], "fd 19 in:\n{out}");
+    let timer = row(&out, 21);
+    assert_eq!((timer[1].as_str(), timer[4].as_str(), timer[6].as_str()), ("timerfd", "timerfd", "1"), "fd 21 in:\n{out}");
+    assert!(row(&out, 22).join(" ").ends_with("1 unread"), "fd 22 in:\n{out}");
 
     let o = crrestart(&s, &["--list-fds", "--json", ck.gen.to_str().unwrap()]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("--list-fds --json gives JSON");
