@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # crust benchmarks: builds release binaries, runs every benchmark, prints a table.
 #
-#   bench/run.sh [--full] [--reps N] [--dir DIR]
+#   bench/run.sh [--full] [--sizes "MIB ..."] [--reps N] [--dir DIR]
 #
 # Default sizes are small (256 MiB images) so the whole run takes a few minutes on a
-# laptop; --full uses 1 GiB and 4 GiB. Every number is compared with a baseline measured in
+# laptop; --full uses 1 GiB and 4 GiB (--sizes picks others). Every number is compared with a baseline measured in
 # the same run on the same machine (dd on the same filesystem, the program without crust).
 # Checkpoints go to DIR (default: bench/work, on the filesystem being measured).
 # Results are printed as a table and kept in DIR/results.txt. See BENCHMARKS.md.
@@ -14,11 +14,13 @@ here="$(cd "$(dirname "$0")" && pwd)"
 root="$(dirname "$here")"
 full=0
 reps=3
+sizes_opt=""
 work="$here/work"
 while [ $# -gt 0 ]; do
     case "$1" in
         --full) full=1 ;;
         --reps) reps="$2"; shift ;;
+        --sizes) sizes_opt="$2"; shift ;;
         --dir) work="$2"; shift ;;
         -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
         *) echo "bench/run.sh: unknown option $1" >&2; exit 2 ;;
@@ -26,6 +28,7 @@ while [ $# -gt 0 ]; do
     shift
 done
 if [ "$full" = 1 ]; then sizes="1024 4096"; else sizes="256"; fi
+[ -n "${sizes_opt:-}" ] && sizes="$sizes_opt"
 
 echo "== building (release)" >&2
 (cd "$root" && cargo build --release --workspace --quiet && cargo build --release -p crust-format --example codec_bench --quiet)
@@ -188,11 +191,11 @@ bench_prog() { # name args... -> median of reps, plain and under crlaunch (print
 }
 for t in "getpid 2000000" "openclose 200000" "forkwait 2000"; do
     read -r plain crust sp sc <<<"$(bench_prog "$work/syscalls" $t)"
-    row "syscalls ${t%% *}, ns/op (crust vs plain)" "$crust" "$plain" "$(awk -v a="$crust" -v b="$plain" 'BEGIN{printf "%.2f", a/b}')"
+    row "syscalls ${t%% *}, ns/op (crust vs plain; CPU time but forkwait)" "$crust" "$plain" "$(awk -v a="$crust" -v b="$plain" 'BEGIN{printf "%.2f", a/b}')"
     row "  spread" "$sc" "$sp" ""
 done
 read -r plain crust sp sc <<<"$(bench_prog "$work/compute" 300000000)"
-row "compute-bound loop, ms (crust vs plain)" "$crust" "$plain" "$(awk -v a="$crust" -v b="$plain" 'BEGIN{printf "%.3f", a/b}')"
+row "compute-bound loop, CPU ms (crust vs plain)" "$crust" "$plain" "$(awk -v a="$crust" -v b="$plain" 'BEGIN{printf "%.3f", a/b}')"
 row "  spread" "$sc" "$sp" ""
 
 # ---------------------------------------------------------------- resident memory

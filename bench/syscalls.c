@@ -1,5 +1,7 @@
 /* bench/syscalls.c: system-call-heavy loops, to measure the preload's overhead.
- *   syscalls getpid|openclose|forkwait N   → prints nanoseconds per operation */
+ *   syscalls getpid|openclose|forkwait N   → prints nanoseconds per operation
+ * getpid and open/close count the thread's CPU time (user + kernel), so that other
+ * processes on a shared machine do not count; fork/wait counts wall time (it waits). */
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -8,9 +10,10 @@
 #include <time.h>
 #include <unistd.h>
 
+static int cpu_clock = 1;
 static double now(void) {
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    clock_gettime(cpu_clock ? CLOCK_THREAD_CPUTIME_ID : CLOCK_MONOTONIC, &ts);
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
@@ -18,6 +21,7 @@ int main(int argc, char **argv) {
     if (argc != 3) return 2;
     long n = atol(argv[2]);
     volatile long sink = 0;
+    cpu_clock = strcmp(argv[1], "forkwait") != 0;
     double t0 = now();
     if (!strcmp(argv[1], "getpid")) {
         for (long i = 0; i < n; i++) sink += getpid();
