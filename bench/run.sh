@@ -189,7 +189,7 @@ bench_prog() { # name args... -> median of reps, plain and under crlaunch (print
     done
     echo "$(printf '%s\n' "${a[@]}" | median) $(printf '%s\n' "${b[@]}" | median) $(printf '%s\n' "${a[@]}" | spread) $(printf '%s\n' "${b[@]}" | spread)"
 }
-for t in "getpid 2000000" "openclose 200000" "forkwait 2000"; do
+for t in "getpid 2000000" "openclose 200000" "forkwait 300"; do
     read -r plain crust sp sc <<<"$(bench_prog "$work/syscalls" $t)"
     row "syscalls ${t%% *}, ns/op (crust vs plain; CPU time but forkwait)" "$crust" "$plain" "$(awk -v a="$crust" -v b="$plain" 'BEGIN{printf "%.2f", a/b}')"
     row "  spread" "$sc" "$sp" ""
