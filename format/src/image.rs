@@ -718,4 +718,147 @@ mod tests {
         assert!(matches!(Header::from_bytes(&[0u8; 10]), Err(crate::Error::Truncated { .. })));
         assert!(matches!(Header::from_bytes(&[0u8; 4096]), Err(crate::Error::NotAnImage)));
     }
+
+    fn sample_meta(runs: Vec<Vec<PageRun>>, compression: Compression, chunks: Vec<Chunk>) -> ImageMeta {
+        ImageMeta {
+            comp_id: 1,
+            generation: 1,
+            vpid: 7,
+            vppid: 1,
+            real_pid: 7,
+            hostname: "h".into(),
+            kernel_release: "k".into(),
+            xcr0: 0,
+            program: "p".into(),
+            args: vec![],
+            comm: "p".into(),
+            exe: "/p".into(),
+            cwd: "/".into(),
+            umask: 0o22,
+            rlimits: vec![],
+            mm: MmInfo::default(),
+            auxv: vec![],
+            restart: RestartEntry::default(),
+            ckpt_signal: 12,
+            threads: vec![],
+            fds: vec![],
+            regions: runs
+                .into_iter()
+                .enumerate()
+                .map(|(i, runs)| Region {
+                    start: 0x1000_0000 * (i as u64 + 1),
+                    end: 0x1000_0000 * (i as u64 + 1) + (8 << 20),
+                    prot: 3,
+                    shared: false,
+                    grows_down: false,
+                    kind: RegionKind::Anon,
+                    runs,
+                })
+                .collect(),
+            taken_unix: 0,
+            tree: TreeInfo::default(),
+            compression,
+            chunks,
+        }
+    }
+
+    /// A compressed image written the way the preload writes one (runs back to back in one
+    /// stream, 1 MiB chunks, raw chunks for data that does not compress) reads, verifies and
+    /// unpacks; a damaged chunk is refused naming it; a run out of place is refused.
+    #[test]
+    fn compressed_image_roundtrip_corrupt_chunk_and_layout() {
+        use crate::codec::{unpack, ChunkSink, Encoder};
+        struct Collect(Vec<u8>);
+        impl ChunkSink for Collect {
+            fn buffer(&mut self, offset: u64, len: usize) -> Result<&mut [u8], crate::Error> {
+                let at = offset as usize - HEADER_SIZE;
+                if self.0.len() < at + len {
+                    self.0.resize(at + len, 0);
+                }
+                Ok(&mut self.0[at..at + len])
+            }
+        }
+        for kind in [Compression::Zstd, Compression::Lz4] {
+            // Three runs: text, random (stored raw), text; 2.5 MiB in all.
+            let mut x = 0x1234_5678_9abc_def0u64;
+            let mut stream = Vec::new();
+            let lens = [1 << 20, 1 << 20, 512 << 10];
+            for (i, &len) in lens.iter().enumerate() {
+                for k in 0..len / 8 {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    let v = if i == 1 { x } else { (k as u64 % 97) * 0x0101_0101 };
+                    stream.extend_from_slice(&v.to_le_bytes());
+                }
+            }
+            let mut off = 0u64;
+            let mut runs: Vec<Vec<PageRun>> = vec![vec![], vec![]];
+            for (i, &len) in lens.iter().enumerate() {
+                let data = &stream[off as usize..off as usize + len];
+                let region = if i < 2 { 0 } else { 1 };
+                let addr = 0x1000_0000 * (region as u64 + 1) + if i == 1 { 2 << 20 } else { 0 };
+                runs[region].push(PageRun { addr, len: len as u64, offset: HEADER_SIZE as u64 + off, crc: crc32c::crc32c(data) });
+                off += len as u64;
+            }
+            let mut ws = vec![0u64; Encoder::workspace_len(kind) / 8 + 1];
+            // SAFETY: the workspace outlives the encoder.
+            let mut enc = unsafe { Encoder::in_workspace(kind, ws.as_mut_ptr().cast(), ws.len() * 8) }.unwrap();
+            let mut file = vec![0u8; HEADER_SIZE];
+            let mut chunks = Vec::new();
+            let mut out = vec![0u8; max_compressed_len(CHUNK_SIZE)];
+            for c in stream.chunks(CHUNK_SIZE) {
+                let n = enc.compress(c, &mut out).unwrap();
+                let stored: &[u8] = if n >= c.len() { c } else { &out[..n] };
+                chunks.push(Chunk { offset: file.len() as u64, clen: stored.len() as u32, ulen: c.len() as u32, crc: crc32c::crc32c(stored) });
+                file.extend_from_slice(stored);
+            }
+            assert!(chunks.iter().any(|c| c.clen == c.ulen), "the random chunk is stored raw");
+            assert!(chunks.iter().any(|c| c.clen < c.ulen), "the text chunks compress");
+            let write = |meta: &ImageMeta, body: &[u8], name: &str| {
+                let (mb, mcrc) = encode_meta(meta).unwrap();
+                let mut f = body.to_vec();
+                let meta_offset = f.len() as u64;
+                f.extend_from_slice(&mb);
+                let h = Header {
+                    version: VERSION,
+                    flags: 0,
+                    meta_offset,
+                    meta_len: mb.len() as u64,
+                    meta_crc: mcrc,
+                    data_offset: HEADER_SIZE as u64,
+                    data_len: meta_offset - HEADER_SIZE as u64,
+                    file_len: f.len() as u64,
+                    fd_table_len: 0,
+                    fd_table_crc: 0,
+                };
+                f[..HEADER_SIZE].copy_from_slice(&h.to_bytes());
+                let p = std::env::temp_dir().join(format!("crust-format-test-{}-{name}-{}", std::process::id(), kind.name()));
+                std::fs::write(&p, &f).unwrap();
+                p
+            };
+            let meta = sample_meta(runs.clone(), kind, chunks.clone());
+            let good = write(&meta, &file, "good");
+            let img = read_image(&good).expect("the compressed image reads");
+            verify_pages(&good, &img.meta).expect("chunks and runs check out");
+            let mut sink = Collect(Vec::new());
+            unpack(&std::fs::File::open(&good).unwrap(), &img.meta, &mut sink, &mut |_| {}).unwrap();
+            assert!(sink.0 == stream, "{kind:?}: unpacked data differs");
+
+            let mut bad = file.clone();
+            bad[(chunks[1].offset + 100) as usize] ^= 1;
+            let badp = write(&meta, &bad, "bad");
+            let e = verify_pages(&badp, &read_image(&badp).unwrap().meta).unwrap_err().to_string();
+            assert!(e.contains("chunk 1") && e.contains("checksum"), "{e}");
+
+            let mut moved = runs.clone();
+            moved[1][0].offset += 4096;
+            let movedp = write(&sample_meta(moved, kind, chunks.clone()), &file, "moved");
+            assert!(matches!(read_image(&movedp), Err(crate::Error::Corrupt(_))), "a run out of place is refused");
+            for p in [good, badp, movedp] {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    }
+
 }
