@@ -290,6 +290,21 @@ pub enum FdKind {
     /// A timerfd: its clock, the time left until it next expires (0 = disarmed) and its
     /// interval, in nanoseconds, and the expirations not read yet (`ticks`).
     TimerFd { clockid: i32, value_ns: u64, interval_ns: u64, ticks: u64 },
+    /// A signalfd and the signals it accepts (bit N-1 = signal N).
+    SignalFd { mask: u64 },
+    /// An epoll instance and its interest list (registrations of fds of this process).
+    Epoll { entries: Vec<EpollEntry> },
+}
+
+/// One registration of an epoll instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpollEntry {
+    /// The fd number it was registered with.
+    pub tfd: i32,
+    /// Event mask as registered (EPOLLIN, EPOLLET, EPOLLONESHOT...).
+    pub events: u32,
+    /// The user data returned with its events.
+    pub data: u64,
 }
 
 impl FdKind {
@@ -307,6 +322,8 @@ impl FdKind {
             FdKind::Deleted { .. } => "deleted",
             FdKind::EventFd { .. } => "eventfd",
             FdKind::TimerFd { .. } => "timerfd",
+            FdKind::SignalFd { .. } => "signalfd",
+            FdKind::Epoll { .. } => "epoll",
         }
     }
 
@@ -319,6 +336,11 @@ impl FdKind {
             FdKind::Deleted { path, data, .. } => format!("{path} (deleted, {} bytes stored)", data.len()),
             FdKind::EventFd { count, semaphore } => {
                 format!("eventfd count {count}{}", if *semaphore { " (semaphore)" } else { "" })
+            }
+            FdKind::SignalFd { mask } => format!("signalfd mask {mask:#x}"),
+            FdKind::Epoll { entries } => {
+                let fds: Vec<String> = entries.iter().map(|e| e.tfd.to_string()).collect();
+                format!("epoll watching fds [{}]", fds.join(","))
             }
             FdKind::TimerFd { clockid, value_ns, interval_ns, ticks } => format!(
                 "timerfd clock {clockid} next in {}.{:09} s, interval {}.{:09} s, {ticks} unread",

@@ -453,6 +453,27 @@ fn become_process(cx: &Ctx, i: usize) -> Result<Infallible, String> {
     exec_restorer(cx, i, &pids)
 }
 
+/// Register again, in this process with its fds in place, what each of its epoll
+/// instances watched. A registration another process of the tree already made on a
+/// shared instance is there (EEXIST); one whose fd is not restored (ignored, closed) is
+/// left out.
+fn add_epoll_entries(meta: &crust_format::image::ImageMeta) -> Result<(), String> {
+    for rec in &meta.fds {
+        let crust_format::image::FdKind::Epoll { entries } = &rec.kind else { continue };
+        for e in entries {
+            let mut ev = libc::epoll_event { events: e.events, u64: e.data };
+            // SAFETY: both fds are this process's; ev is a valid epoll_event.
+            if unsafe { libc::epoll_ctl(rec.fd, libc::EPOLL_CTL_ADD, e.tfd, &mut ev) } != 0 {
+                let err = std::io::Error::last_os_error();
+                if !matches!(err.raw_os_error(), Some(libc::EEXIST) | Some(libc::EBADF) | Some(libc::ENOENT)) {
+                    return Err(format!("fd {} (epoll): cannot watch fd {} again: {err}", rec.fd, e.tfd));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Place process `i`'s fds, write its plan and exec the restorer.
 fn exec_restorer(cx: &Ctx, i: usize, pids: &[PlanPid]) -> Result<Infallible, String> {
     let t = cx.t;
@@ -483,6 +504,7 @@ fn exec_restorer(cx: &Ctx, i: usize, pids: &[PlanPid]) -> Result<Infallible, Str
             libc::close(tmp);
         }
     }
+    add_epoll_entries(meta)?;
     // Shared memory the restorer maps by path.
     let mut shared: std::collections::HashMap<u64, (String, u64)> = std::collections::HashMap::new();
     for (&start, &(obj, off)) in &p.shared {

@@ -281,6 +281,40 @@ pub fn open_for_fd(rec: &FdRecord) -> Result<std::fs::File, String> {
             }
             Ok(f)
         }
+        FdKind::SignalFd { mask } => {
+            // SAFETY: plain data, filled by sigemptyset/sigaddset.
+            let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+            // SAFETY: valid sigset_t.
+            unsafe { libc::sigemptyset(&mut set) };
+            for sig in 1..=64 {
+                if mask & (1u64 << (sig - 1)) != 0 {
+                    // SAFETY: valid sigset_t; invalid numbers are refused harmlessly.
+                    unsafe { libc::sigaddset(&mut set, sig) };
+                }
+            }
+            let mut flags = libc::SFD_CLOEXEC;
+            if rec.flags & libc::O_NONBLOCK != 0 {
+                flags |= libc::SFD_NONBLOCK;
+            }
+            // SAFETY: a new fd, owned by the File below.
+            let fd = unsafe { libc::signalfd(-1, &set, flags) };
+            if fd < 0 {
+                return Err(format!("fd {} (signalfd): {}", rec.fd, std::io::Error::last_os_error()));
+            }
+            // SAFETY: fd is ours.
+            Ok(unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+        }
+        FdKind::Epoll { .. } => {
+            // The interest list is filled in each process once its fds are in place
+            // (`rebuild.rs`, `add_epoll_entries`).
+            // SAFETY: a new fd, owned by the File below.
+            let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+            if fd < 0 {
+                return Err(format!("fd {} (epoll): {}", rec.fd, std::io::Error::last_os_error()));
+            }
+            // SAFETY: fd is ours.
+            Ok(unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+        }
         _ => Err(format!("fd {}: cannot reopen", rec.fd)),
     }
 }
@@ -679,7 +713,7 @@ fn plan_fds(t: &mut TreePlan, keep_files: bool, substs: &[crate::fds::FdSubst]) 
                         (None, FdKind::Socket { description, .. }) => {
                             return Err(format!("{who}: fd {} is a socket ({description}); sockets are not restored yet", rec.fd))
                         }
-                        (None, FdKind::EventFd { .. } | FdKind::TimerFd { .. }) => {
+                        (None, FdKind::EventFd { .. } | FdKind::TimerFd { .. } | FdKind::SignalFd { .. } | FdKind::Epoll { .. }) => {
                             open_for_fd(rec).map_err(|e| format!("{who}: {e}"))?;
                             t.objects.push(ObjSpec::Open(rec.clone()));
                             Src::Obj(t.objects.len() - 1)

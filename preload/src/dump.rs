@@ -20,7 +20,7 @@ use crate::sys;
 use core::sync::atomic::{AtomicU64, Ordering};
 use crust_format::codec::Encoder;
 use crust_format::image::{
-    max_compressed_len, Chunk, Compression, FdKind, FdRecord, FileIdentity, Header, ImageMeta, MmInfo, PageRun,
+    max_compressed_len, Chunk, Compression, EpollEntry, FdKind, FdRecord, FileIdentity, Header, ImageMeta, MmInfo, PageRun,
     Region, RegionKind, RestartEntry, Rlimit, SharedMap, ThreadRecord, TreeInfo, CHUNK_SIZE, HEADER_SIZE, PAGE_SIZE, VERSION,
 };
 use std::format;
@@ -601,10 +601,33 @@ fn describe_fds(dir: &str) -> Result<Vec<FdRecord>, String> {
 /// this kernel does not show).
 fn anon_kind(fd: i32, target: &str) -> Option<FdKind> {
     let kind = target.strip_prefix("anon_inode:")?.trim_start_matches('[').trim_end_matches(']');
-    if kind != "eventfd" && kind != "timerfd" {
+    if !matches!(kind, "eventfd" | "timerfd" | "signalfd" | "eventpoll") {
         return None;
     }
     let info = procfs::read_string(format!("/proc/self/fdinfo/{fd}").as_bytes());
+    if kind == "signalfd" {
+        return Some(FdKind::SignalFd { mask: procfs::status_value(&info, "sigmask:", 16)? });
+    }
+    if kind == "eventpoll" {
+        // "tfd: N events: HEX data: HEX  pos:P ino:HEX sdev:HEX" per registration.
+        let mut entries = Vec::new();
+        for l in info.lines().filter(|l| l.starts_with("tfd:")) {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            let field = |name: &str| w.iter().position(|x| *x == name).and_then(|i| w.get(i + 1)).copied();
+            let tfd: i32 = field("tfd:")?.parse().ok()?;
+            let events = u32::from_str_radix(field("events:")?, 16).ok()?;
+            let data = u64::from_str_radix(field("data:")?, 16).ok()?;
+            let ino = w.iter().find_map(|x| x.strip_prefix("ino:")).and_then(|v| u64::from_str_radix(v, 16).ok());
+            // A registration whose fd number now holds another file (closed, reused)
+            // cannot be made again through that number: left out.
+            match sys::fstat(tfd) {
+                Ok(st) if ino.is_none_or(|i| i == st.st_ino) && !is_own_fd(tfd) => entries.push(EpollEntry { tfd, events, data }),
+                _ => {}
+            }
+        }
+        entries.sort_by_key(|e| e.tfd);
+        return Some(FdKind::Epoll { entries });
+    }
     if kind == "eventfd" {
         return Some(FdKind::EventFd {
             count: procfs::status_value(&info, "eventfd-count:", 16)?,

@@ -10,6 +10,9 @@
  *   18  an eventfd with counter 5 (EFD_NONBLOCK), 19 an eventfd in semaphore mode, counter 3
  *   21  a timerfd (CLOCK_MONOTONIC) due in an hour, interval 2 s
  *   22  a one-shot timerfd that expired once before gate 1, not read
+ *   24  a signalfd for SIGUSR1 (blocked, one pending)
+ *   23  an epoll instance watching 18 (EPOLLIN), 22 (EPOLLIN|EPOLLET) and 24, each with its
+ *       own data; after gate 2 it reports all three ready (before any is read)
  * With PROBE_CHILD=1 it forks a child that holds child.log (O_RDWR|O_APPEND) at fd 20 and
  * waits on a pipe; after gate 2 the parent wakes it, the child appends "child 2" and
  * prints its log read back through fd 20, and the parent reaps it.
@@ -23,7 +26,10 @@
 #include <poll.h>
 #include <stdint.h>
 #include <sys/eventfd.h>
+#include <signal.h>
+#include <sys/epoll.h>
 #include <sys/mman.h>
+#include <sys/signalfd.h>
 #include <sys/timerfd.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -110,6 +116,22 @@ int main(void) {
     struct pollfd pfd = {22, POLLIN, 0};
     if (poll(&pfd, 1, 5000) != 1) ERR("timer 22 did not expire");
 
+    sigset_t usr1;
+    sigemptyset(&usr1);
+    sigaddset(&usr1, SIGUSR1);
+    sigprocmask(SIG_BLOCK, &usr1, NULL);
+    place(signalfd(-1, &usr1, SFD_NONBLOCK), 24, 0);
+    raise(SIGUSR1);
+    place(epoll_create1(0), 23, 0);
+    struct epoll_event ev = {EPOLLIN, {.u64 = 0x1818}};
+    if (epoll_ctl(23, EPOLL_CTL_ADD, 18, &ev) != 0) ERR("epoll_ctl 18: %s", strerror(errno));
+    ev.events = EPOLLIN | EPOLLET;
+    ev.data.u64 = 0x2222;
+    if (epoll_ctl(23, EPOLL_CTL_ADD, 22, &ev) != 0) ERR("epoll_ctl 22: %s", strerror(errno));
+    ev.events = EPOLLIN;
+    ev.data.u64 = 0x2424;
+    if (epoll_ctl(23, EPOLL_CTL_ADD, 24, &ev) != 0) ERR("epoll_ctl 24: %s", strerror(errno));
+
     int child_pipe[2] = {-1, -1};
     pid_t child = -1;
     if (getenv("PROBE_CHILD") && atoi(getenv("PROBE_CHILD"))) {
@@ -146,9 +168,30 @@ int main(void) {
         printf("child exited %d\n", WIFEXITED(status) ? WEXITSTATUS(status) : -1);
     }
 
+    struct epoll_event evs[8];
+    int nev = epoll_wait(23, evs, 8, 1000);
+    unsigned long long ready[8];
+    for (int i = 0; i < nev; i++) ready[i] = evs[i].data.u64;
+    for (int i = 0; i < nev; i++)
+        for (int j = i + 1; j < nev; j++)
+            if (ready[j] < ready[i]) {
+                unsigned long long x = ready[i];
+                ready[i] = ready[j];
+                ready[j] = x;
+            }
+    printf("epoll 23 ready (%d):", nev);
+    for (int i = 0; i < nev; i++) printf(" %llx", ready[i]);
+    printf("\n");
+    struct signalfd_siginfo si;
+    ssize_t n;
+    n = read(24, &si, sizeof si);
+    printf("signalfd 24: read %zd signal %u", n, n == (ssize_t)sizeof si ? si.ssi_signo : 0);
+    n = read(24, &si, sizeof si);
+    printf(", again: %s\n", n < 0 && errno == EAGAIN ? "EAGAIN" : "data");
+
     for (int fd = 10; fd <= 13; fd++) show_flags(fd);
     char buf[256];
-    ssize_t n = read(11, buf, sizeof buf - 1);
+    n = read(11, buf, sizeof buf - 1);
     buf[n > 0 ? n : 0] = 0;
     printf("data rest (%zd): %s", n, buf);
     unsigned char z[64];

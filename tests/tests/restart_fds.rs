@@ -4,7 +4,8 @@
 //! checkpoint", and what regular files and devices keep across a restart (O_APPEND,
 //! close-on-exec, offsets, /dev/zero, /dev/urandom, a file deleted while open and a memfd
 //! held as an fd, with their contents; eventfds with their counter and semaphore mode;
-//! timerfds with the time left, interval and unread expirations). The probe is `tests/probes/fdtab.c`.
+//! timerfds with the time left, interval and unread expirations; signalfds; epoll
+//! instances with their interest lists). The probe is `tests/probes/fdtab.c`.
 
 use crust_tests::*;
 use std::fs;
@@ -49,7 +50,9 @@ fn row(listing: &str, fd: i32) -> Vec<String> {
 /// /dev/urandom are devices again; a file deleted while open comes back unlinked with its
 /// content and offset (the probe reads on, appends and hashes it), a memfd as a memfd of
 /// the same name; eventfds keep their counters (semaphore mode too), timerfds their
-/// interval, time left and unread expiration; the whole output equals an uninterrupted run's. Before
+/// interval, time left and unread expiration; a signalfd its mask (the pending signal is
+/// read through it); an epoll instance its interest list with events and data (all three
+/// watched fds reported ready); the whole output equals an uninterrupted run's. Before
 /// the restart, `crrestart --list-fds` shows every fd (table and JSON), also when the
 /// image's metadata is damaged (the table is read on its own, without the memory).
 #[test]
@@ -81,6 +84,8 @@ fn files_and_devices_keep_flags_and_list_fds_shows_them() {
     let timer = row(&out, 21);
     assert_eq!((timer[1].as_str(), timer[4].as_str(), timer[6].as_str()), ("timerfd", "timerfd", "1"), "fd 21 in:\n{out}");
     assert!(row(&out, 22).join(" ").ends_with("1 unread"), "fd 22 in:\n{out}");
+    assert_eq!(&row(&out, 23)[1..], ["epoll", "O_RDWR", "0", "epoll", "watching", "fds", "[18,22,24]"], "fd 23 in:\n{out}");
+    assert_eq!(&row(&out, 24)[1..], ["signalfd", "O_RDWR|O_NONBLOCK", "0", "signalfd", "mask", "0x200"], "fd 24 in:\n{out}");
 
     let o = crrestart(&s, &["--list-fds", "--json", ck.gen.to_str().unwrap()]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("--list-fds --json gives JSON");
