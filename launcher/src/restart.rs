@@ -390,6 +390,47 @@ pub fn open_substitute(rec: &FdRecord, path: &str) -> Result<std::fs::File, Stri
     Ok(f)
 }
 
+/// A file an fd referred to must still be that file: the same inode; unchanged (size and
+/// modification time) if only read, by this tree; not shorter if written (the program's
+/// data would be gone). Files written are truncated back later.
+fn check_file_unchanged(
+    f: &std::fs::File,
+    rec: &FdRecord,
+    path: &str,
+    identity: &image::FileIdentity,
+    written: &std::collections::HashSet<(u64, u64)>,
+    root: bool,
+    vpid: i32,
+) -> Result<(), String> {
+    let md = f.metadata().map_err(|e| format!("{path} (fd {}): {e}", rec.fd))?;
+    let hint = format!(
+        "(restart with --fd {}{}=PATH to give the program this or another file)",
+        if root { String::new() } else { format!("{vpid}:") },
+        rec.fd
+    );
+    if identity.ino != 0 && md.ino() != identity.ino {
+        return Err(format!("{path} (fd {}) was replaced since the checkpoint (another file is at that path) {hint}", rec.fd));
+    }
+    if rec.flags & libc::O_ACCMODE == libc::O_RDONLY {
+        if !written.contains(&(identity.dev, identity.ino))
+            && (md.size() != identity.size || md.mtime() != identity.mtime_sec || md.mtime_nsec() != identity.mtime_nsec)
+        {
+            return Err(format!(
+                "{path} (fd {}, open for reading) changed since the checkpoint (size or modification time differ) {hint}",
+                rec.fd
+            ));
+        }
+    } else if md.size() < identity.size {
+        return Err(format!(
+            "{path} (fd {}) is shorter than at checkpoint time ({} < {} bytes): data the program wrote is gone {hint}",
+            rec.fd,
+            md.size(),
+            identity.size
+        ));
+    }
+    Ok(())
+}
+
 /// Resolve `--fd` substitutions to (process index, fd) → path, checking each names a
 /// process of the generation and an fd it held.
 fn resolve_substs(t: &TreePlan, substs: &[crate::fds::FdSubst]) -> Result<HashMap<(usize, i32), String>, String> {
@@ -639,6 +680,18 @@ fn plan_fds(t: &mut TreePlan, keep_files: bool, substs: &[crate::fds::FdSubst]) 
             _ => None,
         })
         .collect();
+    // Files some process of the tree had open for writing: they change after the
+    // checkpoint by design (and are truncated back), also for the tree's readers.
+    let written: std::collections::HashSet<(u64, u64)> = t
+        .procs
+        .iter()
+        .flat_map(|p| p.meta.fds.iter())
+        .filter(|r| r.flags & libc::O_ACCMODE != libc::O_RDONLY)
+        .filter_map(|r| match &r.kind {
+            FdKind::File { identity, .. } => Some((identity.dev, identity.ino)),
+            _ => None,
+        })
+        .collect();
     let mut pipe_obj: HashMap<(u64, bool), usize> = HashMap::new();
     let mut pipe_index: HashMap<u64, usize> = HashMap::new();
     let mut devnull: Option<usize> = None;
@@ -738,6 +791,8 @@ fn plan_fds(t: &mut TreePlan, keep_files: bool, substs: &[crate::fds::FdSubst]) 
                             // Check now that it can be opened; it is opened for real later.
                             let f = open_for_fd(rec).map_err(|e| format!("{who}: {e}"))?;
                             if let FdKind::File { path, identity } = &rec.kind {
+                                check_file_unchanged(&f, rec, path, identity, &written, i == t.root, t.procs[i].meta.vpid)
+                                    .map_err(|e| format!("{who}: {e}"))?;
                                 let acc = rec.flags & libc::O_ACCMODE;
                                 if acc != libc::O_RDONLY && !keep_files && f.metadata().map(|m| m.len() != identity.size).unwrap_or(false) {
                                     t.truncations.push((path.clone(), identity.size));

@@ -242,3 +242,57 @@ fn fd_substitution_in_one_process_of_a_tree() {
     f.finish(&mut r);
     assert_eq!(fs::read_to_string(&moved).unwrap(), "child 1\nchild 2\n", "the moved child log");
 }
+
+/// Files changed after the checkpoint are refused with a message naming them and the
+/// `--fd` to use: a file only read that changed, a written file now shorter (data lost),
+/// a file replaced by another one at its path. Substituted, the same files restart fine.
+#[test]
+fn changed_files_are_refused_naming_them_unless_substituted() {
+    let s = Session::new("fds_changed");
+    let mut f = Flow::new(&s, fdtab());
+    let mut run = f.launch();
+    let ck = f.checkpoint_at(&mut run, 1);
+    s.advance_to(&mut run, 2);
+    f.kill(&mut [&mut run]);
+    let data = s.work_dir.join("data.txt");
+    let log = s.work_dir.join("log.txt");
+    let copy = s.root.join("data-copy.txt");
+    fs::copy(&data, &copy).unwrap();
+
+    let refused = |want: &[&str]| {
+        let o = s.restart_expecting_failure(&ck.gen);
+        assert!(!o.status.success(), "the restart succeeded: {}", o.describe());
+        for w in want {
+            assert!(o.stderr_text().contains(w), "the error does not say {w:?}: {}", o.describe());
+        }
+    };
+    let mut d = fs::read(&data).unwrap();
+    d.extend_from_slice(b"more\n");
+    fs::write(&data, &d).unwrap();
+    refused(&["data.txt", "changed since the checkpoint", "--fd 11=PATH"]);
+    fs::copy(&copy, &data).unwrap(); // same bytes, a new modification time
+    refused(&["data.txt", "changed since the checkpoint"]);
+
+    let subst_data = format!("11={}", copy.display());
+    // A new file (created while the old one exists, so a new inode) renamed over it.
+    let new_log = s.work_dir.join("log.new");
+    fs::write(&new_log, b"line 1\n").unwrap();
+    fs::rename(&new_log, &log).unwrap();
+    let o = s.restart_expecting_failure_with(&ck.gen, &["--fd", &subst_data]);
+    assert!(o.stderr_text().contains("log.txt") && o.stderr_text().contains("was replaced"), "{}", o.describe());
+
+    // The written file shorter than at the checkpoint (same inode).
+    let s2 = Session::new("fds_shorter");
+    let f2 = Flow::new(&s2, fdtab());
+    let mut run2 = f2.launch();
+    let ck2 = f2.checkpoint_at(&mut run2, 1);
+    s2.advance_to(&mut run2, 2);
+    f2.kill(&mut [&mut run2]);
+    fs::OpenOptions::new().write(true).open(s2.work_dir.join("log.txt")).unwrap().set_len(3).unwrap();
+    let o = s2.restart_expecting_failure(&ck2.gen);
+    assert!(o.stderr_text().contains("log.txt") && o.stderr_text().contains("shorter"), "{}", o.describe());
+
+    f.restart_args = vec!["--fd".into(), subst_data, "--fd".into(), format!("10={}", log.display())];
+    let mut r = f.restart(&ck);
+    f.finish(&mut r);
+}
