@@ -15,7 +15,9 @@
  *       own data; after gate 2 it reports all three ready (before any is read)
  * With PROBE_CHILD=1 it forks a child that holds child.log (O_RDWR|O_APPEND) at fd 20 and
  * waits on a pipe; after gate 2 the parent wakes it, the child appends "child 2" and
- * prints its log read back through fd 20, and the parent reaps it.
+ * prints its log read back through fd 20, reads 7 bytes of data.txt through the inherited
+ * fd 11 (one description: the parent reads on after them), and the parent reaps it.
+ * With PROBE_INOTIFY=1 it holds an inotify instance at fd 25 (crust cannot restore it).
  * After gate 2 it prints each fd's flags, the rest of data.txt, what /dev/zero and
  * /dev/urandom read, appends "line 2" to the log and prints the log read back through fd
  * 10, and what fds 14 and 15 are now.
@@ -28,6 +30,7 @@
 #include <sys/eventfd.h>
 #include <signal.h>
 #include <sys/epoll.h>
+#include <sys/inotify.h>
 #include <sys/mman.h>
 #include <sys/signalfd.h>
 #include <sys/timerfd.h>
@@ -132,6 +135,8 @@ int main(void) {
     ev.data.u64 = 0x2424;
     if (epoll_ctl(23, EPOLL_CTL_ADD, 24, &ev) != 0) ERR("epoll_ctl 24: %s", strerror(errno));
 
+    if (getenv("PROBE_INOTIFY") && atoi(getenv("PROBE_INOTIFY"))) place(inotify_init1(0), 25, 0);
+
     int child_pipe[2] = {-1, -1};
     pid_t child = -1;
     if (getenv("PROBE_CHILD") && atoi(getenv("PROBE_CHILD"))) {
@@ -148,6 +153,9 @@ int main(void) {
             }
             if (got != 1) _exit(3); /* the parent is gone (killed at gate 2): write nothing */
             if (write(20, "child 2\n", 8) != 8) ERR("write child.log after gate 2: %s", strerror(errno));
+            /* fd 11 is the parent's description (inherited): reading moves the parent's offset too. */
+            char shared[8] = {0};
+            printf("child reads fd 11: [%.*s]\n", (int)read(11, shared, 7), shared);
             char cbuf[256];
             ssize_t k = pread(20, cbuf, sizeof cbuf - 1, 0);
             cbuf[k > 0 ? k : 0] = 0;

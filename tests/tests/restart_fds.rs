@@ -172,6 +172,22 @@ fn checkpoint_refuses_an_fd_it_cannot_restore_naming_it() {
     f.finish(&mut run);
 }
 
+/// An inotify instance (not restorable yet): the checkpoint fails naming fd 25 and its kind.
+#[test]
+fn checkpoint_refuses_an_inotify_instance_naming_it() {
+    let s = Session::new("fds_refuse_inotify");
+    let f = Flow::new(&s, fdtab().env("PROBE_INOTIFY", "1"));
+    let mut run = f.launch();
+    s.advance_to(&mut run, 1);
+    s.settle_gate_fds();
+    s.wait_registered(1);
+    let o = s.crctl(&["checkpoint", "--wait"]);
+    assert!(!o.status.success(), "the checkpoint of a program with inotify succeeded: {}", o.describe());
+    let msg = o.all_text_lower();
+    assert!(msg.contains("fd 25") && msg.contains("inotify"), "the error does not name fd 25 and its kind: {}", o.describe());
+    f.finish(&mut run);
+}
+
 /// A socketpair marked "do not checkpoint": the checkpoint succeeds, `--list-fds` shows
 /// the fds as ignored, and a restart substitutes one (a kind crust cannot restore) with
 /// /dev/null and closes the other.
@@ -199,7 +215,9 @@ fn ignored_fds_are_closed_or_substituted_after_a_restart() {
 }
 
 
-/// A tree: `--list-fds` shows the parent's and the child's tables; the child's log,
+/// A tree: `--list-fds` shows the parent's and the child's tables; the data file's
+/// description stays shared (the child's read moves the parent's offset, as in the
+/// reference run); the child's log,
 /// moved after the checkpoint, is substituted with `--fd VPID:20=NEW` (VPID as listed),
 /// and fd 20 of another process, or of a vpid not in the generation, is refused.
 #[test]
