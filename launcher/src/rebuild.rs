@@ -455,8 +455,8 @@ fn become_process(cx: &Ctx, i: usize) -> Result<Infallible, String> {
 
 /// Register again, in this process with its fds in place, what each of its epoll
 /// instances watched. A registration another process of the tree already made on a
-/// shared instance is there (EEXIST); one whose fd is not restored (ignored, closed) is
-/// left out.
+/// shared instance is there (EEXIST); one whose fd is not restored (ignored, closed) or
+/// was substituted with a file that cannot be polled is left out.
 fn add_epoll_entries(meta: &crust_format::image::ImageMeta) -> Result<(), String> {
     for rec in &meta.fds {
         let crust_format::image::FdKind::Epoll { entries } = &rec.kind else { continue };
@@ -465,7 +465,8 @@ fn add_epoll_entries(meta: &crust_format::image::ImageMeta) -> Result<(), String
             // SAFETY: both fds are this process's; ev is a valid epoll_event.
             if unsafe { libc::epoll_ctl(rec.fd, libc::EPOLL_CTL_ADD, e.tfd, &mut ev) } != 0 {
                 let err = std::io::Error::last_os_error();
-                if !matches!(err.raw_os_error(), Some(libc::EEXIST) | Some(libc::EBADF) | Some(libc::ENOENT)) {
+                // EPERM: the fd was substituted with a file that cannot be polled.
+                if !matches!(err.raw_os_error(), Some(libc::EEXIST) | Some(libc::EBADF) | Some(libc::ENOENT) | Some(libc::EPERM)) {
                     return Err(format!("fd {} (epoll): cannot watch fd {} again: {err}", rec.fd, e.tfd));
                 }
             }

@@ -402,6 +402,10 @@ fn check_file_unchanged(
     root: bool,
     vpid: i32,
 ) -> Result<(), String> {
+    // Kernel files (/proc, /sys) have no lasting identity: reopened as they are.
+    if path.starts_with("/proc/") || path.starts_with("/sys/") {
+        return Ok(());
+    }
     let md = f.metadata().map_err(|e| format!("{path} (fd {}): {e}", rec.fd))?;
     let hint = format!(
         "(restart with --fd {}{}=PATH to give the program this or another file)",

@@ -532,6 +532,7 @@ fn describe_fds(dir: &str) -> Result<Vec<FdRecord>, String> {
     let bits = unsafe { &mut *core::ptr::addr_of_mut!(CLOEXEC_BITS) };
     bits.iter_mut().for_each(|b| *b = 0);
     let fds = procfs::list_fds();
+    let mut deleted_total = 0u64;
     for &fd in &fds {
         if is_own_fd(fd) {
             continue;
@@ -555,6 +556,14 @@ fn describe_fds(dir: &str) -> Result<Vec<FdRecord>, String> {
         let kind = match st.st_mode & libc::S_IFMT {
             libc::S_IFREG => {
                 if let Some(path) = target.strip_suffix(" (deleted)") {
+                    deleted_total += st.st_size as u64;
+                    if deleted_total > MAX_DELETED_TOTAL {
+                        return Err(format!(
+                            "fd {fd} ({target}): the files this process holds deleted while open exceed {} MiB together, \
+                             more than crust stores (mark some with cr_ignore_fd to leave them out)",
+                            MAX_DELETED_TOTAL >> 20
+                        ));
+                    }
                     FdKind::Deleted { path: path.to_string(), data: deleted_content(fd, &target, st.st_size as u64)?, memfd: path.starts_with("/memfd:") }
                 } else {
                     FdKind::File { path: target.clone(), identity: file_identity(&st) }
@@ -648,8 +657,10 @@ fn anon_kind(fd: i32, target: &str) -> Option<FdKind> {
     })
 }
 
-/// Most bytes stored for one file deleted while open.
+/// Most bytes stored for one file deleted while open, and for all of a process's (they
+/// live in the metadata, which a reader accepts up to 256 MiB).
 const MAX_DELETED: u64 = 64 << 20;
+const MAX_DELETED_TOTAL: u64 = 128 << 20;
 
 /// The whole content of a file deleted while open, read through a fresh read-only
 /// description (the program's may be write-only; its offset must not move).

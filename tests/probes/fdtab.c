@@ -11,6 +11,7 @@
  *   21  a timerfd (CLOCK_MONOTONIC) due in an hour, interval 2 s
  *   22  a one-shot timerfd that expired once before gate 1, not read
  *   24  a signalfd for SIGUSR1 (blocked, one pending)
+ *   26  /proc/version, open for reading
  *   23  an epoll instance watching 18 (EPOLLIN), 22 (EPOLLIN|EPOLLET) and 24, each with its
  *       own data; after gate 2 it reports all three ready (before any is read)
  * With PROBE_CHILD=1 it forks a child that holds child.log (O_RDWR|O_APPEND) at fd 20 and
@@ -135,6 +136,7 @@ int main(void) {
     ev.data.u64 = 0x2424;
     if (epoll_ctl(23, EPOLL_CTL_ADD, 24, &ev) != 0) ERR("epoll_ctl 24: %s", strerror(errno));
 
+    place(open("/proc/version", O_RDONLY), 26, 0); /* a kernel file: no identity to keep */
     if (getenv("PROBE_INOTIFY") && atoi(getenv("PROBE_INOTIFY"))) place(inotify_init1(0), 25, 0);
 
     int child_pipe[2] = {-1, -1};
@@ -240,6 +242,7 @@ int main(void) {
     n = read(22, &v, 8);
     printf(", again: %s\n", n < 0 && errno == EAGAIN ? "EAGAIN" : "data");
 
+    printf("fd 26: %s\n", kind(26));
     show_flags(16);
     struct stat st;
     fstat(16, &st);
