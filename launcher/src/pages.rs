@@ -98,7 +98,7 @@ fn progress_bar(total: u64, what: &str) -> indicatif::ProgressBar {
     }
     let pb = indicatif::ProgressBar::new(total);
     pb.set_style(
-        indicatif::ProgressStyle::with_template("crrestart: {msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} {eta}")
+        indicatif::ProgressStyle::with_template("crrestart: {msg} [{bar:20}] {bytes}/{total_bytes} {binary_bytes_per_sec}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
             .progress_chars("=> "),
     );
