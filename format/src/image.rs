@@ -294,6 +294,10 @@ pub enum FdKind {
     SignalFd { mask: u64 },
     /// An epoll instance and its interest list (registrations of fds of this process).
     Epoll { entries: Vec<EpollEntry> },
+    /// A regular file open read-write (not append-only: a database, not a log), with its
+    /// whole content at checkpoint time: a restart writes it back (recreating the file if
+    /// the program removed it, like a journal), then reopens it like [`FdKind::File`].
+    SavedFile { path: String, identity: FileIdentity, data: Vec<u8> },
 }
 
 /// One registration of an epoll instance.
@@ -311,7 +315,7 @@ impl FdKind {
     /// Short name of the kind, as `crrestart --list-fds` shows it.
     pub fn name(&self) -> &'static str {
         match self {
-            FdKind::File { .. } => "file",
+            FdKind::File { .. } | FdKind::SavedFile { .. } => "file",
             FdKind::Directory { .. } => "directory",
             FdKind::CharDevice { .. } => "device",
             FdKind::Tty { .. } => "tty",
@@ -334,6 +338,7 @@ impl FdKind {
                 path.clone()
             }
             FdKind::Deleted { path, data, .. } => format!("{path} (deleted, {} bytes stored)", data.len()),
+            FdKind::SavedFile { path, data, .. } => format!("{path} (content saved, {} bytes)", data.len()),
             FdKind::EventFd { count, semaphore } => {
                 format!("eventfd count {count}{}", if *semaphore { " (semaphore)" } else { "" })
             }

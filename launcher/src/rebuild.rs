@@ -303,6 +303,15 @@ pub fn rebuild(t: &TreePlan) -> Result<Infallible, String> {
             let _ = f.set_len(*size);
         }
     }
+    // Files open read-write whose content the images hold (databases): exactly as they
+    // were at the checkpoint.
+    for (path, data) in &t.rewrites {
+        let mut o = std::fs::OpenOptions::new();
+        o.write(true).create(true).truncate(true);
+        std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o644);
+        let mut f = o.open(path).map_err(|e| format!("{path}: cannot write its checkpoint-time content back: {e}"))?;
+        std::io::Write::write_all(&mut f, data).map_err(|e| format!("{path}: cannot write its checkpoint-time content back: {e}"))?;
+    }
     let staged = materialize(t)?;
     // SAFETY: plain queries.
     let (outside_pgid, outside_sid) = unsafe { (libc::getpgrp(), libc::getsid(0)) };

@@ -125,6 +125,9 @@ pub struct TreePlan {
     pub shms: Vec<ShmSpec>,
     /// Files written by the programs, to truncate back to their checkpoint-time size.
     pub truncations: Vec<(String, u64)>,
+    /// Files open read-write whose content the images hold: written back (created if
+    /// missing) before anything opens them.
+    pub rewrites: Vec<(String, Vec<u8>)>,
     /// Every fd number of every process is below this.
     pub stage_base: i32,
     /// The root's group or session when it came from outside the tree: the virtual id
@@ -613,6 +616,7 @@ fn load(opts: &RestartOptions) -> Result<TreePlan, String> {
         pipes: Vec::new(),
         shms: Vec::new(),
         truncations: Vec::new(),
+        rewrites: Vec::new(),
         stage_base: stage_base.max(10),
         outside_ids: Vec::new(),
         restorer,
@@ -692,7 +696,7 @@ fn plan_fds(t: &mut TreePlan, keep_files: bool, substs: &[crate::fds::FdSubst]) 
         .flat_map(|p| p.meta.fds.iter())
         .filter(|r| r.flags & libc::O_ACCMODE != libc::O_RDONLY)
         .filter_map(|r| match &r.kind {
-            FdKind::File { identity, .. } => Some((identity.dev, identity.ino)),
+            FdKind::File { identity, .. } | FdKind::SavedFile { identity, .. } => Some((identity.dev, identity.ino)),
             _ => None,
         })
         .collect();
@@ -773,6 +777,27 @@ fn plan_fds(t: &mut TreePlan, keep_files: bool, substs: &[crate::fds::FdSubst]) 
                         (None, FdKind::EventFd { .. } | FdKind::TimerFd { .. } | FdKind::SignalFd { .. } | FdKind::Epoll { .. }) => {
                             open_for_fd(rec).map_err(|e| format!("{who}: {e}"))?;
                             t.objects.push(ObjSpec::Open(rec.clone()));
+                            Src::Obj(t.objects.len() - 1)
+                        }
+                        (None, FdKind::SavedFile { path, identity, data }) => {
+                            // Its content comes back from the image: no identity checks.
+                            let dir = Path::new(path).parent().unwrap_or(Path::new("/"));
+                            if !dir.is_dir() {
+                                return Err(format!(
+                                    "{who}: fd {} was {path}; its directory {} no longer exists (substitute it with --fd)",
+                                    rec.fd,
+                                    dir.display()
+                                ));
+                            }
+                            if !t.rewrites.iter().any(|(p, _)| p == path) {
+                                if !Path::new(path).exists() {
+                                    t.warnings.push(format!("{who}: {path} (fd {}) no longer exists; it is made again from the checkpoint", rec.fd));
+                                }
+                                t.rewrites.push((path.clone(), data.clone()));
+                            }
+                            let mut file = rec.clone();
+                            file.kind = FdKind::File { path: path.clone(), identity: *identity };
+                            t.objects.push(ObjSpec::Open(file));
                             Src::Obj(t.objects.len() - 1)
                         }
                         (None, FdKind::Deleted { path, memfd, .. }) => {

@@ -533,6 +533,7 @@ fn describe_fds(dir: &str) -> Result<Vec<FdRecord>, String> {
     bits.iter_mut().for_each(|b| *b = 0);
     let fds = procfs::list_fds();
     let mut deleted_total = 0u64;
+    let mut saved_total = 0u64;
     for &fd in &fds {
         if is_own_fd(fd) {
             continue;
@@ -565,6 +566,15 @@ fn describe_fds(dir: &str) -> Result<Vec<FdRecord>, String> {
                         ));
                     }
                     FdKind::Deleted { path: path.to_string(), data: deleted_content(fd, &target, st.st_size as u64)?, memfd: path.starts_with("/memfd:") }
+                } else if flags & libc::O_ACCMODE == libc::O_RDWR
+                    && flags & libc::O_APPEND == 0
+                    && (st.st_size as u64) <= MAX_SAVED
+                    && saved_total + st.st_size as u64 <= MAX_SAVED_TOTAL
+                {
+                    // Read-write, not append-only: a database or the like, changed in
+                    // place after the checkpoint; its content is kept.
+                    saved_total += st.st_size as u64;
+                    FdKind::SavedFile { path: target.clone(), identity: file_identity(&st), data: deleted_content(fd, &target, st.st_size as u64)? }
                 } else {
                     FdKind::File { path: target.clone(), identity: file_identity(&st) }
                 }
@@ -661,9 +671,13 @@ fn anon_kind(fd: i32, target: &str) -> Option<FdKind> {
 /// live in the metadata, which a reader accepts up to 256 MiB).
 const MAX_DELETED: u64 = 64 << 20;
 const MAX_DELETED_TOTAL: u64 = 128 << 20;
+/// Most bytes of a read-write file saved whole, and of all of a process's; larger ones
+/// are only truncated back at restart.
+const MAX_SAVED: u64 = 16 << 20;
+const MAX_SAVED_TOTAL: u64 = 64 << 20;
 
-/// The whole content of a file deleted while open, read through a fresh read-only
-/// description (the program's may be write-only; its offset must not move).
+/// The whole content of a file (deleted while open, or saved whole), read through a fresh
+/// read-only description (the program's may be write-only; its offset must not move).
 fn deleted_content(fd: i32, target: &str, size: u64) -> Result<Vec<u8>, String> {
     if size > MAX_DELETED {
         return Err(format!(

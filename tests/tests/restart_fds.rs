@@ -314,3 +314,32 @@ fn changed_files_are_refused_naming_them_unless_substituted() {
     let mut r = f.restart(&ck);
     f.finish(&mut r);
 }
+
+/// sqlite3 (the Debian package), fed by bash through a pipe, checkpointed in the middle
+/// of a transaction (its rollback journal open), killed after two more commits (which
+/// changed the database in place and deleted the journal), restarted: the database and
+/// the journal come back as they were at the checkpoint (files open read-write are saved
+/// whole), sqlite3 commits the transaction and the rest, and the final content, checksum
+/// and integrity check equal an uninterrupted run's.
+#[test]
+fn sqlite3_checkpointed_mid_transaction_restarts_to_the_same_database() {
+    if which("sqlite3").is_none() {
+        panic!("sqlite3 is needed by this test (apt-get install sqlite3)");
+    }
+    let s = Session::new("fds_sqlite");
+    let f = Flow::new(&s, Program::bash("sqlite.sh"));
+    let reference = f.reference.stdout_text();
+    assert!(reference.contains("journal exists mid-transaction\n"), "the reference run had no journal at gate 1:\n{reference}");
+    assert!(reference.contains("1800|") && reference.contains("\nok\n"), "the reference run's result:\n{reference}");
+    let mut run = f.launch();
+    let ck = f.checkpoint_at(&mut run, 1);
+    s.advance_to(&mut run, 2);
+    assert!(!s.work_dir.join("test.db-journal").exists(), "the journal is still there after later commits");
+    f.kill(&mut [&mut run]);
+    let mut r = f.restart(&ck);
+    f.finish(&mut r);
+}
+
+fn which(name: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH").and_then(|p| std::env::split_paths(&p).map(|d| d.join(name)).find(|c| c.is_file()))
+}
