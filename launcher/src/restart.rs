@@ -584,11 +584,24 @@ fn load(opts: &RestartOptions) -> Result<TreePlan, String> {
     let range = crate::plan::restorer_range(&restorer)?;
     // Leave room for the restorer's brk area after its image.
     let range = (range.0, range.1 + (16 << 20));
+    // Files whose content an image holds (open read-write): written back before the
+    // restart, so their shared mappings need not be unchanged now.
+    let saved: std::collections::HashSet<(u64, u64)> = procs
+        .iter()
+        .flat_map(|p| p.meta.fds.iter())
+        .filter_map(|r| match &r.kind {
+            FdKind::SavedFile { identity, .. } => Some((identity.dev, identity.ino)),
+            _ => None,
+        })
+        .collect();
     for p in &procs {
         let who = format!("vpid {} ({})", p.meta.vpid, p.meta.program);
         check_compat(&p.meta)?;
         for r in &p.meta.regions {
             if let RegionKind::File { path, identity, .. } = &r.kind {
+                if r.shared && saved.contains(&(identity.dev, identity.ino)) {
+                    continue;
+                }
                 identity_changed(path, identity).map_err(|e| format!("{who}: {e}"))?;
             }
         }

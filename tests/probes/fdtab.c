@@ -12,6 +12,8 @@
  *   22  a one-shot timerfd that expired once before gate 1, not read
  *   24  a signalfd for SIGUSR1 (blocked, one pending)
  *   26  /proc/version, open for reading
+ *   27  shared.bin, O_RDWR, also mapped MAP_SHARED: "before" at gate 1, "after gate 1"
+ *       written through the mapping right after it (the file changes after the checkpoint)
  *   23  an epoll instance watching 18 (EPOLLIN), 22 (EPOLLIN|EPOLLET) and 24, each with its
  *       own data; after gate 2 it reports all three ready (before any is read)
  * With PROBE_CHILD=1 it forks a child that holds child.log (O_RDWR|O_APPEND) at fd 20 and
@@ -137,6 +139,11 @@ int main(void) {
     if (epoll_ctl(23, EPOLL_CTL_ADD, 24, &ev) != 0) ERR("epoll_ctl 24: %s", strerror(errno));
 
     place(open("/proc/version", O_RDONLY), 26, 0); /* a kernel file: no identity to keep */
+    place(open("shared.bin", O_RDWR | O_CREAT | O_TRUNC, 0644), 27, 0);
+    if (ftruncate(27, 4096) != 0) ERR("ftruncate shared.bin: %s", strerror(errno));
+    char *shm = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, 27, 0);
+    if (shm == MAP_FAILED) ERR("mmap shared.bin: %s", strerror(errno));
+    else strcpy(shm, "before");
     if (getenv("PROBE_INOTIFY") && atoi(getenv("PROBE_INOTIFY"))) place(inotify_init1(0), 25, 0);
 
     int child_pipe[2] = {-1, -1};
@@ -169,6 +176,11 @@ int main(void) {
     }
 
     gate(1);
+    if (shm != MAP_FAILED) {
+        printf("shared.bin mapped at gate 1: %s\n", shm);
+        strcpy(shm, "after gate 1");
+        msync(shm, 4096, MS_SYNC);
+    }
     gate(2);
 
     if (child > 0) {
@@ -243,6 +255,9 @@ int main(void) {
     printf(", again: %s\n", n < 0 && errno == EAGAIN ? "EAGAIN" : "data");
 
     printf("fd 26: %s\n", kind(26));
+    char sb[32] = {0};
+    if (pread(27, sb, sizeof sb - 1, 0) < 0) ERR("pread shared.bin: %s", strerror(errno));
+    printf("shared.bin: mapped [%s], read [%s]\n", shm != MAP_FAILED ? shm : "", sb);
     show_flags(16);
     struct stat st;
     fstat(16, &st);
