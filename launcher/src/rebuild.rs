@@ -306,6 +306,9 @@ pub fn rebuild(t: &TreePlan) -> Result<Infallible, String> {
     // Files open read-write whose content the images hold (databases): exactly as they
     // were at the checkpoint.
     for (path, data) in &t.rewrites {
+        if std::fs::read(path).is_ok_and(|now| now == *data) {
+            continue; // unchanged: left as it is (also on a read-only file system)
+        }
         let mut o = std::fs::OpenOptions::new();
         o.write(true).create(true).truncate(true);
         std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o644);
