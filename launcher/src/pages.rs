@@ -54,29 +54,75 @@ pub fn region_mappable(g: &Region) -> bool {
         && g.prot & libc::PROT_READ as u32 != 0
 }
 
-/// The plan runs of one region. A mapped run never reaches the region's end: its last
-/// page is read into anonymous memory, so that the region is never a single file-backed
-/// mapping that `mremap` could grow into the rest of the image file (glibc's `realloc`
-/// of a large block falls back to copying when `mremap` refuses).
-pub fn plan_runs(g: &Region, mapped: bool, out: &mut Vec<PlanRun>) {
+/// The two words at an offset of the page data (glibc's chunk header: `prev_size`, `size`),
+/// or `None` when they cannot be read.
+pub type PeekWords<'a> = &'a dyn Fn(u64) -> Option<[u64; 2]>;
+
+/// The words at `off` of the open page source `fd` (the image file or the unpacked memfd).
+pub fn peek_words(fd: i32, off: u64) -> Option<[u64; 2]> {
+    let mut b = [0u8; 16];
+    // SAFETY: reads at most 16 bytes into our own buffer.
+    let n = unsafe { libc::pread(fd, b.as_mut_ptr().cast(), 16, off as libc::off_t) };
+    (n == 16).then(|| [u64::from_le_bytes(b[..8].try_into().unwrap_or_default()), u64::from_le_bytes(b[8..].try_into().unwrap_or_default())])
+}
+
+/// Length of the block glibc's malloc served with its own mmap that starts at `addr`, if
+/// the words there are such a block's header: `prev_size` 0 (the mapping starts with the
+/// chunk) and `size` a multiple of the page size flagged IS_MMAPPED (2) and not
+/// NON_MAIN_ARENA (4). A wrong guess costs one page read instead of mapped, nothing more.
+fn glibc_mmapped_block(words: Option<[u64; 2]>) -> Option<u64> {
+    let [prev_size, size] = words?;
+    let len = size & !7;
+    (prev_size == 0 && size & 2 != 0 && size & 4 == 0 && len >= 2 * PAGE_SIZE && len % PAGE_SIZE == 0).then_some(len)
+}
+
+/// The plan runs of one region. No mapping of the image file may be a whole block that
+/// `mremap` can grow: growing a private file mapping extends it over the following bytes
+/// of the image and past the file's end, where touching it raises SIGBUS. The preload's
+/// `mremap` wrapper guards the program's own calls, but glibc's `realloc` of a large block
+/// calls its internal `mremap`, which no wrapper sees. So a mapped piece always ends one
+/// page before the end of its region and before the end of each glibc mmapped block
+/// (adjacent blocks are merged into one region by the kernel): that page is read into
+/// anonymous memory, `mremap` of the block spans two mappings and refuses (EFAULT), and
+/// glibc's `realloc` falls back to copying. Blocks are recognised by their chunk header
+/// in the image (`peek` reads it).
+pub fn plan_runs(g: &Region, mapped: bool, peek: PeekWords, out: &mut Vec<PlanRun>) {
     let mappable = mapped && region_mappable(g);
     let mut n_mapped = out.iter().filter(|p| p.flags & RUN_MAP != 0).count();
     for r in &g.runs {
         let read = PlanRun { addr: r.addr, len: r.len, image_off: r.offset, crc: r.crc, flags: 0 };
-        if !mappable || n_mapped >= MAP_MAX_RUNS || r.len < MAP_MIN_RUN {
+        if !mappable || r.len < MAP_MIN_RUN {
             out.push(read);
             continue;
         }
-        n_mapped += 1;
-        if r.addr + r.len < g.end {
-            out.push(PlanRun { flags: RUN_MAP, ..read });
-        } else if r.len - PAGE_SIZE >= MAP_MIN_RUN {
-            let head = r.len - PAGE_SIZE;
-            out.push(PlanRun { len: head, flags: RUN_MAP | RUN_PART, ..read });
-            out.push(PlanRun { addr: r.addr + head, len: PAGE_SIZE, image_off: r.offset + head, crc: 0, flags: RUN_PART });
-        } else {
-            n_mapped -= 1;
-            out.push(read);
+        let run_end = r.addr + r.len;
+        let mut pos = r.addr;
+        while pos < run_end {
+            let off = r.offset + (pos - r.addr);
+            let block = glibc_mmapped_block(peek(off)).filter(|len| pos + len <= run_end);
+            let piece_end = block.map_or(run_end, |len| pos + len);
+            let len = piece_end - pos;
+            // The piece's last page stays anonymous unless other memory of the region
+            // follows it and it is not a malloc block.
+            let keep_last = block.is_some() || piece_end >= g.end;
+            let head = if keep_last { len - PAGE_SIZE } else { len };
+            let whole = PlanRun { addr: pos, len, image_off: off, crc: 0, flags: RUN_PART };
+            if n_mapped >= MAP_MAX_RUNS || head < MAP_MIN_RUN {
+                out.push(whole);
+            } else {
+                n_mapped += 1;
+                out.push(PlanRun { len: head, flags: RUN_MAP | RUN_PART, ..whole });
+                if keep_last {
+                    out.push(PlanRun { addr: pos + head, len: PAGE_SIZE, image_off: off + head, ..whole });
+                }
+            }
+            pos = piece_end;
+        }
+        // One piece covering the whole run keeps the run's own checksum.
+        let last = out.len() - 1;
+        if out[last].addr == r.addr && out[last].len == r.len {
+            out[last].crc = r.crc;
+            out[last].flags &= !RUN_PART;
         }
     }
 }
@@ -252,15 +298,6 @@ pub fn close_from_except(lo: i32, keep: &[i32]) {
     unsafe { libc::syscall(libc::SYS_close_range, from, u32::MAX, 0u32) };
 }
 
-/// Bytes of page data that `plan_runs` would map (for messages and benchmarks).
-pub fn mapped_bytes(regions: &[Region], mapped: bool) -> u64 {
-    let mut v = Vec::new();
-    for g in regions {
-        plan_runs(g, mapped, &mut v);
-    }
-    v.iter().filter(|r| r.flags & RUN_MAP != 0).map(|r| r.len).sum()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -282,12 +319,12 @@ mod tests {
     fn large_anonymous_runs_are_mapped_small_ones_read() {
         let g = region(RegionKind::Anon, &[(0x100000, 4096), (0x200000, 1 << 20)]);
         let mut v = Vec::new();
-        plan_runs(&g, true, &mut v);
+        plan_runs(&g, true, &|_| None, &mut v);
         assert_eq!(v.len(), 2);
         assert_eq!(v[0].flags, 0);
         assert_eq!(v[1].flags, RUN_MAP);
         let mut e = Vec::new();
-        plan_runs(&g, false, &mut e);
+        plan_runs(&g, false, &|_| None, &mut e);
         assert!(e.iter().all(|r| r.flags == 0), "eager mode maps nothing");
     }
 
@@ -296,7 +333,7 @@ mod tests {
         let end = 0x100000 + (64 << 20);
         let g = region(RegionKind::Heap, &[(end - (2 << 20), 2 << 20)]);
         let mut v = Vec::new();
-        plan_runs(&g, true, &mut v);
+        plan_runs(&g, true, &|_| None, &mut v);
         assert_eq!(v.len(), 2);
         assert_eq!((v[0].flags, v[0].len), (RUN_MAP | RUN_PART, (2 << 20) - 4096));
         assert_eq!((v[1].flags, v[1].addr, v[1].image_off), (RUN_PART, end - 4096, v[0].image_off + (2 << 20) - 4096));
@@ -314,8 +351,28 @@ mod tests {
             region(RegionKind::Detached { name: "x".into() }, &[(0x200000, 1 << 20)]),
         ] {
             let mut v = Vec::new();
-            plan_runs(&g, true, &mut v);
+            plan_runs(&g, true, &|_| None, &mut v);
             assert!(v.iter().all(|r| r.flags & RUN_MAP == 0), "{:?} must be read", g.kind);
         }
+    }
+
+    #[test]
+    fn each_glibc_mmapped_block_of_a_run_keeps_its_last_page_anonymous() {
+        // Three adjacent 2 MiB + 4 KiB malloc blocks merged into one run, then other memory.
+        let blk = (2 << 20) + 4096;
+        let g = region(RegionKind::Anon, &[(0x200000, 3 * blk + (1 << 20))]);
+        let first_off = g.runs[0].offset;
+        let peek = |off: u64| {
+            let k = (off - first_off) / blk;
+            (k < 3 && (off - first_off) % blk == 0).then_some([0, blk | 2])
+        };
+        let mut v = Vec::new();
+        plan_runs(&g, true, &peek, &mut v);
+        let mapped: Vec<_> = v.iter().filter(|r| r.flags & RUN_MAP != 0).map(|r| (r.addr, r.len)).collect();
+        let b = 0x200000;
+        assert_eq!(mapped, [(b, blk - 4096), (b + blk, blk - 4096), (b + 2 * blk, blk - 4096), (b + 3 * blk, 1 << 20)]);
+        let read: Vec<_> = v.iter().filter(|r| r.flags & RUN_MAP == 0).map(|r| (r.addr, r.image_off - first_off)).collect();
+        assert_eq!(read, [(b + blk - 4096, blk - 4096), (b + 2 * blk - 4096, 2 * blk - 4096), (b + 3 * blk - 4096, 3 * blk - 4096)]);
+        assert_eq!(v.iter().map(|r| r.len).sum::<u64>(), 3 * blk + (1 << 20), "the pieces cover the run");
     }
 }

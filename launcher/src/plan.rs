@@ -167,7 +167,7 @@ pub fn build(p: &PlanInput) -> Result<Vec<u8>, String> {
             file_offset = *offset;
         }
         let first_run = runs.len() as u32;
-        crate::pages::plan_runs(g, p.mapped, &mut runs);
+        crate::pages::plan_runs(g, p.mapped, &|off| crate::pages::peek_words(p.image_fd, off), &mut runs);
         regions.push(PlanRegion {
             start: g.start,
             end: g.end,

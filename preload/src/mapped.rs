@@ -11,8 +11,9 @@
 //!   (and past its end: SIGBUS) instead of zeros. The `mremap` wrapper first turns the
 //!   range into anonymous memory with the same contents (a copy).
 //!
-//! glibc's own `realloc` calls its internal `mremap`, which no wrapper sees: see README
-//! (limits of mapped restore).
+//! glibc's own `realloc` calls its internal `mremap`, which no wrapper sees: crrestart
+//! keeps the last page of each glibc mmapped block anonymous so that mremap refuses and
+//! realloc copies (`launcher/src/pages.rs`, `plan_runs`); README lists what remains.
 //!
 //! Cost outside restarted processes: one atomic load. In a restarted process, a range that
 //! does not meet a mapped run costs a short scan of the recorded runs.

@@ -206,3 +206,20 @@ fn dontneed_and_mremap_behave_as_anonymous_memory_after_mapped_restart() {
     assert!(!image_mappings(r.pid).is_empty(), "the probe's memory was not mapped from the image");
     f.finish(&mut r);
 }
+
+/// After a mapped restart, large malloc'd blocks that were adjacent (one merged mapping, one
+/// run of the image) grow with glibc's realloc, whose internal mremap no wrapper sees, and
+/// the grown part is usable: no block is a plain mapping of the image file that mremap could
+/// extend past the file's end (SIGBUS).
+#[test]
+fn realloc_grows_adjacent_blocks_after_mapped_restart() {
+    let s = Session::new("realloc_grow");
+    let f = Flow::new(&s, Program::c("realloc_grow"));
+    let mut run = f.launch();
+    let ck = f.checkpoint_at(&mut run, 1);
+    s.advance_to(&mut run, 2);
+    f.kill(&mut [&mut run]);
+    let mut r = f.restart(&ck);
+    assert!(!image_mappings(r.pid).is_empty(), "the probe's memory was not mapped from the image");
+    f.finish(&mut r);
+}
