@@ -298,6 +298,9 @@ pub enum FdKind {
     /// whole content at checkpoint time: a restart writes it back (recreating the file if
     /// the program removed it, like a journal), then reopens it like [`FdKind::File`].
     SavedFile { path: String, identity: FileIdentity, data: Vec<u8> },
+    /// A pidfd of a process of the computation: its kernel pid at checkpoint time (links it
+    /// to the image with that `real_pid`, or a zombie child) and its virtual pid.
+    PidFd { real_pid: i32, vpid: i32 },
 }
 
 /// One registration of an epoll instance.
@@ -328,6 +331,7 @@ impl FdKind {
             FdKind::TimerFd { .. } => "timerfd",
             FdKind::SignalFd { .. } => "signalfd",
             FdKind::Epoll { .. } => "epoll",
+            FdKind::PidFd { .. } => "pidfd",
         }
     }
 
@@ -343,6 +347,7 @@ impl FdKind {
                 format!("eventfd count {count}{}", if *semaphore { " (semaphore)" } else { "" })
             }
             FdKind::SignalFd { mask } => format!("signalfd mask {mask:#x}"),
+            FdKind::PidFd { vpid, .. } => format!("pidfd of process {vpid}"),
             FdKind::Epoll { entries } => {
                 let fds: Vec<String> = entries.iter().map(|e| e.tfd.to_string()).collect();
                 format!("epoll watching fds [{}]", fds.join(","))

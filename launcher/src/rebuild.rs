@@ -465,6 +465,33 @@ fn become_process(cx: &Ctx, i: usize) -> Result<Infallible, String> {
     exec_restorer(cx, i, &pids)
 }
 
+/// pidfds, opened on the new processes once every process of the tree exists (fds that
+/// were substituted are already in place).
+fn open_pidfds(meta: &crust_format::image::ImageMeta, pids: &[PlanPid], placed: &[(i32, crate::restart::Src)]) -> Result<(), String> {
+    for rec in &meta.fds {
+        let crust_format::image::FdKind::PidFd { real_pid, vpid } = &rec.kind else { continue };
+        if placed.iter().any(|(fd, _)| *fd == rec.fd) {
+            continue; // substituted
+        }
+        let Some(now) = pids.iter().find(|e| e.old_real == *real_pid && *real_pid > 0).map(|e| e.real) else {
+            return Err(format!("fd {} (pidfd of process {vpid}): that process was not recreated", rec.fd));
+        };
+        let flags = if rec.flags & libc::O_NONBLOCK != 0 { libc::O_NONBLOCK } else { 0 };
+        // SAFETY: plain system calls on our own fds.
+        unsafe {
+            let fd = libc::syscall(libc::SYS_pidfd_open, now, flags) as i32;
+            if fd < 0 {
+                return Err(format!("fd {} (pidfd of process {vpid}): pidfd_open: {}", rec.fd, errno()));
+            }
+            if fd != rec.fd {
+                libc::dup2(fd, rec.fd);
+                libc::close(fd);
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Register again, in this process with its fds in place, what each of its epoll
 /// instances watched. A registration another process of the tree already made on a
 /// shared instance is there (EEXIST); one whose fd is not restored (ignored, closed) or
@@ -517,6 +544,7 @@ fn exec_restorer(cx: &Ctx, i: usize, pids: &[PlanPid]) -> Result<Infallible, Str
             libc::close(tmp);
         }
     }
+    open_pidfds(meta, pids, &p.fds)?;
     add_epoll_entries(meta)?;
     // Shared memory the restorer maps by path.
     let mut shared: std::collections::HashMap<u64, (String, u64)> = std::collections::HashMap::new();

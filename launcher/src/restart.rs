@@ -737,6 +737,19 @@ fn plan_fds(t: &mut TreePlan, keep_files: bool, substs: &[crate::fds::FdSubst]) 
             if matches!(rec.kind, FdKind::Ignored { .. }) {
                 continue; // marked "do not checkpoint": closed after the restart
             }
+            if let FdKind::PidFd { real_pid, vpid } = &rec.kind {
+                // Opened by the process itself once the tree exists (`rebuild.rs`).
+                let in_tree = t.procs.iter().any(|p| p.meta.real_pid == *real_pid)
+                    || t.procs.iter().any(|p| p.zombies.iter().any(|z| z.real_pid == *real_pid));
+                if !in_tree {
+                    return Err(format!(
+                        "{who}: fd {} is a pidfd of process {vpid}, which is not part of the checkpoint \
+                         (substitute it with --fd, e.g. /dev/null)",
+                        rec.fd
+                    ));
+                }
+                continue;
+            }
             let src = match &rec.kind {
                 FdKind::Pipe { id, read_end, .. } => {
                     let e = &ends[id];

@@ -620,10 +620,15 @@ fn describe_fds(dir: &str) -> Result<Vec<FdRecord>, String> {
 /// this kernel does not show).
 fn anon_kind(fd: i32, target: &str) -> Option<FdKind> {
     let kind = target.strip_prefix("anon_inode:")?.trim_start_matches('[').trim_end_matches(']');
-    if !matches!(kind, "eventfd" | "timerfd" | "signalfd" | "eventpoll") {
+    if !matches!(kind, "eventfd" | "timerfd" | "signalfd" | "eventpoll" | "pidfd") {
         return None;
     }
     let info = procfs::read_string(format!("/proc/self/fdinfo/{fd}").as_bytes());
+    if kind == "pidfd" {
+        // "Pid: N" (-1 once the process is gone and reaped: not restorable).
+        let pid = info.lines().find_map(|l| l.strip_prefix("Pid:"))?.trim().parse::<i32>().ok().filter(|&p| p > 0)?;
+        return Some(FdKind::PidFd { real_pid: pid, vpid: crate::vpid::to_virtual(pid) });
+    }
     if kind == "signalfd" {
         return Some(FdKind::SignalFd { mask: procfs::status_value(&info, "sigmask:", 16)? });
     }

@@ -19,7 +19,8 @@
  * With PROBE_CHILD=1 it forks a child that holds child.log (O_RDWR|O_APPEND) at fd 20 and
  * waits on a pipe; after gate 2 the parent wakes it, the child appends "child 2" and
  * prints its log read back through fd 20, reads 7 bytes of data.txt through the inherited
- * fd 11 (one description: the parent reads on after them), and the parent reaps it.
+ * fd 11 (one description: the parent reads on after them), and exits; the parent sees
+ * that through a pidfd of the child (fd 28) and reaps it.
  * With PROBE_INOTIFY=1 it holds an inotify instance at fd 25 (crust cannot restore it).
  * After gate 2 it prints each fd's flags, the rest of data.txt, what /dev/zero and
  * /dev/urandom read, appends "line 2" to the log and prints the log read back through fd
@@ -38,6 +39,7 @@
 #include <sys/signalfd.h>
 #include <sys/timerfd.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #ifdef WITH_API
@@ -173,6 +175,7 @@ int main(void) {
             _exit(probe_failures ? 1 : 0);
         }
         close(child_pipe[0]);
+        place((int)syscall(SYS_pidfd_open, child, 0), 28, 0);
     }
 
     gate(1);
@@ -185,6 +188,8 @@ int main(void) {
 
     if (child > 0) {
         if (write(child_pipe[1], "x", 1) != 1) ERR("wake the child: %s", strerror(errno));
+        struct pollfd pp = {28, POLLIN, 0};
+        printf("pidfd 28 reports the child's exit: %s\n", poll(&pp, 1, 10000) == 1 && (pp.revents & POLLIN) ? "yes" : "no");
         int status = -1;
         if (waitpid(child, &status, 0) != child) ERR("waitpid: %s", strerror(errno));
         printf("child exited %d\n", WIFEXITED(status) ? WEXITSTATUS(status) : -1);

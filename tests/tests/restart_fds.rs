@@ -217,7 +217,8 @@ fn ignored_fds_are_closed_or_substituted_after_a_restart() {
 
 /// A tree: `--list-fds` shows the parent's and the child's tables; the data file's
 /// description stays shared (the child's read moves the parent's offset, as in the
-/// reference run); the child's log,
+/// reference run); the parent's pidfd of the child refers to the new child (it reports its
+/// exit); the child's log,
 /// moved after the checkpoint, is substituted with `--fd VPID:20=NEW` (VPID as listed),
 /// and fd 20 of another process, or of a vpid not in the generation, is refused.
 #[test]
@@ -245,6 +246,8 @@ fn fd_substitution_in_one_process_of_a_tree() {
         }
     }
     let child_vpid = child_vpid.unwrap_or_else(|| panic!("no process with fd 20 in:\n{out}"));
+    let pidfd = row(&out, 28);
+    assert_eq!(&pidfd[1..], ["pidfd", "O_RDWR", "0", "pidfd", "of", "process", &child_vpid.to_string()], "fd 28 in:\n{out}");
     let child_log = row(&out, 20);
     assert_eq!(&child_log[1..4], ["file", "O_RDWR|O_APPEND", "8"], "fd 20 in:\n{out}");
 
