@@ -14,7 +14,9 @@ echo "== reference run (no crust)"
 "$work/counter" > "$work/reference.txt"
 
 echo "== crlaunch ./counter"
-"$bin/crlaunch" --coord "$coord" --ckpt-dir "$work" -- "$work/counter" > "$work/out.txt" &
+# The program's stdout and stderr go to files of its own: a restart puts a file the
+# program was writing back to its checkpoint-time size, which must not cut this script's log.
+"$bin/crlaunch" --coord "$coord" --ckpt-dir "$work" -- "$work/counter" > "$work/out.txt" 2> "$work/err.txt" &
 pid=$!
 until grep -q "step  3" "$work/out.txt" 2>/dev/null; do sleep 0.05; done
 until "$bin/crctl" --coord "$coord" status | grep -q counter; do sleep 0.05; done
