@@ -49,7 +49,8 @@ impl Watch {
     }
 }
 
-fn human_bytes(b: u64) -> String {
+/// Bytes in binary units ("850.0 MiB"), for people.
+pub fn human_bytes(b: u64) -> String {
     const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = b as f64;
     let mut i = 0;

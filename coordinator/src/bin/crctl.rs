@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use crust_coordinator::client::{Control, CONNECT_TIMEOUT, REPLY_TIMEOUT};
+use crust_coordinator::progress::human_bytes;
 use crust_coordinator::{init_logging, token_from, Error};
 use crust_format::wire::{Command, GenerationInfo, GenerationSummary, ProcessInfo, Reply, StatusInfo};
 use std::path::PathBuf;
@@ -156,21 +157,6 @@ fn print_json<T: serde::Serialize>(v: &T) -> ExitCode {
             eprintln!("crctl: {e}");
             ExitCode::from(1)
         }
-    }
-}
-
-fn human_bytes(b: u64) -> String {
-    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = b as f64;
-    let mut i = 0;
-    while v >= 1024.0 && i + 1 < U.len() {
-        v /= 1024.0;
-        i += 1;
-    }
-    if i == 0 {
-        format!("{b} B")
-    } else {
-        format!("{v:.1} {}", U[i])
     }
 }
 
