@@ -80,18 +80,17 @@ fn own_path() -> &'static [u8] {
 
 // ---------------------------------------------------------------- coordinator notes
 
-/// Send one frame on the coordinator connection from an application thread. One
-/// `sendto` per frame: the kernel copies small frames on a stream socket as one piece, so
-/// it never interleaves with the checkpoint thread's frames. MSG_NOSIGNAL: a dead
-/// coordinator must not kill the program with SIGPIPE.
+/// Send one frame on the coordinator connection from an application thread (always
+/// inside the wrapper lock, as the API's requests are). It goes through the API's send
+/// lock, so it never interleaves with a frame of the checkpoint thread, and is sent whole
+/// with MSG_NOSIGNAL: a dead coordinator must not kill the program with SIGPIPE.
 fn tell_coordinator(msg: &crust_format::wire::ToCoord) {
     let fd = crate::ckpt_thread::COORD_FD.load(Ordering::Acquire);
     if fd < 0 {
         return;
     }
     let Ok(frame) = crust_format::wire::encode(msg) else { return };
-    // SAFETY: frame is readable for its length.
-    let _ = unsafe { sc!(libc::SYS_sendto, fd, frame.as_ptr(), frame.len(), libc::MSG_NOSIGNAL, 0, 0) };
+    let _ = crate::api::send_frame(fd, &frame);
 }
 
 /// Make the checkpoint thread drop its connection and register again (an exec that was
