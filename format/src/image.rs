@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 pub const MAGIC: [u8; 8] = *b"CRUSTIMG";
 /// Current image format version (2: compressed page data, chunk table; 3: the fd table
 /// right after the header).
-pub const VERSION: u32 = 3;
+pub const VERSION: u32 = 4;
 /// Size of the header page; page data starts here.
 pub const HEADER_SIZE: usize = 4096;
 /// Page size the format is built around.
@@ -560,6 +560,9 @@ pub struct TreeInfo {
     /// fds that share their open file description (offset, flags) with an fd of the
     /// parent, found with kcmp(KCMP_FILE): `(fd here, fd in the parent)`.
     pub inherited_fds: Vec<(i32, i32)>,
+    /// fds that share their open file description with a lower-numbered fd of this
+    /// process (dup, dup2, F_DUPFD): `(fd, lower fd)`.
+    pub dup_fds: Vec<(i32, i32)>,
     /// Named FIFOs among the pipe fds: `(fd, path)`.
     pub fifos: Vec<(i32, String)>,
     /// Shared memory that no file path can bring back (MAP_SHARED anonymous, deleted

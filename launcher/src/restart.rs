@@ -723,6 +723,7 @@ fn plan_fds(t: &mut TreePlan, keep_files: bool, substs: &[crate::fds::FdSubst]) 
         let parent = t.procs[i].parent;
         let recs = t.procs[i].meta.fds.clone();
         let inherited = t.procs[i].meta.tree.inherited_fds.clone();
+        let dups = t.procs[i].meta.tree.dup_fds.clone();
         let mut fds = Vec::new();
         for rec in &recs {
             if let Some(path) = substs.get(&(i, rec.fd)) {
@@ -790,10 +791,18 @@ fn plan_fds(t: &mut TreePlan, keep_files: bool, substs: &[crate::fds::FdSubst]) 
                     }
                 }
                 _ => {
-                    let from_parent = inherited
+                    // A dup of a lower fd of this process: the same description; else one
+                    // inherited from the parent.
+                    let from_parent = dups
                         .iter()
                         .find(|(fd, _)| *fd == rec.fd)
-                        .and_then(|(_, pfd)| parent.and_then(|p| resolved.get(&(p, *pfd)).copied()));
+                        .and_then(|(_, lower)| resolved.get(&(i, *lower)).copied())
+                        .or_else(|| {
+                            inherited
+                                .iter()
+                                .find(|(fd, _)| *fd == rec.fd)
+                                .and_then(|(_, pfd)| parent.and_then(|p| resolved.get(&(p, *pfd)).copied()))
+                        });
                     match (from_parent, &rec.kind) {
                         (Some(s), _) => s,
                         (None, FdKind::Tty { .. } | FdKind::Socket { .. }) if rec.fd <= 2 => Src::Inherit(rec.fd),

@@ -8,9 +8,9 @@
 //! * Children come from `/proc/self/task/*/children`; a child that has exited but was not
 //!   reaped is recognised with `waitid(WNOHANG | WNOWAIT)`, which reports its status
 //!   without reaping it: the checkpointer never reaps a child of the program.
-//! * Open file descriptions shared with the parent (inherited over fork) are found with
-//!   `kcmp(KCMP_FILE)`, so a restart can give both processes one description again
-//!   (one file offset for a shared stdout).
+//! * Open file descriptions shared with the parent (inherited over fork), or between two
+//!   fds of the process itself (dup), are found with `kcmp(KCMP_FILE)`, so a restart can
+//!   give them one description again (one file offset for a shared stdout).
 //! * Pipe contents are copied with `tee(2)`, which duplicates a pipe's buffers without
 //!   consuming them: nothing is taken out of the pipe and put back, so no other process
 //!   (inside or outside the computation) can see bytes reordered. Exactly one process of
@@ -84,40 +84,92 @@ fn zombie_status(pid: i32) -> Option<ChildExit> {
 }
 
 /// `(fd, parent's fd)` for every recorded fd whose open file description the parent holds too.
+///
+/// The parent is being checkpointed at the same moment: its checkpoint thread opens and
+/// closes fds of its own (image files, /proc files, pipes for `tee`) while this runs, so
+/// its fd list is not still. Such an fd may vanish or be reused for another file between
+/// two `kcmp` calls, which breaks the order a sort relies on and made the binary search
+/// miss a description that is shared. The sorted list is therefore checked after sorting
+/// and the search retried when any comparison failed; a search that still cannot trust
+/// the order falls back to comparing each fd with every one of the parent's.
 fn inherited_fds(fds: &[FdRecord]) -> Vec<(i32, i32)> {
     let me = sys::getpid();
     let parent = sys::getppid();
-    let mut out = Vec::new();
     if parent <= 1 {
-        return out;
+        return Vec::new();
     }
     // kcmp orders open file descriptions consistently (0 same, 1 less, 2 greater), so the
     // parent's fds are sorted once and each of ours found by binary search: O(n log n)
-    // system calls, not O(n²), for processes with many fds.
-    let kcmp = |pid1: i32, fd1: i32, fd2: i32| -> core::cmp::Ordering {
+    // system calls, not O(n²), for processes with many fds. None: not comparable (an fd
+    // closed meanwhile).
+    let kcmp = |pid1: i32, fd1: i32, fd2: i32| -> Option<core::cmp::Ordering> {
         // SAFETY: kcmp only compares kernel objects.
         match unsafe { sc!(SYS_KCMP, pid1, parent, KCMP_FILE, fd1, fd2) } {
+            0 => Some(core::cmp::Ordering::Equal),
+            1 => Some(core::cmp::Ordering::Less),
+            2 => Some(core::cmp::Ordering::Greater),
+            _ => None,
+        }
+    };
+    let listed = procfs::list_numbers(format!("/proc/{parent}/fd").as_bytes());
+    for _attempt in 0..8 {
+        let failed = core::cell::Cell::new(false);
+        let ordered = |a: Option<core::cmp::Ordering>| {
+            a.unwrap_or_else(|| {
+                failed.set(true);
+                core::cmp::Ordering::Less
+            })
+        };
+        let mut theirs: Vec<i32> = listed.iter().copied().filter(|&p| kcmp(parent, p, p).is_some()).collect();
+        merge_sort(&mut theirs, &|a, b| ordered(kcmp(parent, a, b)));
+        if failed.get() || theirs.windows(2).any(|w| ordered(kcmp(parent, w[0], w[1])).is_gt()) {
+            continue;
+        }
+        let mut out = Vec::new();
+        for rec in fds {
+            // Inherited fds usually keep their number: try that first.
+            let hit = if listed.binary_search(&rec.fd).is_ok() && kcmp(me, rec.fd, rec.fd).is_some_and(|o| o.is_eq()) {
+                Some(rec.fd)
+            } else {
+                theirs.binary_search_by(|&p| ordered(kcmp(me, rec.fd, p)).reverse()).ok().map(|i| theirs[i])
+            };
+            if let Some(p) = hit {
+                out.push((rec.fd, p));
+            }
+        }
+        if !failed.get() {
+            return out;
+        }
+    }
+    // The parent's fds kept changing: compare with each of them (only equality counts,
+    // and the program's own fds hold still while it is stopped).
+    fds.iter()
+        .filter_map(|rec| listed.iter().find(|&&p| kcmp(me, rec.fd, p).is_some_and(|o| o.is_eq())).map(|&p| (rec.fd, p)))
+        .collect()
+}
+
+/// `(fd, lower fd)` for every recorded fd that shares its open file description with a
+/// lower-numbered fd of this process (made by dup, dup2 or F_DUPFD), so that a restart
+/// gives them one description again: one offset, one set of status flags. The program's
+/// fds hold still while it is stopped, so kcmp gives a consistent order here.
+fn dup_fds(fds: &[FdRecord]) -> Vec<(i32, i32)> {
+    let me = sys::getpid();
+    let cmp = |a: i32, b: i32| -> core::cmp::Ordering {
+        // SAFETY: kcmp only compares kernel objects.
+        match unsafe { sc!(SYS_KCMP, me, me, KCMP_FILE, a, b) } {
             0 => core::cmp::Ordering::Equal,
-            1 => core::cmp::Ordering::Less,
             2 => core::cmp::Ordering::Greater,
-            // Not comparable (a closed fd): never equal.
             _ => core::cmp::Ordering::Less,
         }
     };
-    let mut theirs = procfs::list_numbers(format!("/proc/{parent}/fd").as_bytes());
-    // Inherited fds usually keep their number: try that first.
-    let unsorted = theirs.clone();
-    merge_sort(&mut theirs, &|a, b| kcmp(parent, a, b));
-    for rec in fds {
-        let hit = if unsorted.binary_search(&rec.fd).is_ok() && kcmp(me, rec.fd, rec.fd).is_eq() {
-            Some(rec.fd)
-        } else {
-            theirs.binary_search_by(|&p| kcmp(me, rec.fd, p).reverse()).ok().map(|i| theirs[i])
-        };
-        if let Some(p) = hit {
-            out.push((rec.fd, p));
-        }
+    let mut sorted: Vec<i32> = fds.iter().map(|r| r.fd).collect();
+    merge_sort(&mut sorted, &cmp);
+    let mut out = Vec::new();
+    for group in sorted.chunk_by(|&a, &b| cmp(a, b).is_eq()) {
+        let first = group.iter().copied().min().unwrap_or(-1);
+        out.extend(group.iter().filter(|&&fd| fd != first).map(|&fd| (fd, first)));
     }
+    out.sort_unstable();
     out
 }
 
@@ -221,6 +273,7 @@ pub fn describe(fds: &[FdRecord], shared_maps: Vec<SharedMap>) -> TreeInfo {
         start_ticks: f.get(22).copied().unwrap_or(0),
         children: children(),
         inherited_fds: inherited_fds(fds),
+        dup_fds: dup_fds(fds),
         fifos,
         shared_maps,
     }

@@ -346,3 +346,14 @@ fn sqlite3_checkpointed_mid_transaction_restarts_to_the_same_database() {
 fn which(name: &str) -> Option<std::path::PathBuf> {
     std::env::var_os("PATH").and_then(|p| std::env::split_paths(&p).map(|d| d.join(name)).find(|c| c.is_file()))
 }
+
+/// fds of one process that share a description (dup2, F_DUPFD, a dup of stdout) share it
+/// again after a restart: writes through each land one after the other, a status flag set
+/// through one shows through the other, and a separate open keeps its own offset
+/// (`tests/probes/dup_fds.c`). Before the fix, fd 20 and 30 came back as descriptions of
+/// their own and overwrote each other's lines.
+#[test]
+fn dup_fds_in_one_process_share_their_description_after_a_restart() {
+    let s = Session::new("fds_dups");
+    Flow::new(&s, Program::c("dup_fds")).canonical();
+}
