@@ -301,6 +301,11 @@ pub enum FdKind {
     /// A pidfd of a process of the computation: its kernel pid at checkpoint time (links it
     /// to the image with that `real_pid`, or a zombie child) and its virtual pid.
     PidFd { real_pid: i32, vpid: i32 },
+    /// A POSIX message queue descriptor (`mq_open`): the queue's name (`/name`), whether
+    /// it was unlinked, its inode (one queue, whoever holds it), attributes, mode and
+    /// the queued messages as `(priority, bytes)` in the order they come out — stored by
+    /// one process of the computation (`stored`), empty elsewhere.
+    MQueue { name: String, unlinked: bool, ino: u64, maxmsg: i64, msgsize: i64, mode: u32, stored: bool, messages: Vec<(u32, Vec<u8>)> },
 }
 
 /// One registration of an epoll instance.
@@ -332,6 +337,7 @@ impl FdKind {
             FdKind::SignalFd { .. } => "signalfd",
             FdKind::Epoll { .. } => "epoll",
             FdKind::PidFd { .. } => "pidfd",
+            FdKind::MQueue { .. } => "mqueue",
         }
     }
 
@@ -348,6 +354,9 @@ impl FdKind {
             }
             FdKind::SignalFd { mask } => format!("signalfd mask {mask:#x}"),
             FdKind::PidFd { vpid, .. } => format!("pidfd of process {vpid}"),
+            FdKind::MQueue { name, unlinked, maxmsg, msgsize, .. } => {
+                format!("mqueue {name}{} maxmsg {maxmsg} msgsize {msgsize}", if *unlinked { " (deleted)" } else { "" })
+            }
             FdKind::Epoll { entries } => {
                 let fds: Vec<String> = entries.iter().map(|e| e.tfd.to_string()).collect();
                 format!("epoll watching fds [{}]", fds.join(","))
@@ -569,6 +578,80 @@ pub struct TreeInfo {
     /// files such as POSIX semaphores and shm_open objects, memfds), by kernel object:
     /// regions with the same `(dev, ino)` in several processes are one object.
     pub shared_maps: Vec<SharedMap>,
+    /// SysV IPC objects (shared memory, semaphore sets, message queues) the process used,
+    /// with their contents in the image of the one process that stored them.
+    pub sysv: Vec<SysvObject>,
+    /// Where the process had SysV shared memory segments attached.
+    pub shm_attaches: Vec<ShmAttach>,
+}
+
+/// Which SysV IPC object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum SysvKind {
+    Shm,
+    Sem,
+    Msg,
+}
+
+impl SysvKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            SysvKind::Shm => "shared memory segment",
+            SysvKind::Sem => "semaphore set",
+            SysvKind::Msg => "message queue",
+        }
+    }
+    /// The `ipcrm` option that removes one by key.
+    pub fn ipcrm_key_option(self) -> &'static str {
+        match self {
+            SysvKind::Shm => "-M",
+            SysvKind::Sem => "-S",
+            SysvKind::Msg => "-Q",
+        }
+    }
+}
+
+/// One SysV IPC object at checkpoint time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SysvObject {
+    pub kind: SysvKind,
+    /// The id the program knows (virtual; equal to `real_id` before any restart).
+    pub vid: i32,
+    /// The kernel's id at checkpoint time.
+    pub real_id: i32,
+    /// Its key (0: IPC_PRIVATE, or a segment marked for removal).
+    pub key: i32,
+    /// Permission bits (low 9 bits of `ipc_perm.mode`).
+    pub mode: u32,
+    /// Shared memory: size in bytes; semaphores: number in the set; message queue: its
+    /// byte limit (`msg_qbytes`).
+    pub size: u64,
+    /// A shared memory segment marked for removal (IPC_RMID) while still attached.
+    pub removed: bool,
+    /// The contents, stored by one process of the computation (None in the others).
+    pub data: Option<SysvData>,
+}
+
+/// Contents of a SysV IPC object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SysvData {
+    /// The segment's bytes (trailing zero bytes left out).
+    Shm(Vec<u8>),
+    /// Every semaphore's value.
+    Sem(Vec<u16>),
+    /// The queued messages, oldest first: (type, bytes).
+    Msg(Vec<(i64, Vec<u8>)>),
+}
+
+/// A SysV shared memory segment attached in a process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShmAttach {
+    /// The segment's kernel id at checkpoint time.
+    pub real_id: i32,
+    /// The attach address.
+    pub addr: u64,
+    /// Attached read-only (SHM_RDONLY).
+    pub readonly: bool,
 }
 
 /// A child process at checkpoint time.

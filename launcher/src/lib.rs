@@ -7,6 +7,7 @@
 
 pub mod coord_client;
 pub mod fds;
+pub mod ipc;
 pub mod pages;
 pub mod plan;
 pub mod rebuild;

@@ -136,6 +136,8 @@ const SETTABLE: i32 = libc::O_APPEND | libc::O_ASYNC | libc::O_DIRECT | libc::O_
 /// Create every shared object; returns the staged fd of each object.
 fn materialize(t: &TreePlan) -> Result<Vec<i32>, String> {
     let base = t.stage_base;
+    // SysV IPC objects and POSIX message queues, with their contents.
+    crate::ipc::materialize(&t.ipc, base)?;
     // Pipes (and FIFOs), refilled.
     let mut pipe_fds: Vec<(i32, i32)> = Vec::new();
     for p in &t.pipes {
@@ -232,6 +234,7 @@ fn materialize(t: &TreePlan) -> Result<Vec<i32>, String> {
         }
         staged.push(if fd >= base { fd } else { stage(fd, base)? });
     }
+    crate::ipc::drop_queues();
     for (r, w) in pipe_fds {
         // SAFETY: the originals; staged copies exist where needed. A pipe whose write end
         // no process holds now reads as end-of-file after its bytes.
@@ -545,6 +548,7 @@ fn exec_restorer(cx: &Ctx, i: usize, pids: &[PlanPid]) -> Result<Infallible, Str
         }
     }
     open_pidfds(meta, pids, &p.fds)?;
+    crate::ipc::keep_map_across_exec();
     add_epoll_entries(meta)?;
     // Shared memory the restorer maps by path.
     let mut shared: std::collections::HashMap<u64, (String, u64)> = std::collections::HashMap::new();

@@ -141,6 +141,8 @@ pub struct TreePlan {
     pub mapped: bool,
     /// crrestart's own stderr (above the program fds), where restorers report failures.
     pub err_out: std::fs::File,
+    /// SysV IPC objects and POSIX message queues to recreate (`crate::ipc`).
+    pub ipc: crate::ipc::IpcPlan,
 }
 
 impl TreePlan {
@@ -318,6 +320,7 @@ pub fn open_for_fd(rec: &FdRecord) -> Result<std::fs::File, String> {
             // SAFETY: fd is ours.
             Ok(unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) })
         }
+        FdKind::MQueue { .. } => crate::ipc::open_mqueue(rec),
         _ => Err(format!("fd {}: cannot reopen", rec.fd)),
     }
 }
@@ -638,6 +641,7 @@ fn load(opts: &RestartOptions) -> Result<TreePlan, String> {
         warnings,
         mapped: !opts.eager,
         err_out,
+        ipc: Default::default(),
     })
 }
 
@@ -848,6 +852,11 @@ fn plan_fds(t: &mut TreePlan, keep_files: bool, substs: &[crate::fds::FdSubst]) 
                             t.objects.push(ObjSpec::Open(rec.clone()));
                             Src::Obj(t.objects.len() - 1)
                         }
+                        (None, FdKind::MQueue { .. }) => {
+                            // Created (or reset) with its messages by `crate::ipc`, checked there.
+                            t.objects.push(ObjSpec::Open(rec.clone()));
+                            Src::Obj(t.objects.len() - 1)
+                        }
                         (None, FdKind::Unsupported { description }) => {
                             return Err(format!("{who}: fd {} ({description}) is of a kind crust cannot restore yet", rec.fd))
                         }
@@ -944,6 +953,7 @@ pub fn prepare(opts: &RestartOptions) -> Result<TreePlan, String> {
     plan_fds(&mut t, opts.keep_files, &opts.fd_substs)?;
     plan_shared_memory(&mut t);
     plan_groups(&mut t);
+    t.ipc = crate::ipc::plan(&t)?;
     Ok(t)
 }
 

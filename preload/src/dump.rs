@@ -183,7 +183,7 @@ fn classify(v: &Vma, mm: &MmInfo) -> Option<RegionKind> {
 pub(crate) fn shared_contents_stored(maps: &[Vma]) -> Vec<(u64, u64)> {
     let mm = mm_info();
     maps.iter()
-        .filter(|v| v.shared && v.prot & libc::PROT_READ as u32 != 0)
+        .filter(|v| v.shared && v.prot & libc::PROT_READ as u32 != 0 && !crate::wrap_ipc::is_sysv_shm(v))
         .filter(|v| matches!(classify(v, &mm), Some(RegionKind::Detached { .. })))
         .map(|v| (v.start, v.end))
         .collect()
@@ -199,8 +199,8 @@ fn page_is_zero(addr: u64) -> bool {
 /// Decide which pages of a region to store and return the runs (offsets not yet assigned).
 fn collect_runs(v: &Vma, kind: &RegionKind, scanner: &mut PageScanner, out: &mut Vec<PageRun>) -> Result<(), i32> {
     let file = matches!(kind, RegionKind::File { .. });
-    if file && v.shared {
-        return Ok(()); // the file holds the data
+    if (file && v.shared) || crate::wrap_ipc::is_sysv_shm(v) {
+        return Ok(()); // the file (the SysV segment, stored with the object) holds the data
     }
     let mut runs = RunBuilder { out, start: 0, len: 0 };
     // Memory whose backing is gone (deleted files, shared anonymous memory) and memory
@@ -554,6 +554,10 @@ fn describe_fds(dir: &str) -> Result<Vec<FdRecord>, String> {
             bits[fd as usize / 64] |= 1 << (fd % 64);
         }
         let offset = sys::lseek(fd, 0, libc::SEEK_CUR).unwrap_or(0);
+        if let Some(kind) = crate::wrap_ipc::mqueue_kind(fd, &target, &st, dir) {
+            out.push(FdRecord { fd, flags, cloexec, offset: 0, kind: kind? });
+            continue;
+        }
         let kind = match st.st_mode & libc::S_IFMT {
             libc::S_IFREG => {
                 if let Some(path) = target.strip_suffix(" (deleted)") {
@@ -824,7 +828,8 @@ pub struct StoppedFacts {
 /// contents are copied, by one claimant per pipe in `dir`).
 pub fn capture_stopped_facts(dir: &str) -> Result<StoppedFacts, String> {
     let fds = describe_fds(dir)?;
-    let tree = crate::tree::describe(&fds, Vec::new());
+    let mut tree = crate::tree::describe(&fds, Vec::new());
+    (tree.sysv, tree.shm_attaches) = crate::wrap_ipc::capture(dir)?;
     Ok(StoppedFacts {
         real_pid: sys::getpid(),
         vppid: crate::vpid::to_virtual(sys::getppid()),
@@ -945,7 +950,7 @@ fn write_into(fd: i32, req: &DumpRequest, vpid: i32) -> Result<(u64, u64), Strin
                     }
                 }
             }
-            if v.shared && matches!(kind, RegionKind::Detached { .. }) {
+            if v.shared && matches!(kind, RegionKind::Detached { .. }) && !crate::wrap_ipc::is_sysv_shm(v) {
                 shared_maps.push(SharedMap { start: v.start, end: v.end, dev: v.dev, ino: v.inode, offset: v.offset });
             }
             regions.push(Region {

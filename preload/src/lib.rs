@@ -20,7 +20,8 @@
 //! * [`api`]: the `cr_*` functions programs may call (`api/include/crust.h`).
 //! * [`wrappers`]: the libc functions we interpose (signals, fds, ids);
 //!   [`wrap_pids`]: virtual pids wherever a pid crosses libc; [`wrap_proc`]: fork, exec,
-//!   spawn, exit — every process of the tree under control.
+//!   spawn, exit — every process of the tree under control; [`wrap_ipc`]: SysV IPC with
+//!   virtual ids, POSIX message queues.
 
 #![allow(clippy::missing_safety_doc)]
 
@@ -37,6 +38,7 @@ pub mod restore;
 pub mod sys;
 pub mod tree;
 pub mod vpid;
+pub mod wrap_ipc;
 pub mod wrap_pids;
 pub mod wrap_proc;
 pub mod wrappers;

@@ -371,6 +371,10 @@ pub unsafe extern "C" fn crust_restart_entry(args: *const RestartArgs) -> ! {
     if a.err_fd >= 0 {
         sys::close(a.err_fd);
     }
+    // SysV IPC: new ids, segments attached again (crrestart's memfd is among its fds).
+    if let Err(e) = crate::wrap_ipc::after_restart(a.close_from) {
+        fatal(e);
+    }
     if a.close_from > 2 {
         // crrestart's shared-memory objects (mapped by now) and anything else of its own.
         // SAFETY: these fds are not the program's (all of its fds are below close_from).
@@ -528,6 +532,7 @@ pub unsafe extern "C" fn crust_restart_entry(args: *const RestartArgs) -> ! {
     // a wait for a child by its old kernel pid must wait for the child's new pid.
     for s in slots {
         fix_interrupted_pid_args(s.ucontext, pids);
+        crate::wrap_ipc::fix_interrupted_args(s.ucontext);
     }
     crate::api::after_restart();
     quiesce::writer_unlock();

@@ -276,5 +276,7 @@ pub fn describe(fds: &[FdRecord], shared_maps: Vec<SharedMap>) -> TreeInfo {
         dup_fds: dup_fds(fds),
         fifos,
         shared_maps,
+        sysv: Vec::new(),
+        shm_attaches: Vec::new(),
     }
 }

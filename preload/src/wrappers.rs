@@ -55,6 +55,7 @@ pub fn resolve_real_symbols() {
     }
     crate::wrap_pids::resolve();
     crate::wrap_proc::resolve();
+    crate::wrap_ipc::resolve();
 }
 
 /// Resolve one real function into `slot` (null when libc does not have it).

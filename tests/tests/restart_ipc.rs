@@ -1,0 +1,131 @@
+//! SysV IPC and POSIX message queues (issue 6): objects shared between a parent and its
+//! child, checkpointed mid-use (the child blocked in `msgrcv` or `mq_receive`), killed,
+//! restarted: the program goes on with the ids it holds, the contents as they were at the
+//! checkpoint (segment bytes, semaphore values, queued messages in order with their types
+//! or priorities), segments attached at the same addresses and shared again, a removed
+//! segment still attached. A keyed object replaced after the checkpoint stops the restart
+//! with a message naming its key. Probes: `tests/probes/sysv.c`, `tests/probes/mqueue.c`.
+
+use crust_tests::*;
+use std::fs;
+use std::path::Path;
+
+/// Wait until the tree's `procs` processes are registered.
+fn wait_tree(s: &Session, procs: usize) {
+    s.wait_registered(procs);
+}
+
+/// Remove what a killed run left behind (the ids the probe wrote), ignoring errors.
+fn remove_leftovers(work_dir: &Path) {
+    let Ok(text) = fs::read_to_string(work_dir.join("ipc-ids.txt")) else { return };
+    let ids: Vec<i32> = text.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+    if let [shm, priv_shm, sem, q] = ids[..] {
+        // SAFETY: removing objects by id; failures (already gone) are ignored.
+        unsafe {
+            libc::shmctl(shm, libc::IPC_RMID, std::ptr::null_mut());
+            libc::shmctl(priv_shm, libc::IPC_RMID, std::ptr::null_mut());
+            libc::semctl(sem, 0, libc::IPC_RMID);
+            libc::msgctl(q, libc::IPC_RMID, std::ptr::null_mut());
+        }
+    }
+}
+
+fn ftok(dir: &Path, id: u8) -> libc::key_t {
+    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid path.
+    unsafe { libc::ftok(c.as_ptr(), id as i32) }
+}
+
+/// The canonical scenario on a parent and its child: checkpoint at gate 1 (the child
+/// blocked in msgrcv), run on to gate 2 (the keyed objects changed and left behind), kill,
+/// restart, run to the end: the output equals an uninterrupted run's.
+#[test]
+fn sysv_shm_sem_msg_shared_by_parent_and_child_restart_with_contents() {
+    let s = Session::new("ipc_sysv");
+    let f = Flow::new(&s, Program::c("sysv"));
+    let mut run = f.launch();
+    f.s.advance_to(&mut run, 1);
+    wait_tree(&s, 2);
+    let ck = f.checkpoint_at(&mut run, 1);
+    s.advance_to(&mut run, 2);
+    f.kill(&mut [&mut run]);
+    let mut r = f.restart(&ck);
+    f.finish(&mut r);
+    remove_leftovers(&s.work_dir);
+}
+
+/// Restarted twice from the same checkpoint: the second restart finds the objects the
+/// first restart made (and its killed run changed) and resets them.
+#[test]
+fn sysv_restart_twice_from_one_checkpoint() {
+    let s = Session::new("ipc_sysv_twice");
+    let f = Flow::new(&s, Program::c("sysv"));
+    let mut run = f.launch();
+    f.s.advance_to(&mut run, 1);
+    wait_tree(&s, 2);
+    let ck = f.checkpoint_at(&mut run, 1);
+    s.advance_to(&mut run, 2);
+    f.kill(&mut [&mut run]);
+    let mut r = f.restart(&ck);
+    s.advance_to(&mut r, 2);
+    f.kill(&mut [&mut r]);
+    let mut r2 = f.restart(&ck);
+    f.finish(&mut r2);
+    remove_leftovers(&s.work_dir);
+}
+
+/// A semaphore set with the checkpointed key, but another one, exists at restart: the
+/// restart stops before starting anything, naming the key and how to remove it.
+#[test]
+fn sysv_key_taken_by_another_object_is_refused_naming_it() {
+    let s = Session::new("ipc_sysv_key");
+    let f = Flow::new(&s, Program::c("sysv"));
+    let mut run = f.launch();
+    f.s.advance_to(&mut run, 1);
+    wait_tree(&s, 2);
+    let ck = f.checkpoint_at(&mut run, 1);
+    s.advance_to(&mut run, 2);
+    f.kill(&mut [&mut run]);
+    let key = ftok(&s.work_dir, b'c');
+    // SAFETY: replacing the set with that key by a new one.
+    let other = unsafe {
+        let old = libc::semget(key, 0, 0);
+        assert!(old >= 0, "the killed run's semaphore set is gone");
+        libc::semctl(old, 0, libc::IPC_RMID);
+        libc::semget(key, 3, libc::IPC_CREAT | libc::IPC_EXCL | 0o600)
+    };
+    assert!(other >= 0, "cannot create the replacing set: {}", std::io::Error::last_os_error());
+    let out = s.restart_expecting_failure(&ck.gen);
+    let err = out.stderr_text();
+    let want = format!("{:#x}", key as u32);
+    assert!(!out.status.success(), "the restart succeeded with the key taken: {}", out.describe());
+    assert!(
+        err.contains("semaphore set") && err.contains(&want) && err.contains("ipcrm -S"),
+        "the error must name the semaphore set's key {want} and ipcrm -S: {err}"
+    );
+    // SAFETY: removing our own set.
+    unsafe { libc::semctl(other, 0, libc::IPC_RMID) };
+    remove_leftovers(&s.work_dir);
+}
+
+/// POSIX message queues: a named one holding messages of several priorities and an
+/// unlinked one the child is blocked on at the checkpoint.
+#[test]
+fn posix_mqueues_shared_by_parent_and_child_restart_with_messages() {
+    let s = Session::new("ipc_mqueue");
+    let f = Flow::new(&s, Program::c("mqueue"));
+    let mut run = f.launch();
+    f.s.advance_to(&mut run, 1);
+    wait_tree(&s, 2);
+    let ck = f.checkpoint_at(&mut run, 1);
+    s.advance_to(&mut run, 2);
+    f.kill(&mut [&mut run]);
+    let o = std::process::Command::new(&bins().crrestart)
+        .args(["--list-fds", ck.gen.to_str().unwrap()])
+        .output()
+        .expect("crrestart --list-fds");
+    let listing = String::from_utf8_lossy(&o.stdout);
+    assert!(listing.contains("mqueue /crust-probe-") && listing.contains("(deleted)"), "--list-fds shows both queues:\n{listing}");
+    let mut r = f.restart(&ck);
+    f.finish(&mut r);
+}
