@@ -487,7 +487,13 @@ pub fn capture(dir: &str) -> Result<(Vec<SysvObject>, Vec<ShmAttach>), String> {
             continue;
         }
         let (vid, real_id) = (e.virt.load(Ordering::Acquire), e.real.load(Ordering::Acquire));
-        let Some(mut obj) = stat_object(code, vid, real_id) else { continue }; // gone
+        let mut obj = match stat_object(code, vid, real_id) {
+            Ok(o) => o,
+            Err(libc::EINVAL) | Err(libc::EIDRM) => continue, // removed since
+            Err(e) => {
+                return Err(format!("SysV {} {vid}: cannot read its state (IPC_STAT): errno {e}", kind_of(code).name()));
+            }
+        };
         if objects.iter().any(|o: &SysvObject| o.kind == obj.kind && o.real_id == real_id) {
             continue;
         }
@@ -513,7 +519,7 @@ pub fn capture(dir: &str) -> Result<(Vec<SysvObject>, Vec<ShmAttach>), String> {
     Ok((objects, attaches))
 }
 
-fn stat_object(code: u32, vid: i32, real_id: i32) -> Option<SysvObject> {
+fn stat_object(code: u32, vid: i32, real_id: i32) -> Result<SysvObject, i32> {
     let kind = kind_of(code);
     let mut obj = SysvObject { kind, vid, real_id, key: 0, mode: 0, size: 0, removed: false, data: None };
     // SAFETY: each call writes its own struct; the buffers are large enough.
@@ -521,7 +527,7 @@ fn stat_object(code: u32, vid: i32, real_id: i32) -> Option<SysvObject> {
         match kind {
             SysvKind::Shm => {
                 let mut ds: libc::shmid_ds = core::mem::zeroed();
-                sys::check(sc!(SYS_SHMCTL, real_id, libc::IPC_STAT, &mut ds as *mut libc::shmid_ds)).ok()?;
+                sys::check(sc!(SYS_SHMCTL, real_id, libc::IPC_STAT, &mut ds as *mut libc::shmid_ds))?;
                 obj.key = ds.shm_perm.__key;
                 obj.mode = ds.shm_perm.mode as u32 & 0o777;
                 obj.removed = ds.shm_perm.mode as u32 & SHM_DEST != 0;
@@ -529,21 +535,21 @@ fn stat_object(code: u32, vid: i32, real_id: i32) -> Option<SysvObject> {
             }
             SysvKind::Sem => {
                 let mut ds: libc::semid_ds = core::mem::zeroed();
-                sys::check(sc!(SYS_SEMCTL, real_id, 0, libc::IPC_STAT, &mut ds as *mut libc::semid_ds)).ok()?;
+                sys::check(sc!(SYS_SEMCTL, real_id, 0, libc::IPC_STAT, &mut ds as *mut libc::semid_ds))?;
                 obj.key = ds.sem_perm.__key;
                 obj.mode = ds.sem_perm.mode as u32 & 0o777;
                 obj.size = ds.sem_nsems as u64;
             }
             SysvKind::Msg => {
                 let mut ds: libc::msqid_ds = core::mem::zeroed();
-                sys::check(sc!(SYS_MSGCTL, real_id, libc::IPC_STAT, &mut ds as *mut libc::msqid_ds)).ok()?;
+                sys::check(sc!(SYS_MSGCTL, real_id, libc::IPC_STAT, &mut ds as *mut libc::msqid_ds))?;
                 obj.key = ds.msg_perm.__key;
                 obj.mode = ds.msg_perm.mode as u32 & 0o777;
                 obj.size = ds.msg_qbytes as u64;
             }
         }
     }
-    Some(obj)
+    Ok(obj)
 }
 
 fn read_segment(id: i32, size: u64) -> Result<Vec<u8>, i32> {

@@ -74,6 +74,28 @@ fn sysv_restart_twice_from_one_checkpoint() {
     remove_leftovers(&s.work_dir);
 }
 
+/// A restarted tree checkpointed again (its private queue and segment have new kernel
+/// ids behind the ids the program holds) restarts again from that second checkpoint.
+#[test]
+fn sysv_checkpoint_after_a_restart_keeps_the_programs_ids() {
+    let s = Session::new("ipc_sysv_again");
+    let f = Flow::new(&s, Program::c("sysv"));
+    let mut run = f.launch();
+    f.s.advance_to(&mut run, 1);
+    wait_tree(&s, 2);
+    let ck = f.checkpoint_at(&mut run, 1);
+    f.kill(&mut [&mut run]);
+    let mut r = f.restart(&ck);
+    wait_tree(&s, 2);
+    let ck2 = f.checkpoint_at(&mut r, 1);
+    assert_ne!(ck.gen, ck2.gen);
+    s.advance_to(&mut r, 2);
+    f.kill(&mut [&mut r]);
+    let mut r2 = f.restart(&ck2);
+    f.finish(&mut r2);
+    remove_leftovers(&s.work_dir);
+}
+
 /// A semaphore set with the checkpointed key, but another one, exists at restart: the
 /// restart stops before starting anything, naming the key and how to remove it.
 #[test]
