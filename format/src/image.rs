@@ -19,8 +19,9 @@ use serde::{Deserialize, Serialize};
 /// First 8 bytes of every image.
 pub const MAGIC: [u8; 8] = *b"CRUSTIMG";
 /// Current image format version (2: compressed page data, chunk table; 3: the fd table
-/// right after the header).
-pub const VERSION: u32 = 4;
+/// right after the header; 4: dup_fds; 5: SysV IPC objects and attachments, POSIX
+/// message queue fds).
+pub const VERSION: u32 = 5;
 /// Size of the header page; page data starts here.
 pub const HEADER_SIZE: usize = 4096;
 /// Page size the format is built around.
