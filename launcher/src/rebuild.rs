@@ -392,7 +392,7 @@ fn become_process(cx: &Ctx, i: usize) -> Result<Infallible, String> {
             let mut info: libc::siginfo_t = std::mem::zeroed();
             libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, libc::WEXITED | libc::WNOWAIT);
         }
-        zombies.push(PlanPid { virt: z.vpid, real: pid, old_real: z.real_pid, _pad: 0 });
+        zombies.push(PlanPid { virt: z.vpid, real: pid, old_real: z.real_pid, flags: 0 });
     }
     if i == t.root {
         for &o in &t.orphans {
@@ -448,21 +448,21 @@ fn become_process(cx: &Ctx, i: usize) -> Result<Infallible, String> {
         .procs
         .iter()
         .enumerate()
-        .map(|(j, q)| PlanPid { virt: q.meta.vpid, real: real(j), old_real: q.meta.real_pid, _pad: 0 })
+        .map(|(j, q)| PlanPid { virt: q.meta.vpid, real: real(j), old_real: q.meta.real_pid, flags: 0 })
         .collect();
     pids.extend(zombies);
     for q in &t.procs {
         if let Some(g) = q.group {
             let v = q.meta.tree.vpgid;
             if t.procs[g].meta.vpid != v && !pids.iter().any(|e| e.virt == v) {
-                pids.push(PlanPid { virt: v, real: real(g), old_real: 0, _pad: 0 });
+                pids.push(PlanPid { virt: v, real: real(g), old_real: 0, flags: crust_restorer::PID_GROUP_ONLY });
             }
         }
     }
     for &(v, what) in &t.outside_ids {
         if !pids.iter().any(|e| e.virt == v) {
             let real = if what == "pgid" { cx.outside_pgid } else { cx.outside_sid };
-            pids.push(PlanPid { virt: v, real, old_real: 0, _pad: 0 });
+            pids.push(PlanPid { virt: v, real, old_real: 0, flags: 0 });
         }
     }
     exec_restorer(cx, i, &pids)

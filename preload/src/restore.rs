@@ -259,7 +259,7 @@ unsafe extern "C" fn clone_thread(req: *const CloneReq) -> i64 {
 const SYS_CLOSE_RANGE: i64 = 436;
 
 /// Process ids of the restored tree, copied out of the plan.
-static mut PID_TABLE: [PlanPid; 4096] = [PlanPid { virt: 0, real: 0, old_real: 0, _pad: 0 }; 4096];
+static mut PID_TABLE: [PlanPid; 4096] = [PlanPid { virt: 0, real: 0, old_real: 0, flags: 0 }; 4096];
 
 fn new_real(pids: &[PlanPid], old: i64) -> i64 {
     pids.iter().find(|p| p.old_real as i64 == old && old > 0).map_or(old, |p| p.real as i64)
@@ -399,7 +399,9 @@ pub unsafe extern "C" fn crust_restart_entry(args: *const RestartArgs) -> ! {
     crate::vpid::clear();
     crate::vpid::set(vpid, new_pid);
     for p in pids {
-        if p.virt != vpid {
+        if p.flags & crust_restorer::PID_GROUP_ONLY != 0 {
+            crate::vpid::insert_group(p.virt, p.real);
+        } else if p.virt != vpid {
             crate::vpid::set(p.virt, p.real);
         }
     }

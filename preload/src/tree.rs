@@ -268,8 +268,8 @@ pub fn describe(fds: &[FdRecord], shared_maps: Vec<SharedMap>) -> TreeInfo {
         .collect();
     TreeInfo {
         real_ppid: sys::getppid(),
-        vpgid: crate::vpid::to_virtual(pgid),
-        vsid: crate::vpid::to_virtual(sid),
+        vpgid: crate::vpid::to_virtual_group(pgid),
+        vsid: crate::vpid::to_virtual_group(sid),
         start_ticks: f.get(22).copied().unwrap_or(0),
         children: children(),
         inherited_fds: inherited_fds(fds),

@@ -3,8 +3,13 @@
 //! A program must see the same ids after a restart, but the kernel hands the restarted
 //! processes new ones. This table maps the ids the program knows (virtual) to the kernel's
 //! (real). Before any restart the table is empty and every id is its own virtual id.
-//! Process groups and sessions need no entries of their own: a pgid or sid is the pid of
-//! its leader, so the leader's entry translates it.
+//! Process groups and sessions mostly need no entries of their own: a pgid or sid is the
+//! pid of its leader, so the leader's entry translates it. A group whose leader had exited
+//! before a checkpoint is led, after the restart, by one of its members, whose real pid is
+//! then both that member's pid and the group's id: such group ids live in a table of
+//! their own ([`insert_group`]), which only the calls that return a *group* id consult
+//! ([`to_virtual_group`]), so `getpgrp()` shows the group's old id while `getpid()` of the
+//! same process shows its own.
 //!
 //! ## API (used by the wrappers, the restart path and crrestart's tree rebuild)
 //!
@@ -14,6 +19,7 @@
 //! | [`remove`]`(virt)` / [`remove_real`]`(real)` | forget a mapping (a stale one: its real pid was handed out again) |
 //! | [`to_real`]`(virt)` | id the program knows → kernel id (`-pgid` and 0/-1 handled) |
 //! | [`to_virtual`]`(real)` | kernel id → id the program knows |
+//! | [`insert_group`]`(virt, real)` / [`to_virtual_group`]`(real)` | group ids whose leader is gone |
 //! | [`entries`]`(out)` | every `(virt, real)` pair (for an image, or to pass across exec) |
 //! | [`is_virtual_in_use`]`(id)` | whether `id` is some other process's virtual id (fork collisions) |
 //! | [`set_self`]`(vpid)` / [`vpid`]`()` | this process's own virtual pid |
@@ -47,6 +53,11 @@ static TABLE: [Entry; MAX] = [EMPTY; MAX];
 static LEN: AtomicUsize = AtomicUsize::new(0);
 static WRITER: AtomicBool = AtomicBool::new(false);
 
+/// Most group ids without their leader one process keeps.
+const MAX_GROUPS: usize = 256;
+static GROUPS: [Entry; MAX_GROUPS] = [EMPTY; MAX_GROUPS];
+static GROUPS_LEN: AtomicUsize = AtomicUsize::new(0);
+
 /// The process's virtual pid (0 until it differs from the real one or a checkpoint set it).
 pub static VPID: AtomicI32 = AtomicI32::new(0);
 
@@ -63,14 +74,14 @@ fn unlock() {
 /// Whether any mapping exists (fast path of every translation).
 #[inline]
 pub fn is_empty() -> bool {
-    LEN.load(Ordering::Acquire) == 0
+    LEN.load(Ordering::Acquire) == 0 && GROUPS_LEN.load(Ordering::Acquire) == 0
 }
 
-/// Real id → the id the program knows.
+/// Real id → the id the program knows. Negative ids below -1 are process groups.
 pub fn to_virtual(real: i32) -> i32 {
     if real <= 0 {
         if real < -1 {
-            return -to_virtual(-real);
+            return -to_virtual_group(-real);
         }
         return real;
     }
@@ -86,6 +97,45 @@ pub fn to_virtual(real: i32) -> i32 {
     real
 }
 
+/// Real process-group id → the id the program knows (see the module's notes).
+pub fn to_virtual_group(real: i32) -> i32 {
+    if real > 0 {
+        let n = GROUPS_LEN.load(Ordering::Acquire);
+        for e in &GROUPS[..n] {
+            if e.real.load(Ordering::Acquire) == real {
+                let v = e.virt.load(Ordering::Acquire);
+                if v != 0 {
+                    return v;
+                }
+            }
+        }
+    }
+    to_virtual(real)
+}
+
+/// Record that group `virt` (whose leader is gone) is `real` now. Returns false when the
+/// table is full.
+pub fn insert_group(virt: i32, real: i32) -> bool {
+    if virt <= 0 || real <= 0 || virt == real {
+        return false;
+    }
+    lock();
+    let n = GROUPS_LEN.load(Ordering::Acquire);
+    let ok = if let Some(e) = GROUPS[..n].iter().find(|e| e.virt.load(Ordering::Relaxed) == virt) {
+        e.real.store(real, Ordering::Release);
+        true
+    } else if n < MAX_GROUPS {
+        GROUPS[n].real.store(real, Ordering::Release);
+        GROUPS[n].virt.store(virt, Ordering::Release);
+        GROUPS_LEN.store(n + 1, Ordering::Release);
+        true
+    } else {
+        false
+    };
+    unlock();
+    ok
+}
+
 /// Id the program knows → real id. Negative ids below -1 are process groups (`-pgid`).
 pub fn to_real(virt: i32) -> i32 {
     if virt <= 0 {
@@ -95,7 +145,8 @@ pub fn to_real(virt: i32) -> i32 {
         return virt;
     }
     let n = LEN.load(Ordering::Acquire);
-    for e in &TABLE[..n] {
+    let groups = GROUPS_LEN.load(Ordering::Acquire);
+    for e in TABLE[..n].iter().chain(&GROUPS[..groups]) {
         if e.virt.load(Ordering::Acquire) == virt {
             let r = e.real.load(Ordering::Acquire);
             if r != 0 {
@@ -195,6 +246,7 @@ pub fn after_fork_child() {
 pub fn clear() {
     lock();
     LEN.store(0, Ordering::Release);
+    GROUPS_LEN.store(0, Ordering::Release);
     unlock();
 }
 
@@ -220,7 +272,8 @@ pub fn is_virtual_in_use(id: i32) -> bool {
         return true;
     }
     let n = LEN.load(Ordering::Acquire);
-    TABLE[..n].iter().any(|e| e.virt.load(Ordering::Acquire) == id && e.real.load(Ordering::Acquire) != id)
+    let groups = GROUPS_LEN.load(Ordering::Acquire);
+    TABLE[..n].iter().chain(&GROUPS[..groups]).any(|e| e.virt.load(Ordering::Acquire) == id && e.real.load(Ordering::Acquire) != id)
 }
 
 /// Set this process's virtual pid (after exec or restart). Also maps it to the real pid.
@@ -242,27 +295,39 @@ pub fn vpid() -> i32 {
     }
 }
 
-/// The table as `v:r,v:r,...` (empty when there are no mappings).
+/// The table as `v:r,v:r,...`, group ids as `v:r:g` (empty when there are no mappings).
 pub fn encode() -> std::string::String {
     let mut pairs = std::vec::Vec::new();
     entries(&mut pairs);
     let mut s = std::string::String::new();
-    for (i, (v, r)) in pairs.iter().enumerate() {
-        if i > 0 {
-            s.push(',');
-        }
-        s.push_str(&std::format!("{v}:{r}"));
+    for (v, r) in pairs {
+        s.push_str(&std::format!("{v}:{r},"));
     }
+    for e in &GROUPS[..GROUPS_LEN.load(Ordering::Acquire)] {
+        let (v, r) = (e.virt.load(Ordering::Acquire), e.real.load(Ordering::Acquire));
+        if v != 0 && r != 0 {
+            s.push_str(&std::format!("{v}:{r}:g,"));
+        }
+    }
+    s.pop();
     s
 }
 
 /// Add the mappings of an [`encode`]d table; malformed pairs are skipped.
 pub fn decode_into(s: &[u8]) {
     for pair in s.split(|&c| c == b',') {
+        let (pair, group) = match pair.strip_suffix(b":g") {
+            Some(p) => (p, true),
+            None => (pair, false),
+        };
         let Some(colon) = pair.iter().position(|&c| c == b':') else { continue };
         let parse = |b: &[u8]| core::str::from_utf8(b).ok().and_then(|t| t.parse::<i32>().ok());
         if let (Some(v), Some(r)) = (parse(&pair[..colon]), parse(&pair[colon + 1..])) {
-            insert(v, r);
+            if group {
+                insert_group(v, r);
+            } else {
+                insert(v, r);
+            }
         }
     }
 }

@@ -315,14 +315,14 @@ pub unsafe extern "C" fn setpgid(pid: pid_t, pgid: pid_t) -> c_int {
 pub unsafe extern "C" fn getpgid(pid: pid_t) -> pid_t {
     let Some(f) = real::<PidToPid>(&R_GETPGID) else { return fail(libc::ENOSYS) };
     // SAFETY: forwarding.
-    vpid::to_virtual(unsafe { f(vpid::to_real(pid)) })
+    vpid::to_virtual_group(unsafe { f(vpid::to_real(pid)) })
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn getpgrp() -> pid_t {
     let Some(f) = real::<Void2Pid>(&R_GETPGRP) else { return fail(libc::ENOSYS) };
     // SAFETY: forwarding.
-    vpid::to_virtual(unsafe { f() })
+    vpid::to_virtual_group(unsafe { f() })
 }
 
 #[unsafe(no_mangle)]
@@ -343,7 +343,7 @@ pub unsafe extern "C" fn getsid(pid: pid_t) -> pid_t {
 pub unsafe extern "C" fn tcgetpgrp(fd: c_int) -> pid_t {
     let Some(f) = real::<unsafe extern "C" fn(c_int) -> pid_t>(&R_TCGETPGRP) else { return fail(libc::ENOSYS) };
     // SAFETY: forwarding.
-    vpid::to_virtual(unsafe { f(fd) })
+    vpid::to_virtual_group(unsafe { f(fd) })
 }
 
 #[unsafe(no_mangle)]
@@ -589,7 +589,7 @@ pub unsafe extern "C" fn ioctl(fd: c_int, req: libc::c_ulong, arg: usize) -> c_i
             let r = unsafe { f(fd, req, arg) };
             if r == 0 {
                 // SAFETY: filled by the kernel.
-                unsafe { *(arg as *mut pid_t) = vpid::to_virtual(*(arg as *const pid_t)) };
+                unsafe { *(arg as *mut pid_t) = vpid::to_virtual_group(*(arg as *const pid_t)) };
             }
             r
         }

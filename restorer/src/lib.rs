@@ -80,8 +80,14 @@ pub struct PlanPid {
     /// The kernel's id when the checkpoint was taken (system calls interrupted by the
     /// checkpoint still carry it in their argument registers).
     pub old_real: i32,
-    pub _pad: i32,
+    /// [`PID_GROUP_ONLY`] or 0.
+    pub flags: i32,
 }
+
+/// [`PlanPid::flags`]: `virt` names a process group whose leader had exited before the
+/// checkpoint, now led by the member whose real pid is `real` (that member's own pid has
+/// an entry of its own).
+pub const PID_GROUP_ONLY: i32 = 1;
 
 /// A kernel special mapping (vvar, vdso) and where the image needs it.
 #[repr(C)]

@@ -244,3 +244,16 @@ fn fifo_and_shared_memory_between_parent_and_child_restart_shared() {
     let f = Flow::new(&s, Program::c("shared"));
     tree_canonical(&f, 2);
 }
+
+/// A process group whose leader had exited before the checkpoint keeps its id after a
+/// restart, for its member (getpgrp/getpgid, also after an exec) and for the parent
+/// (getpgid, killpg), and again after a second checkpoint and restart
+/// (`tests/probes/lost_leader.c`). Before, the member saw its own pid as its group's id.
+#[test]
+fn group_whose_leader_exited_keeps_its_id_after_restarts() {
+    let s = Session::new("lost_leader");
+    let f = Flow::new(&s, Program::c("lost_leader"));
+    f.canonical();
+    let s2 = Session::new("lost_leader_twice");
+    twice(&Flow::new(&s2, Program::c("lost_leader")), 2);
+}
