@@ -35,6 +35,9 @@ fn header_crc(b: &[u8]) -> u32 {
 }
 /// Uncompressed size of a compressed chunk (the last one of an image may be shorter).
 pub const CHUNK_SIZE: usize = 1 << 20;
+/// Header flag: the page data was written with `O_DIRECT` (straight from the process's
+/// memory to the disk, bypassing the page cache). Informational; readers ignore it.
+pub const FLAG_DIRECT_IO: u32 = 1;
 
 /// How the page data of an image is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

@@ -9,6 +9,7 @@
 //! | CR_TOKEN   | shared secret presented to the coordinator            | unset            |
 //! | CR_COMPRESS| page data compression: none, zstd, lz4                | none             |
 //! | CR_FORKED  | `0`: write images stop-the-world, not from a forked copy | forked        |
+//! | CR_DIRECT_IO | `0`: write uncompressed page data through the page cache, not with `O_DIRECT` | `O_DIRECT` where the filesystem takes it |
 //! | CR_WRITER_TIMEOUT | seconds a forked writer may take before it is killed | 600          |
 //! | CR_TEST_WRITER_PAUSE | tests only: DIR; while DIR/arm exists a forked writer writes its pid to DIR/writer.pid and waits; DIR/no-writer makes creating it fail | unset |
 //!
@@ -43,6 +44,8 @@ pub struct Config {
     pub notify_fd: i32,
     /// Forked (copy-on-write) writing allowed (the coordinator must ask for it too).
     pub forked: bool,
+    /// Write uncompressed page data with O_DIRECT where the filesystem allows it.
+    pub direct_io: bool,
     pub writer_timeout_secs: u64,
     pub test_writer_pause: Option<String>,
 }
@@ -75,6 +78,7 @@ pub unsafe fn load(argc: i32, argv: *const *const u8, envp: *const *const u8) {
         inherited_vpids: Vec::new(),
         notify_fd: -1,
         forked: true,
+        direct_io: true,
         writer_timeout_secs: 600,
         test_writer_pause: None,
     };
@@ -119,6 +123,8 @@ pub unsafe fn load(argc: i32, argv: *const *const u8, envp: *const *const u8) {
                 }
             } else if let Some(v) = kv.strip_prefix(b"CR_FORKED=") {
                 c.forked = v != b"0";
+            } else if let Some(v) = kv.strip_prefix(b"CR_DIRECT_IO=") {
+                c.direct_io = v != b"0";
             } else if let Some(v) = kv.strip_prefix(b"CR_WRITER_TIMEOUT=") {
                 if let Some(n) = core::str::from_utf8(v).ok().and_then(|s| s.parse::<u64>().ok()) {
                     c.writer_timeout_secs = n.clamp(1, 1 << 30);

@@ -9,9 +9,17 @@
 //!
 //! Which pages hold data comes from `PAGEMAP_SCAN` (`pagescan.rs`): unpopulated pages are
 //! never touched. Uncompressed page data goes straight from the process's memory to the
-//! file with `pwritev` (up to 1024 runs per call); compressed data goes through one chunk
-//! buffer and the codec (`crust_format::codec`), whose zstd context lives in memory reserved
-//! here.
+//! file with `pwritev` (up to 1024 runs per call) on a second descriptor of the temp file
+//! opened with `O_DIRECT`: the disk reads the pages where they are, and the kernel does not
+//! copy them into the page cache first (that copy was 60 % of a stop-the-world checkpoint,
+//! BENCHMARKS.md). Page runs are page-aligned in memory, in length and in the file, which is
+//! what `O_DIRECT` asks; the header, fd table and metadata are written through the ordinary
+//! descriptor. Where the filesystem refuses `O_DIRECT` (tmpfs: EINVAL at open) or a write
+//! through it fails (memory the kernel cannot pin, an odd device), the page data goes
+//! through the ordinary descriptor instead, from that point on. `CR_DIRECT_IO=0` turns it
+//! off. The forked writer never uses it (`writer::in_writer` says why). Compressed data goes through one chunk buffer and the codec
+//! (`crust_format::codec`), whose zstd context lives in memory reserved here, and is
+//! written through the page cache.
 
 use crate::pagescan::{PageScanner, PAGE_IS_FILE, PAGE_IS_PFNZERO, PAGE_IS_PRESENT, PAGE_IS_SWAPPED};
 use crate::procfs::{self, Vma};
@@ -21,7 +29,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use crust_format::codec::Encoder;
 use crust_format::image::{
     max_compressed_len, Chunk, Compression, EpollEntry, FdKind, FdRecord, FileIdentity, Header, ImageMeta, MmInfo, PageRun,
-    Region, RegionKind, RestartEntry, Rlimit, SharedMap, ThreadRecord, TreeInfo, CHUNK_SIZE, HEADER_SIZE, PAGE_SIZE, VERSION,
+    Region, RegionKind, RestartEntry, Rlimit, SharedMap, ThreadRecord, TreeInfo, CHUNK_SIZE, FLAG_DIRECT_IO, HEADER_SIZE, PAGE_SIZE, VERSION,
 };
 use std::format;
 use std::string::{String, ToString};
@@ -276,6 +284,10 @@ impl RunBuilder<'_> {
 /// pwritev) or as compressed chunks.
 struct PageWriter {
     fd: i32,
+    /// The same file opened with O_DIRECT for uncompressed page data, or -1.
+    direct_fd: i32,
+    /// Whether any page data went through `direct_fd`.
+    wrote_direct: bool,
     /// File offset where the next byte of page data goes.
     file_off: u64,
     /// Position in the uncompressed page-data stream (+ HEADER_SIZE): the offset runs get.
@@ -299,9 +311,12 @@ struct PageWriter {
 
 impl PageWriter {
     /// `data_off`: where page data starts in the file (after the header and the fd table).
-    fn new(fd: i32, compression: Compression, data_off: u64) -> Result<PageWriter, String> {
+    /// `direct_fd`: the file opened with O_DIRECT (-1: none), used for uncompressed data.
+    fn new(fd: i32, direct_fd: i32, compression: Compression, data_off: u64) -> Result<PageWriter, String> {
         let mut w = PageWriter {
             fd,
+            direct_fd: if compression == Compression::None { direct_fd } else { -1 },
+            wrote_direct: false,
             file_off: data_off,
             // Uncompressed runs are where their offset says; compressed runs' offsets are
             // positions in the page-data stream, which starts at HEADER_SIZE.
@@ -382,8 +397,13 @@ impl PageWriter {
         Ok(())
     }
 
-    /// Start writing back what was handed to the kernel so far, once a step's worth.
+    /// Start writing back what was handed to the kernel so far, once a step's worth
+    /// (nothing to do for O_DIRECT writes, which are on the disk when they return).
     fn kick_writeback(&mut self) {
+        if self.direct_fd >= 0 && self.encoder.is_none() {
+            self.kicked = self.file_off;
+            return;
+        }
         if self.file_off - self.kicked >= WRITEBACK_STEP {
             // SAFETY: no memory arguments; SYNC_FILE_RANGE_WRITE only starts I/O.
             unsafe {
@@ -407,14 +427,25 @@ impl PageWriter {
         let mut off = self.iov_off;
         while first < self.iov.len() {
             let iov = &self.iov[first..];
+            let fd = if self.direct_fd >= 0 { self.direct_fd } else { self.fd };
             // SAFETY: every iovec describes readable memory of this process.
-            let r = unsafe { sys::sc!(libc::SYS_pwritev, self.fd, iov.as_ptr(), iov.len().min(MAX_IOV), off, 0) };
+            let r = unsafe { sys::sc!(libc::SYS_pwritev, fd, iov.as_ptr(), iov.len().min(MAX_IOV), off, 0) };
             let mut n = match sys::check(r) {
                 Ok(0) => return Err("writing image: no progress (disk full?)".into()),
                 Ok(n) => n,
                 Err(libc::EINTR) => continue,
+                Err(_) if fd == self.direct_fd => {
+                    // O_DIRECT refused this write (memory the kernel cannot pin, an
+                    // alignment the device does not take...): the rest goes through
+                    // the page cache; a genuine I/O error shows up there again.
+                    self.direct_fd = -1;
+                    continue;
+                }
                 Err(e) => return Err(format!("writing image: errno {e}")),
             };
+            if fd == self.direct_fd {
+                self.wrote_direct = true;
+            }
             off += n as u64;
             // Skip what was written; a partly written iovec is advanced in place.
             while n > 0 {
@@ -480,14 +511,15 @@ impl PageWriter {
         Ok(())
     }
 
-    /// Write what is pending; returns (file offset after the page data, chunk table).
-    fn finish(mut self) -> Result<(u64, Vec<Chunk>), String> {
+    /// Write what is pending; returns (file offset after the page data, chunk table,
+    /// whether page data went through O_DIRECT).
+    fn finish(mut self) -> Result<(u64, Vec<Chunk>, bool), String> {
         if self.encoder.is_some() {
             self.write_chunk()?;
         } else {
             self.flush()?;
         }
-        Ok((self.file_off, core::mem::take(&mut self.chunks)))
+        Ok((self.file_off, core::mem::take(&mut self.chunks), self.wrote_direct))
     }
 }
 
@@ -861,7 +893,21 @@ pub fn write_image(req: &DumpRequest) -> Result<DumpResult, String> {
     let fd = sys::open(tmp_path.as_bytes(), libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC, 0o600)
         .map_err(|e| format!("cannot create {tmp_path}: errno {e}"))?;
     add_own_fd(fd);
-    let r = write_into(fd, req, vpid);
+    // A second descriptor with O_DIRECT for the page data (see the module comment);
+    // tmpfs and some other filesystems refuse it with EINVAL: then there is none.
+    let direct_fd = if crate::config::get().direct_io && req.compression == Compression::None && !crate::writer::in_writer() {
+        sys::open(tmp_path.as_bytes(), libc::O_WRONLY | libc::O_DIRECT, 0).unwrap_or(-1)
+    } else {
+        -1
+    };
+    if direct_fd >= 0 {
+        add_own_fd(direct_fd);
+    }
+    let r = write_into(fd, direct_fd, req, vpid);
+    if direct_fd >= 0 {
+        remove_own_fd(direct_fd);
+        sys::close(direct_fd);
+    }
     remove_own_fd(fd);
     let r = r.and_then(|(bytes, mem)| {
         sys::fsync(fd).map_err(|e| format!("fsync {tmp_path}: errno {e}"))?;
@@ -880,7 +926,7 @@ pub fn write_image(req: &DumpRequest) -> Result<DumpResult, String> {
     }
 }
 
-fn write_into(fd: i32, req: &DumpRequest, vpid: i32) -> Result<(u64, u64), String> {
+fn write_into(fd: i32, direct_fd: i32, req: &DumpRequest, vpid: i32) -> Result<(u64, u64), String> {
     let raw_maps = procfs::read_maps().map_err(|e| format!("read /proc/self/maps: errno {e}"))?;
     // The scratch arena is not part of the image. The kernel may have merged it with a
     // neighbouring mapping, so cut it out of whatever area contains it.
@@ -918,8 +964,8 @@ fn write_into(fd: i32, req: &DumpRequest, vpid: i32) -> Result<(u64, u64), Strin
         crust_format::image::encode_fd_table(&fds).map_err(|e| format!("encoding the fd table: {e}"))?;
     sys::pwrite_all(fd, &fd_table, HEADER_SIZE as u64).map_err(|e| format!("writing the fd table: errno {e}"))?;
     let data_off = crust_format::image::data_start(fd_table.len() as u64);
-    let result = (|| -> Result<(u64, Vec<Chunk>), String> {
-        let mut writer = PageWriter::new(fd, req.compression, data_off)?;
+    let result = (|| -> Result<(u64, Vec<Chunk>, bool), String> {
+        let mut writer = PageWriter::new(fd, direct_fd, req.compression, data_off)?;
         for (vi, v) in maps.iter().enumerate() {
             let Some(kind) = classify(v, &mm) else { continue };
             let mut runs = Vec::new();
@@ -967,7 +1013,7 @@ fn write_into(fd: i32, req: &DumpRequest, vpid: i32) -> Result<(u64, u64), Strin
     })();
     remove_own_fd(scanner.fd());
     drop(scanner);
-    let (offset, chunks) = result?;
+    let (offset, chunks, wrote_direct) = result?;
 
     let threads: Vec<ThreadRecord> = quiesce::slots()
         .iter()
@@ -1028,7 +1074,7 @@ fn write_into(fd: i32, req: &DumpRequest, vpid: i32) -> Result<(u64, u64), Strin
     let file_len = offset + meta_bytes.len() as u64;
     let header = Header {
         version: VERSION,
-        flags: 0,
+        flags: if wrote_direct { FLAG_DIRECT_IO } else { 0 },
         meta_offset: offset,
         meta_len: meta_bytes.len() as u64,
         meta_crc,

@@ -70,6 +70,18 @@ const RECORD_MAGIC: u32 = 0x4352_5752;
 /// Largest record: one atomic pipe write.
 const RECORD_MAX: usize = 4000;
 
+/// Set in the writer process only (its own copy of this static).
+static IN_WRITER: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// Whether this process is a forked writer. Such a writer does not use `O_DIRECT`: its
+/// pages are shared copy-on-write with the program, and pinning them for a direct write
+/// makes the kernel copy every one of them into the writer first (`do_wp_page` from
+/// get_user_pages: 62 % of a profile, half the speed of a write through the page cache,
+/// and up to the image's size of extra memory; BENCHMARKS.md).
+pub fn in_writer() -> bool {
+    IN_WRITER.load(Ordering::Relaxed)
+}
+
 /// The writer's pid, stored by the kernel (`CLONE_PARENT_SETTID`) through the
 /// intermediate, which shares our memory.
 static WRITER_TID: AtomicI32 = AtomicI32::new(0);
@@ -280,6 +292,7 @@ const HEADER_LEN: usize = core::mem::size_of::<RecordHeader>();
 extern "C" fn writer_main(args: *const WriterArgs) -> ! {
     // SAFETY: args points into our (copied) memory, written before the clone.
     let a = unsafe { &*args };
+    IN_WRITER.store(true, Ordering::Relaxed);
     // Only the alarm below may end us (besides SIGKILL): the program's handlers are
     // copies here and must never run, nor may terminal signals to the process group.
     let dfl = sys::KSigaction::default();

@@ -223,3 +223,65 @@ fn realloc_grows_adjacent_blocks_after_mapped_restart() {
     assert!(!image_mappings(r.pid).is_empty(), "the probe's memory was not mapped from the image");
     f.finish(&mut r);
 }
+
+/// Whether files in `dir` can be opened with `O_DIRECT` (tmpfs refuses it).
+fn takes_o_direct(dir: &Path) -> bool {
+    use std::os::unix::fs::OpenOptionsExt;
+    let p = dir.join(".o_direct_probe");
+    let ok = fs::OpenOptions::new().write(true).create(true).truncate(true).custom_flags(libc::O_DIRECT).open(&p).is_ok();
+    let _ = fs::remove_file(&p);
+    ok
+}
+
+/// A stop-the-world image is written with `O_DIRECT` where the filesystem takes it (the
+/// header's FLAG_DIRECT_IO says so) and through the page cache where it refuses (tmpfs:
+/// EINVAL at open); `CR_DIRECT_IO=0` turns it off. Every variant restarts identically (the
+/// memory probe has dense and sparse anonymous memory, shared memory, read-only and
+/// PROT_NONE areas, which the direct path pins or briefly makes readable).
+#[test]
+fn stop_the_world_images_direct_on_disk_buffered_on_tmpfs_restart_identically() {
+    use crust_format::image::FLAG_DIRECT_IO;
+    let shm = Path::new("/dev/shm");
+    for (name, on_tmpfs, direct_env) in [("dio_disk", false, None), ("dio_tmpfs", true, None), ("dio_off", false, Some("0"))] {
+        if on_tmpfs && !shm.is_dir() {
+            eprintln!("no /dev/shm here: the tmpfs case is skipped");
+            continue;
+        }
+        let mut s = Session::new(name);
+        let mut tmpfs_dir = None;
+        if on_tmpfs {
+            let d = shm.join(format!("crust-test-{name}-{}", std::process::id()));
+            let _ = fs::remove_dir_all(&d);
+            fs::create_dir_all(&d).expect("create a checkpoint directory on tmpfs");
+            s.ckpt_dir = d.clone();
+            tmpfs_dir = Some(d);
+        }
+        let mut prog = probe::memory();
+        if let Some(v) = direct_env {
+            prog = prog.env("CR_DIRECT_IO", v);
+        }
+        let out = s.root.join("program.out");
+        let f = Flow::with_opts(&s, prog, LaunchOpts::file(&out).no_forked());
+        let mut run = f.launch();
+        let ck = f.checkpoint_at(&mut run, 1);
+        let img = the_image(&ck.gen);
+        let image = read_image(&img).expect("image reads");
+        let want_direct = direct_env.is_none() && takes_o_direct(&s.ckpt_dir);
+        assert_eq!(
+            image.header.flags & FLAG_DIRECT_IO != 0,
+            want_direct,
+            "{name}: header flags {:#x} of {} (the directory {} O_DIRECT)",
+            image.header.flags,
+            img.display(),
+            if takes_o_direct(&s.ckpt_dir) { "takes" } else { "refuses" }
+        );
+        s.advance_to(&mut run, 2);
+        f.kill(&mut [&mut run]);
+        let mut r = f.restart(&ck);
+        f.finish(&mut r);
+        drop(f);
+        if let Some(d) = tmpfs_dir {
+            let _ = fs::remove_dir_all(d);
+        }
+    }
+}
