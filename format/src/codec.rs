@@ -14,10 +14,24 @@
 use crate::image::{Chunk, Compression, ImageMeta, PageRun, HEADER_SIZE};
 use crate::Error;
 
-/// zstd level used for images. On process-like data (examples/codec_bench.rs) level 1 was
-/// both faster and smaller than -1 (numeric data slows the negative levels down), the
-/// fastest levels (-10, -20) gain about 20 % speed for a worse ratio: see BENCHMARKS.md.
-pub const ZSTD_LEVEL: i32 = 1;
+/// zstd level used for images unless `CR_ZSTD_LEVEL` (crlaunch `--zstd-level`) says
+/// otherwise. On process-like data (examples/codec_bench.rs, BENCHMARKS.md) -3 compresses
+/// mixed memory about 40 % faster than level 1 for images about 5 % larger; text
+/// compresses at about the same rate at every level from -20 to 1 (zstd's entropy stage,
+/// not its match finder, sets the pace there), and data that does not compress is found
+/// by sampling and stored raw at any level.
+pub const ZSTD_LEVEL: i32 = -3;
+/// Levels accepted for images: the static context of levels above 9 takes tens of MiB
+/// of the checkpointed process's memory, and below -50 nothing gets faster.
+pub const ZSTD_LEVELS: core::ops::RangeInclusive<i32> = -50..=9;
+
+/// Chunks at least this long are sampled before zstd compresses them.
+const SAMPLED_MIN: usize = 64 << 10;
+/// How many samples, and how long each.
+const SAMPLES: usize = 8;
+const SAMPLE_LEN: usize = 4096;
+/// The samples must shrink by at least 1/this, or the chunk is stored raw.
+const SAVE_MIN_FRACTION: usize = 32;
 
 /// A chunk encoder for one compression kind.
 pub struct Encoder {
@@ -27,12 +41,12 @@ pub struct Encoder {
 }
 
 impl Encoder {
-    /// Bytes of workspace a zstd encoder needs (0 for the other kinds).
+    /// Bytes of workspace a zstd encoder at [`ZSTD_LEVEL`] needs (0 for the other kinds).
     pub fn workspace_len(kind: Compression) -> usize {
         Self::workspace_len_at(kind, ZSTD_LEVEL)
     }
 
-    /// [`Encoder::workspace_len`] for another zstd level (benchmarks).
+    /// [`Encoder::workspace_len`] for another zstd level.
     pub fn workspace_len_at(kind: Compression, level: i32) -> usize {
         match kind {
             // SAFETY: a pure computation.
@@ -52,7 +66,7 @@ impl Encoder {
         unsafe { Self::in_workspace_at(kind, ZSTD_LEVEL, workspace, len) }
     }
 
-    /// [`Encoder::in_workspace`] at another zstd level (benchmarks; the workspace must be
+    /// [`Encoder::in_workspace`] at another zstd level (the workspace must be
     /// [`Encoder::workspace_len_at`] that level).
     ///
     /// # Safety
@@ -80,25 +94,41 @@ impl Encoder {
             Compression::None => Err(Error::Codec("no compression selected".into())),
             Compression::Lz4 => lz4_flex::block::compress_into(src, dst).map_err(|e| Error::Codec(lz4_error(&e))),
             Compression::Zstd => {
-                // SAFETY: the context lives in the caller's workspace; both buffers are
-                // valid for the lengths given.
-                let n = unsafe {
-                    zstd_sys::ZSTD_compressCCtx(
-                        self.cctx,
-                        dst.as_mut_ptr().cast(),
-                        dst.len(),
-                        src.as_ptr().cast(),
-                        src.len(),
-                        self.level,
-                    )
-                };
-                // SAFETY: a pure check of a return code.
-                if unsafe { zstd_sys::ZSTD_isError(n) } != 0 {
-                    return Err(Error::Codec(zstd_error(n)));
+                if src.len() >= SAMPLED_MIN && !self.samples_compress(src, dst)? {
+                    return Ok(src.len()); // stored raw
                 }
-                Ok(n)
+                self.zstd(src, dst)
             }
         }
+    }
+
+    /// Whether `src` looks worth compressing: [`SAMPLES`] pieces of [`SAMPLE_LEN`] bytes
+    /// spread over it, compressed alone (about 3 % of the work of compressing `src`), must
+    /// save at least 1/[`SAVE_MIN_FRACTION`] of their size. Random data (encrypted or
+    /// already compressed memory) then costs a copy instead of a full pass of zstd, which
+    /// finds nothing. A chunk that is random only where the samples fall is stored raw too:
+    /// a slightly larger image, never a wrong one.
+    fn samples_compress(&mut self, src: &[u8], dst: &mut [u8]) -> Result<bool, Error> {
+        let step = src.len() / SAMPLES;
+        let mut stored = 0usize;
+        for i in 0..SAMPLES {
+            let piece = &src[i * step..i * step + SAMPLE_LEN];
+            stored += self.zstd(piece, dst)?.min(SAMPLE_LEN);
+        }
+        Ok(stored < SAMPLES * SAMPLE_LEN - SAMPLES * SAMPLE_LEN / SAVE_MIN_FRACTION)
+    }
+
+    fn zstd(&mut self, src: &[u8], dst: &mut [u8]) -> Result<usize, Error> {
+        // SAFETY: the context lives in the caller's workspace; both buffers are valid for
+        // the lengths given.
+        let n = unsafe {
+            zstd_sys::ZSTD_compressCCtx(self.cctx, dst.as_mut_ptr().cast(), dst.len(), src.as_ptr().cast(), src.len(), self.level)
+        };
+        // SAFETY: a pure check of a return code.
+        if unsafe { zstd_sys::ZSTD_isError(n) } != 0 {
+            return Err(Error::Codec(zstd_error(n)));
+        }
+        Ok(n)
     }
 }
 
@@ -311,6 +341,36 @@ mod tests {
     #[test]
     fn lz4_roundtrip_without_allocation() {
         roundtrip(Compression::Lz4);
+    }
+
+    /// Random data is recognised by sampling and reported as not compressing (stored
+    /// raw); a chunk that compresses is compressed at every level images may use.
+    #[test]
+    fn zstd_stores_random_chunks_raw_and_compresses_the_rest() {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let random: Vec<u8> = (0..(1 << 20) / 8)
+            .flat_map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x.to_le_bytes()
+            })
+            .collect();
+        for level in [*ZSTD_LEVELS.start(), ZSTD_LEVEL, 1, *ZSTD_LEVELS.end()] {
+            let len = Encoder::workspace_len_at(Compression::Zstd, level);
+            let mut ws = vec![0u64; len / 8 + 1];
+            // SAFETY: ws outlives the encoder and is used by nothing else.
+            let mut enc = unsafe { Encoder::in_workspace_at(Compression::Zstd, level, ws.as_mut_ptr().cast(), ws.len() * 8) }
+                .expect("encoder");
+            let mut dst = vec![0u8; crate::image::max_compressed_len(1 << 20)];
+            assert_eq!(enc.compress(&random, &mut dst).unwrap(), random.len(), "level {level}: random data");
+            let src = sample();
+            let n = enc.compress(&src, &mut dst).unwrap();
+            assert!(n < src.len() * 3 / 4, "level {level}: mixed data compressed to {n} bytes only");
+            let mut back = vec![0u8; src.len()];
+            Decoder::new(Compression::Zstd).unwrap().decompress(&dst[..n], &mut back).unwrap();
+            assert!(back == src, "level {level}: roundtrip differs");
+        }
     }
 
     #[test]

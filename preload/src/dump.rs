@@ -336,11 +336,12 @@ impl PageWriter {
         if compression != Compression::None {
             // Memory reserved here, from the preload's own allocator: the codec itself
             // never allocates (see crust_format::codec).
-            let ws_len = Encoder::workspace_len(compression);
+            let level = crate::config::get().zstd_level;
+            let ws_len = Encoder::workspace_len_at(compression, level);
             w._workspace = vec![0u64; ws_len / 8 + 1];
             // SAFETY: the workspace lives as long as the writer (it is dropped after the
             // encoder, which is declared before it) and is used by nothing else.
-            let enc = unsafe { Encoder::in_workspace(compression, w._workspace.as_mut_ptr().cast(), ws_len + 8) };
+            let enc = unsafe { Encoder::in_workspace_at(compression, level, w._workspace.as_mut_ptr().cast(), ws_len + 8) };
             w.encoder = Some(enc.ok_or_else(|| format!("cannot set up {} compression", compression.name()))?);
             w.stage = vec![0u8; CHUNK_SIZE];
             w.cbuf = vec![0u8; max_compressed_len(CHUNK_SIZE)];

@@ -126,6 +126,28 @@ fn threads_c_restarts_identically_from_lz4_image() {
     compressed_canonical("lz4_threads", probe::threads(), "lz4", Compression::Lz4, false);
 }
 
+/// `crlaunch --zstd-level` reaches the writer: the slowest level allowed stores the same
+/// memory in fewer bytes than the fastest, and both restart identically.
+#[test]
+fn zstd_level_option_is_honoured() {
+    let mut stored = Vec::new();
+    for level in ["-50", "9"] {
+        let s = Session::new(&format!("zstd_level{level}"));
+        let out = s.root.join("program.out");
+        let f = Flow::with_opts(&s, probe::memory(), LaunchOpts::file(&out).arg("--compress").arg("zstd").arg("--zstd-level").arg(level));
+        let mut run = f.launch();
+        let ck = f.checkpoint_at(&mut run, 1);
+        check_compressed(&ck.gen, Compression::Zstd);
+        let meta = read_image(&the_image(&ck.gen)).expect("image reads").meta;
+        stored.push(meta.chunks.iter().map(|c| c.clen as u64).sum::<u64>());
+        s.advance_to(&mut run, 2);
+        f.kill(&mut [&mut run]);
+        let mut r = f.restart(&ck);
+        f.finish(&mut r);
+    }
+    assert!(stored[1] < stored[0], "zstd level 9 stored {} bytes, level -50 {}: the level was not applied", stored[1], stored[0]);
+}
+
 /// `CR_COMPRESS` in the environment of crlaunch works like `--compress`.
 #[test]
 fn cr_compress_environment_selects_compression() {

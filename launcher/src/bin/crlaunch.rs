@@ -38,6 +38,10 @@ struct Args {
     /// with --compress overrides it).
     #[arg(long, env = "CR_COMPRESS", value_name = "none|zstd|lz4")]
     compress: Option<String>,
+    /// zstd level for --compress zstd, -50..=9: lower is faster, higher smaller
+    /// [default: -3; see BENCHMARKS.md].
+    #[arg(long, env = "CR_ZSTD_LEVEL", value_name = "N", allow_hyphen_values = true)]
+    zstd_level: Option<i32>,
     /// Write checkpoint images stop-the-world instead of from a forked copy-on-write copy
     /// (sets CR_FORKED=0 for the program and for a coordinator crlaunch starts).
     #[arg(long)]
@@ -82,6 +86,14 @@ fn main() {
         Some(c) => crust_format::image::Compression::parse(c)
             .unwrap_or_else(|| die(2, format_args!("--compress {c}: expected none, zstd or lz4"))),
     };
+
+    if let Some(l) = args.zstd_level {
+        if !crust_format::codec::ZSTD_LEVELS.contains(&l) {
+            die(2, format_args!("--zstd-level {l}: expected a level from -50 to 9"));
+        }
+        // Inherited by the program.
+        std::env::set_var("CR_ZSTD_LEVEL", l.to_string());
+    }
 
     let program = &args.command[0];
     let shown = program.to_string_lossy();
