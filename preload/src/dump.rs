@@ -860,6 +860,7 @@ pub struct StoppedFacts {
 /// Capture [`StoppedFacts`]. Every process of the computation must be stopped (pipe
 /// contents are copied, by one claimant per pipe in `dir`).
 pub fn capture_stopped_facts(dir: &str) -> Result<StoppedFacts, String> {
+    crate::posix_timers::save()?;
     let fds = describe_fds(dir)?;
     let mut tree = crate::tree::describe(&fds, Vec::new());
     (tree.sysv, tree.shm_attaches) = crate::wrap_ipc::capture(dir)?;

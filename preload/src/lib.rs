@@ -15,6 +15,8 @@
 //! * [`tree`]: the process-tree part of the image (children, zombies, shared fds, pipe bytes).
 //! * [`writer`]: the forked copy-on-write writer that runs `dump` while the program runs on.
 //! * [`ckpt_thread`]: the checkpoint thread and its coordinator connection.
+//! * [`posix_timers`]: POSIX timers (`timer_create`) saved and recreated with their ids;
+//!   [`wrap_timers`]: `SIGEV_THREAD` timers served by a helper thread crust can stop.
 //! * [`restore`]: what runs after the restorer has put memory back: threads, signals, timers.
 //! * [`wrappers`]: the libc functions we interpose.
 //! * [`api`]: the `cr_*` functions programs may call (`api/include/crust.h`).
@@ -32,6 +34,7 @@ pub mod config;
 pub mod dump;
 pub mod mapped;
 pub mod pagescan;
+pub mod posix_timers;
 pub mod procfs;
 pub mod quiesce;
 pub mod restore;
@@ -41,6 +44,7 @@ pub mod vpid;
 pub mod wrap_ipc;
 pub mod wrap_pids;
 pub mod wrap_proc;
+pub mod wrap_timers;
 pub mod wrappers;
 pub mod writer;
 

@@ -504,6 +504,10 @@ pub unsafe extern "C" fn crust_restart_entry(args: *const RestartArgs) -> ! {
             unsafe { sc!(sys::SYS_setitimer, i, t.as_ptr(), 0) };
         }
     }
+    // POSIX timers, with their ids (threads exist: a timer may target one).
+    if let Err(e) = crate::posix_timers::restore() {
+        fatal(&e);
+    }
     // Close-on-exec flags (fds were opened by crrestart without them, to survive exec).
     // SAFETY: restored static state.
     let bits = unsafe { &*core::ptr::addr_of!(crate::dump::CLOEXEC_BITS) };
@@ -524,7 +528,9 @@ pub unsafe extern "C" fn crust_restart_entry(args: *const RestartArgs) -> ! {
         if p != 0 {
             let tid = crate::vpid::to_real(saved.vtids[i]);
             for sig in 1..=64 {
-                if p & (1u64 << (sig - 1)) != 0 {
+                if p & (1u64 << (sig - 1)) != 0
+                    && !crate::posix_timers::requeue_thread_signal(new_pid, tid, saved.vtids[i], sig)
+                {
                     let _ = sys::tgkill(new_pid, tid, sig);
                 }
             }

@@ -56,6 +56,7 @@ pub fn resolve_real_symbols() {
     crate::wrap_pids::resolve();
     crate::wrap_proc::resolve();
     crate::wrap_ipc::resolve();
+    crate::wrap_timers::resolve();
 }
 
 /// Resolve one real function into `slot` (null when libc does not have it).
