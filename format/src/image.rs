@@ -310,6 +310,23 @@ pub enum FdKind {
     /// the queued messages as `(priority, bytes)` in the order they come out — stored by
     /// one process of the computation (`stored`), empty elsewhere.
     MQueue { name: String, unlinked: bool, ino: u64, maxmsg: i64, msgsize: i64, mode: u32, stored: bool, messages: Vec<(u32, Vec<u8>)> },
+    /// An inotify instance: its watches (by number) and the highest watch number it
+    /// handed out (a restart numbers new watches after it). Queued events are not kept.
+    Inotify { watches: Vec<InotifyWatch>, last_wd: i32 },
+}
+
+/// One watch of an inotify instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InotifyWatch {
+    /// The watch number the program holds.
+    pub wd: i32,
+    /// The absolute path it was added with.
+    pub path: String,
+    /// Event mask as the kernel keeps it (with IN_ONESHOT, IN_EXCL_UNLINK, IN_DONT_FOLLOW).
+    pub mask: u32,
+    /// The watched inode at checkpoint time.
+    pub dev: u64,
+    pub ino: u64,
 }
 
 /// One registration of an epoll instance.
@@ -342,6 +359,7 @@ impl FdKind {
             FdKind::Epoll { .. } => "epoll",
             FdKind::PidFd { .. } => "pidfd",
             FdKind::MQueue { .. } => "mqueue",
+            FdKind::Inotify { .. } => "inotify",
         }
     }
 
@@ -360,6 +378,10 @@ impl FdKind {
             FdKind::PidFd { vpid, .. } => format!("pidfd of process {vpid}"),
             FdKind::MQueue { name, unlinked, maxmsg, msgsize, .. } => {
                 format!("mqueue {name}{} maxmsg {maxmsg} msgsize {msgsize}", if *unlinked { " (deleted)" } else { "" })
+            }
+            FdKind::Inotify { watches, .. } => {
+                let w: Vec<String> = watches.iter().map(|w| format!("{}:{}", w.wd, w.path)).collect();
+                format!("inotify watching [{}]", w.join(","))
             }
             FdKind::Epoll { entries } => {
                 let fds: Vec<String> = entries.iter().map(|e| e.tfd.to_string()).collect();

@@ -8,6 +8,7 @@
 pub mod coord_client;
 pub mod fds;
 pub mod ipc;
+pub mod kobjects;
 pub mod pages;
 pub mod plan;
 pub mod rebuild;

@@ -321,6 +321,7 @@ pub fn open_for_fd(rec: &FdRecord) -> Result<std::fs::File, String> {
             Ok(unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) })
         }
         FdKind::MQueue { .. } => crate::ipc::open_mqueue(rec),
+        FdKind::Inotify { watches, last_wd } => crate::kobjects::open_inotify(rec, watches, *last_wd),
         _ => Err(format!("fd {}: cannot reopen", rec.fd)),
     }
 }
@@ -813,7 +814,14 @@ fn plan_fds(t: &mut TreePlan, keep_files: bool, substs: &[crate::fds::FdSubst]) 
                         (None, FdKind::Socket { description, .. }) => {
                             return Err(format!("{who}: fd {} is a socket ({description}); sockets are not restored yet", rec.fd))
                         }
-                        (None, FdKind::EventFd { .. } | FdKind::TimerFd { .. } | FdKind::SignalFd { .. } | FdKind::Epoll { .. }) => {
+                        (
+                            None,
+                            FdKind::EventFd { .. }
+                            | FdKind::TimerFd { .. }
+                            | FdKind::SignalFd { .. }
+                            | FdKind::Epoll { .. }
+                            | FdKind::Inotify { .. },
+                        ) => {
                             open_for_fd(rec).map_err(|e| format!("{who}: {e}"))?;
                             t.objects.push(ObjSpec::Open(rec.clone()));
                             Src::Obj(t.objects.len() - 1)

@@ -630,6 +630,7 @@ fn describe_fds(dir: &str) -> Result<Vec<FdRecord>, String> {
                 FdKind::Pipe { id: st.st_ino, read_end, data: Vec::new(), capacity }
             }
             libc::S_IFSOCK => FdKind::Socket { id: st.st_ino, description: target.clone() },
+            _ if target == "anon_inode:inotify" => crate::kobjects::describe_inotify(fd)?,
             _ => anon_kind(fd, &target).unwrap_or_else(|| FdKind::Unsupported { description: target.clone() }),
         };
         if let Some(why) = cannot_restore(fd, &kind) {

@@ -15,6 +15,7 @@
 //! * [`tree`]: the process-tree part of the image (children, zombies, shared fds, pipe bytes).
 //! * [`writer`]: the forked copy-on-write writer that runs `dump` while the program runs on.
 //! * [`ckpt_thread`]: the checkpoint thread and its coordinator connection.
+//! * [`kobjects`]: inotify watches (the `inotify_add_watch` wrapper remembers their paths).
 //! * [`posix_timers`]: POSIX timers (`timer_create`) saved and recreated with their ids;
 //!   [`wrap_timers`]: `SIGEV_THREAD` timers served by a helper thread crust can stop.
 //! * [`restore`]: what runs after the restorer has put memory back: threads, signals, timers.
@@ -29,6 +30,7 @@
 
 pub mod api;
 pub mod heap;
+pub mod kobjects;
 pub mod ckpt_thread;
 pub mod config;
 pub mod dump;

@@ -57,6 +57,7 @@ pub fn resolve_real_symbols() {
     crate::wrap_proc::resolve();
     crate::wrap_ipc::resolve();
     crate::wrap_timers::resolve();
+    crate::kobjects::resolve();
 }
 
 /// Resolve one real function into `slot` (null when libc does not have it).

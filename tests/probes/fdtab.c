@@ -21,7 +21,7 @@
  * prints its log read back through fd 20, reads 7 bytes of data.txt through the inherited
  * fd 11 (one description: the parent reads on after them), and exits; the parent sees
  * that through a pidfd of the child (fd 28) and reaps it.
- * With PROBE_INOTIFY=1 it holds an inotify instance at fd 25 (crust cannot restore it).
+ * With PROBE_UFFD=1 it holds a userfaultfd at fd 25 (crust cannot restore it).
  * After gate 2 it prints each fd's flags, the rest of data.txt, what /dev/zero and
  * /dev/urandom read, appends "line 2" to the log and prints the log read back through fd
  * 10, and what fds 14 and 15 are now.
@@ -146,7 +146,8 @@ int main(void) {
     char *shm = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, 27, 0);
     if (shm == MAP_FAILED) ERR("mmap shared.bin: %s", strerror(errno));
     else strcpy(shm, "before");
-    if (getenv("PROBE_INOTIFY") && atoi(getenv("PROBE_INOTIFY"))) place(inotify_init1(0), 25, 0);
+    /* UFFD_USER_MODE_ONLY (1): allowed without privileges. */
+    if (getenv("PROBE_UFFD") && atoi(getenv("PROBE_UFFD"))) place((int)syscall(SYS_userfaultfd, 1), 25, 0);
 
     int child_pipe[2] = {-1, -1};
     pid_t child = -1;

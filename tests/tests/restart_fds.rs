@@ -172,19 +172,19 @@ fn checkpoint_refuses_an_fd_it_cannot_restore_naming_it() {
     f.finish(&mut run);
 }
 
-/// An inotify instance (not restorable yet): the checkpoint fails naming fd 25 and its kind.
+/// A userfaultfd (not restorable): the checkpoint fails naming fd 25 and its kind.
 #[test]
-fn checkpoint_refuses_an_inotify_instance_naming_it() {
-    let s = Session::new("fds_refuse_inotify");
-    let f = Flow::new(&s, fdtab().env("PROBE_INOTIFY", "1"));
+fn checkpoint_refuses_a_userfaultfd_naming_it() {
+    let s = Session::new("fds_refuse_uffd");
+    let f = Flow::new(&s, fdtab().env("PROBE_UFFD", "1"));
     let mut run = f.launch();
     s.advance_to(&mut run, 1);
     s.settle_gate_fds();
     s.wait_registered(1);
     let o = s.crctl(&["checkpoint", "--wait"]);
-    assert!(!o.status.success(), "the checkpoint of a program with inotify succeeded: {}", o.describe());
+    assert!(!o.status.success(), "the checkpoint of a program with a userfaultfd succeeded: {}", o.describe());
     let msg = o.all_text_lower();
-    assert!(msg.contains("fd 25") && msg.contains("inotify"), "the error does not name fd 25 and its kind: {}", o.describe());
+    assert!(msg.contains("fd 25") && msg.contains("userfaultfd"), "the error does not name fd 25 and its kind: {}", o.describe());
     f.finish(&mut run);
 }
 

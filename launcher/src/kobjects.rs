@@ -1,0 +1,89 @@
+//! Kernel objects crrestart recreates beyond files and pipes: inotify instances.
+//!
+//! An inotify instance numbers its watches itself (1, 2, 3... never reusing a number
+//! until it wraps), and the program holds those numbers. The watches are added again in
+//! number order; a number the program no longer uses (a watch removed before the
+//! checkpoint) is taken by a placeholder watch on an inode of our own (a memfd) and
+//! removed at once, so the next watch gets the next number; placeholders continue up to
+//! the highest number the instance had handed out, so that the program's next watch
+//! gets the number it would have got. The `IN_IGNORED` events of the placeholders (and
+//! anything else queued meanwhile) are read off before the program gets the instance.
+
+use crust_format::image::{FdRecord, InotifyWatch};
+use std::os::fd::{AsRawFd, FromRawFd};
+
+/// Recreate an inotify instance with its watches and numbering.
+pub fn open_inotify(rec: &FdRecord, watches: &[InotifyWatch], last_wd: i32) -> Result<std::fs::File, String> {
+    let what = |e: String| format!("fd {} (inotify): {e}", rec.fd);
+    // SAFETY: a new fd, owned by the File below.
+    let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK) };
+    if fd < 0 {
+        return Err(what(format!("inotify_init1: {}", std::io::Error::last_os_error())));
+    }
+    // SAFETY: fd is ours.
+    let file = unsafe { std::fs::File::from_raw_fd(fd) };
+    let name = c"crust-inotify-placeholder";
+    // SAFETY: a valid name; the fd is owned by the File below.
+    let ph = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    if ph < 0 {
+        return Err(what(format!("memfd_create: {}", std::io::Error::last_os_error())));
+    }
+    // SAFETY: ph is ours.
+    let ph = unsafe { std::fs::File::from_raw_fd(ph) };
+    let ph_path = std::ffi::CString::new(format!("/proc/self/fd/{}", ph.as_raw_fd())).expect("no NUL");
+    let add = |path: &std::ffi::CStr, mask: u32| -> Result<i32, std::io::Error> {
+        // SAFETY: valid fd and C string.
+        let wd = unsafe { libc::inotify_add_watch(fd, path.as_ptr(), mask) };
+        if wd < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(wd)
+        }
+    };
+    let mut next = 1i32;
+    let fill_to = |upto: i32, next: &mut i32| -> Result<(), String> {
+        while *next < upto {
+            let wd = add(&ph_path, libc::IN_ATTRIB).map_err(|e| what(format!("placeholder watch: {e}")))?;
+            // SAFETY: removes the watch just added.
+            unsafe { libc::inotify_rm_watch(fd, wd) };
+            if wd != *next {
+                return Err(what(format!("the kernel numbered a new watch {wd} where {next} was expected")));
+            }
+            *next += 1;
+        }
+        Ok(())
+    };
+    let mut sorted: Vec<&InotifyWatch> = watches.iter().collect();
+    sorted.sort_by_key(|w| w.wd);
+    for w in sorted {
+        if w.wd < next {
+            return Err(what(format!("watch {} appears twice", w.wd)));
+        }
+        fill_to(w.wd, &mut next)?;
+        if std::fs::symlink_metadata(&w.path).is_err() {
+            return Err(what(format!(
+                "watch {} was on {}, which no longer exists (substitute the fd with --fd, e.g. /dev/null)",
+                w.wd, w.path
+            )));
+        }
+        let c = std::ffi::CString::new(w.path.as_bytes()).map_err(|_| what(format!("watch {}: a path with a NUL byte", w.wd)))?;
+        let got = add(&c, w.mask).map_err(|e| what(format!("watch {} on {}: {e}", w.wd, w.path)))?;
+        if got != w.wd {
+            return Err(what(format!(
+                "watch on {} got number {got} instead of {} (the path now names a file another watch of the instance holds?)",
+                w.path, w.wd
+            )));
+        }
+        next += 1;
+    }
+    fill_to(last_wd + 1, &mut next)?;
+    // Read off the placeholders' IN_IGNORED events (the instance is non-blocking here).
+    let mut buf = [0u8; 4096];
+    // SAFETY: reads into our buffer until the queue is empty.
+    while unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) } > 0 {}
+    drop(ph);
+    // The recorded status flags (O_NONBLOCK or not).
+    // SAFETY: fcntl on our own fd.
+    unsafe { libc::fcntl(fd, libc::F_SETFL, rec.flags & libc::O_NONBLOCK) };
+    Ok(file)
+}

@@ -1,0 +1,154 @@
+//! inotify instances: what a restart needs that the kernel does not tell.
+//!
+//! `/proc/self/fdinfo` lists an inotify instance's watches (number, inode, device, mask)
+//! but not the paths they were added with. The `inotify_add_watch` wrapper remembers, per
+//! watched inode, the absolute path it was added with (and whether symlinks were
+//! followed), and per fd number the highest watch number the kernel handed out (the
+//! numbering continues after it). At checkpoint time [`describe_inotify`] joins both into
+//! [`FdKind::Inotify`]; crrestart adds the watches again in number order to get the same
+//! numbers (`launcher/src/restart.rs`). Events queued but not read are not kept.
+//!
+//! The table lives in the preload's own heap, under a small spin lock taken only inside a
+//! wrapper section (never while a checkpoint reads it: the checkpoint holds the wrapper
+//! lock as writer).
+
+use crate::sys::{self, sc};
+use crate::wrappers::{real, set_errno};
+use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use crust_format::image::{FdKind, InotifyWatch};
+use std::string::String;
+use std::vec::Vec;
+
+static R_INOTIFY_ADD_WATCH: AtomicUsize = AtomicUsize::new(0);
+
+/// Resolve the real functions (at load time).
+pub fn resolve() {
+    crate::wrappers::resolve_one(c"inotify_add_watch", &R_INOTIFY_ADD_WATCH);
+}
+
+struct Known {
+    dev: u64,
+    ino: u64,
+    path: String,
+    dont_follow: bool,
+}
+
+struct Table {
+    known: Vec<Known>,
+    /// (fd number, highest watch number handed out through it).
+    last_wd: Vec<(i32, i32)>,
+}
+
+static LOCK: AtomicBool = AtomicBool::new(false);
+static mut TABLE: Table = Table { known: Vec::new(), last_wd: Vec::new() };
+
+fn with_table<R>(f: impl FnOnce(&mut Table) -> R) -> R {
+    while LOCK.compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
+        core::hint::spin_loop();
+    }
+    // SAFETY: the spin lock above gives exclusive access.
+    let r = f(unsafe { &mut *core::ptr::addr_of_mut!(TABLE) });
+    LOCK.store(false, Ordering::Release);
+    r
+}
+
+/// The absolute form of `path` (relative paths are taken from the working directory).
+fn absolute(path: &[u8]) -> Option<String> {
+    let p = core::str::from_utf8(path).ok()?;
+    if p.starts_with('/') {
+        return Some(p.into());
+    }
+    let mut buf = [0u8; 4096];
+    // SAFETY: buf is writable for its length.
+    let n = sys::check(unsafe { sc!(sys::SYS_getcwd, buf.as_mut_ptr(), buf.len()) }).ok()?;
+    let cwd = core::str::from_utf8(&buf[..n.saturating_sub(1)]).ok()?;
+    let rel = p.trim_start_matches("./");
+    Some(if cwd == "/" { std::format!("/{rel}") } else { std::format!("{cwd}/{rel}") })
+}
+
+fn stat_of(path: &[u8], follow: bool) -> Option<libc::stat> {
+    let c = sys::CPath::new(path).ok()?;
+    // SAFETY: plain old data.
+    let mut st: libc::stat = unsafe { core::mem::zeroed() };
+    let flags = if follow { 0 } else { libc::AT_SYMLINK_NOFOLLOW };
+    // SAFETY: valid path and stat buffer.
+    let r = unsafe { sc!(sys::SYS_newfstatat, libc::AT_FDCWD, c.ptr(), &mut st as *mut libc::stat, flags) };
+    (r == 0).then_some(st)
+}
+
+type AddWatchFn = unsafe extern "C" fn(libc::c_int, *const libc::c_char, u32) -> libc::c_int;
+
+/// `inotify_add_watch`: the real call, then the watched inode's path is remembered.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn inotify_add_watch(fd: libc::c_int, path: *const libc::c_char, mask: u32) -> libc::c_int {
+    let Some(f) = real::<AddWatchFn>(&R_INOTIFY_ADD_WATCH) else {
+        set_errno(libc::ENOSYS);
+        return -1;
+    };
+    if !crate::wrappers::is_active() || path.is_null() {
+        // SAFETY: forwarding the program's own call.
+        return unsafe { f(fd, path, mask) };
+    }
+    let _g = crate::quiesce::WrapperGuard::new();
+    // SAFETY: forwarding the program's own call.
+    let wd = unsafe { f(fd, path, mask) };
+    if wd < 0 {
+        return wd;
+    }
+    // SAFETY: the program's NUL-terminated path.
+    let bytes = unsafe { core::ffi::CStr::from_ptr(path) }.to_bytes();
+    let follow = mask & libc::IN_DONT_FOLLOW == 0;
+    if let (Some(abs), Some(st)) = (absolute(bytes), stat_of(bytes, follow)) {
+        with_table(|t| {
+            match t.known.iter_mut().find(|k| k.dev == st.st_dev && k.ino == st.st_ino) {
+                Some(k) => {
+                    k.path = abs;
+                    k.dont_follow = !follow;
+                }
+                None => t.known.push(Known { dev: st.st_dev, ino: st.st_ino, path: abs, dont_follow: !follow }),
+            }
+            match t.last_wd.iter_mut().find(|(f, _)| *f == fd) {
+                Some(e) => e.1 = e.1.max(wd),
+                None => t.last_wd.push((fd, wd)),
+            }
+        });
+    }
+    wd
+}
+
+/// The kernel's internal device number (as fdinfo shows it) as `st_dev`.
+fn user_dev(kdev: u64) -> u64 {
+    let major = kdev >> 20;
+    let minor = kdev & 0xfffff;
+    libc::makedev(major as u32, minor as u32)
+}
+
+/// An inotify instance's watches with their paths (checkpoint time, threads stopped).
+pub fn describe_inotify(fd: i32) -> Result<FdKind, String> {
+    let info = crate::procfs::read_string(std::format!("/proc/self/fdinfo/{fd}").as_bytes());
+    let mut watches = Vec::new();
+    for l in info.lines().filter(|l| l.starts_with("inotify ")) {
+        // "inotify wd:HEX ino:HEX sdev:HEX mask:HEX ignored_mask:HEX ..."
+        let field = |name: &str| l.split_whitespace().find_map(|w| w.strip_prefix(name)).and_then(|v| u64::from_str_radix(v, 16).ok());
+        let (Some(wd), Some(ino), Some(sdev), Some(mask)) = (field("wd:"), field("ino:"), field("sdev:"), field("mask:")) else {
+            return Err(std::format!("fd {fd} (inotify): cannot understand this kernel's fdinfo line {l:?}"));
+        };
+        let dev = user_dev(sdev);
+        let found = with_table(|t| t.known.iter().find(|k| k.ino == ino && k.dev == dev).map(|k| (k.path.clone(), k.dont_follow)));
+        let Some((path, dont_follow)) = found else {
+            return Err(std::format!(
+                "fd {fd} is an inotify instance whose watch {wd} (inode {ino}) was added before crust could see it \
+                 (before an exec?): its path is unknown"
+            ));
+        };
+        let mut mask = mask as u32;
+        if dont_follow {
+            mask |= libc::IN_DONT_FOLLOW;
+        }
+        watches.push(InotifyWatch { wd: wd as i32, path, mask, dev, ino });
+    }
+    watches.sort_by_key(|w| w.wd);
+    let max_live = watches.last().map_or(0, |w| w.wd);
+    let last_wd = with_table(|t| t.last_wd.iter().find(|(f, _)| *f == fd).map_or(0, |e| e.1)).max(max_live);
+    Ok(FdKind::Inotify { watches, last_wd })
+}
