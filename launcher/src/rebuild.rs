@@ -363,9 +363,10 @@ fn become_process(cx: &Ctx, i: usize) -> Result<Infallible, String> {
     let n = t.procs.len() as u32;
     // SAFETY: process-control calls on ourselves.
     unsafe {
-        if p.session_leader && libc::getsid(0) != libc::getpid() && libc::setsid() < 0 {
+        if (p.session_leader || p.new_session) && libc::getsid(0) != libc::getpid() && libc::setsid() < 0 {
             eprintln!(
-                "crrestart: warning: {} led its own session, but cannot now ({}); it stays in crrestart's session",
+                "crrestart: warning: {} led its own session, or was the first of a session whose leader had exited, \
+                 but cannot make a session now ({}); it stays in crrestart's session",
                 t.describe(i),
                 errno()
             );
@@ -457,6 +458,12 @@ fn become_process(cx: &Ctx, i: usize) -> Result<Infallible, String> {
             if t.procs[g].meta.vpid != v && !pids.iter().any(|e| e.virt == v) {
                 pids.push(PlanPid { virt: v, real: real(g), old_real: 0, flags: crust_restorer::PID_GROUP_ONLY });
             }
+        }
+    }
+    for (j, q) in t.procs.iter().enumerate() {
+        let v = q.meta.tree.vsid;
+        if q.new_session && !pids.iter().any(|e| e.virt == v) {
+            pids.push(PlanPid { virt: v, real: real(j), old_real: 0, flags: crust_restorer::PID_GROUP_ONLY });
         }
     }
     for &(v, what) in &t.outside_ids {

@@ -104,6 +104,10 @@ pub struct ProcPlan {
     pub shared: HashMap<u64, (usize, u64)>,
     /// Calls setsid() (it led its session).
     pub session_leader: bool,
+    /// Calls setsid() to bring back a session whose leader had exited before the
+    /// checkpoint: the first process of that session in creation order whose parent is in
+    /// another session. The session's old id then names this process's new session.
+    pub new_session: bool,
     /// Process group to join: Some(self) = create its own group; Some(other) = join
     /// that process's group; None = keep the group it inherits.
     pub group: Option<usize>,
@@ -521,6 +525,7 @@ fn load(opts: &RestartOptions) -> Result<TreePlan, String> {
             fds: Vec::new(),
             shared: HashMap::new(),
             session_leader: false,
+            new_session: false,
             group: None,
         });
     }
@@ -922,6 +927,7 @@ fn plan_groups(t: &mut TreePlan) {
     let root = t.root;
     let (root_pgid, root_sid) = (t.procs[root].meta.tree.vpgid, t.procs[root].meta.tree.vsid);
     let mut substitute: HashMap<i32, usize> = HashMap::new();
+    let mut new_sessions: HashMap<i32, usize> = HashMap::new();
     for &i in &t.order.clone() {
         let m = &t.procs[i].meta;
         let (vpid, vpgid, vsid) = (m.vpid, m.tree.vpgid, m.tree.vsid);
@@ -930,10 +936,21 @@ fn plan_groups(t: &mut TreePlan) {
         }
         t.procs[i].session_leader = vsid == vpid;
         if vsid != vpid && !by_vpid.contains_key(&vsid) && vsid != root_sid {
-            t.warnings.push(format!(
-                "{}: its session {vsid} lost its leader before the checkpoint; it stays in its parent's session",
-                t.describe(i)
-            ));
+            // A session whose leader had exited (a daemon's double fork): its first process
+            // makes a new session, which its descendants inherit; the old id names it.
+            let inherits = t.procs[i].parent.is_some_and(|p| t.procs[p].meta.tree.vsid == vsid);
+            if !inherits {
+                if let std::collections::hash_map::Entry::Vacant(e) = new_sessions.entry(vsid) {
+                    e.insert(i);
+                    t.procs[i].new_session = true;
+                } else {
+                    t.warnings.push(format!(
+                        "{}: its session {vsid} lost its leader before the checkpoint and another branch of the tree \
+                         brings it back; this process stays in its parent's session",
+                        t.describe(i)
+                    ));
+                }
+            }
         }
         t.procs[i].group = match by_vpid.get(&vpgid) {
             Some(&leader) => Some(leader),
@@ -947,12 +964,9 @@ fn plan_groups(t: &mut TreePlan) {
     if !by_vpid.contains_key(&root_sid) && root_sid != 0 && root_sid != root_pgid {
         t.outside_ids.push((root_sid, "sid"));
     }
-    for (vpgid, i) in substitute {
-        t.warnings.push(format!(
-            "process group {vpgid} lost its leader before the checkpoint; {} leads it now",
-            t.describe(i)
-        ));
-    }
+    // A group whose leader had exited is led by its first member now; the program keeps
+    // seeing the group's old id (`PID_GROUP_ONLY` in the plan's pid table).
+    let _ = substitute;
 }
 
 /// Everything checked and planned; nothing changed yet.

@@ -336,7 +336,7 @@ pub unsafe extern "C" fn setsid() -> pid_t {
 pub unsafe extern "C" fn getsid(pid: pid_t) -> pid_t {
     let Some(f) = real::<PidToPid>(&R_GETSID) else { return fail(libc::ENOSYS) };
     // SAFETY: forwarding.
-    vpid::to_virtual(unsafe { f(vpid::to_real(pid)) })
+    vpid::to_virtual_group(unsafe { f(vpid::to_real(pid)) })
 }
 
 #[unsafe(no_mangle)]

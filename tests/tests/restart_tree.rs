@@ -257,3 +257,15 @@ fn group_whose_leader_exited_keeps_its_id_after_restarts() {
     let s2 = Session::new("lost_leader_twice");
     twice(&Flow::new(&s2, Program::c("lost_leader")), 2);
 }
+
+/// A daemon's double fork (setsid, fork, exit): the daemon and its child run in a session
+/// and process group whose leader had exited. After a restart, and after a second
+/// checkpoint and restart, they see the same session and group ids, and so does the root
+/// (`tests/probes/daemon.c`). Before, the session was not recreated.
+#[test]
+fn daemon_session_whose_leader_exited_keeps_its_id_after_restarts() {
+    let s = Session::new("daemon_session");
+    tree_canonical(&Flow::new(&s, Program::c("daemon")), 3);
+    let s2 = Session::new("daemon_session_twice");
+    twice(&Flow::new(&s2, Program::c("daemon")), 3);
+}
