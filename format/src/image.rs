@@ -607,7 +607,8 @@ pub struct TreeInfo {
     /// SysV IPC objects (shared memory, semaphore sets, message queues) the process used,
     /// with their contents in the image of the one process that stored them.
     pub sysv: Vec<SysvObject>,
-    /// Where the process had SysV shared memory segments attached.
+    /// Where the process had SysV shared memory segments attached: one entry per mapping
+    /// (an attachment split by mprotect has several, as the kernel's attach count does).
     pub shm_attaches: Vec<ShmAttach>,
 }
 

@@ -34,7 +34,8 @@ fn kind_code(k: SysvKind) -> u32 {
 #[derive(Debug, Clone)]
 pub struct PlannedObject {
     pub obj: SysvObject,
-    /// Attachments across the tree (a removed segment is removed again after that many).
+    /// Mappings of the segment across the tree, as the kernel counts attachments (a
+    /// removed segment is removed again once it has that many).
     pub attaches: u32,
     /// The object still exists with this id (the same one): reset it instead of creating.
     pub reuse: Option<i32>,

@@ -323,7 +323,16 @@ pub unsafe extern "C" fn semget(key: key_t, nsems: c_int, flg: c_int) -> c_int {
 pub unsafe extern "C" fn semctl(id: c_int, num: c_int, cmd: c_int, arg: usize) -> c_int {
     let Some(f) = real::<SemCtlFn>(&R_SEMCTL) else { return missing() };
     // SAFETY: forwarding the program's arguments.
-    ctl(K_SEM, id, cmd, |i| unsafe { f(i, num, cmd, arg) })
+    let r = ctl(K_SEM, id, cmd, |i| unsafe { f(i, num, cmd, arg) });
+    // Setting values (or removing the set) drops the kernel's adjustments for them.
+    let c = cmd & !0x100;
+    if r == 0 && (c == libc::SETVAL || c == libc::SETALL || c == libc::IPC_RMID) {
+        let _g = WrapperGuard::new();
+        lock();
+        undo_clear(id, (c == libc::SETVAL).then_some(num));
+        unlock();
+    }
+    r
 }
 
 // Operations that may block do not hold the wrapper lock while blocked: the id is
@@ -334,16 +343,182 @@ pub unsafe extern "C" fn semctl(id: c_int, num: c_int, cmd: c_int, arg: usize) -
 pub unsafe extern "C" fn semop(id: c_int, sops: *mut c_void, n: size_t) -> c_int {
     let Some(f) = real::<SemOpFn>(&R_SEMOP) else { return missing() };
     let r = id_in(K_SEM, id);
-    // SAFETY: forwarding the program's arguments.
-    unsafe { f(r, sops, n) }
+    // SAFETY: the program's operations, read and forwarded.
+    unsafe { semop_undo(id, sops, n, |ops| f(r, ops, n)) }
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn semtimedop(id: c_int, sops: *mut c_void, n: size_t, t: *const libc::timespec) -> c_int {
     let Some(f) = real::<SemTimedOpFn>(&R_SEMTIMEDOP) else { return missing() };
     let r = id_in(K_SEM, id);
-    // SAFETY: forwarding the program's arguments.
-    unsafe { f(r, sops, n, t) }
+    // SAFETY: the program's operations, read and forwarded.
+    unsafe { semop_undo(id, sops, n, |ops| f(r, ops, n, t)) }
+}
+
+// ---------------------------------------------------------------- SEM_UNDO
+
+/// The kernel keeps, per process, an adjustment for every semaphore it operated on with
+/// `SEM_UNDO`, applied when the process exits, and offers no way to read it. The wrappers
+/// keep the same sums (`-sem_op` per operation); a restart makes the kernel's list again
+/// with one atomic, non-blocking semop per semaphore (`+S` then `-S` with `SEM_UNDO`:
+/// the value is unchanged, the adjustment is `S`).
+const MAX_UNDO: usize = 256;
+const SEM_UNDO: i16 = 0x1000;
+
+struct UndoEntry {
+    /// The set's virtual id and the semaphore's number (-1: free).
+    vid: AtomicI32,
+    num: AtomicI32,
+    adj: AtomicI32,
+}
+
+#[allow(clippy::declare_interior_mutable_const)]
+const NO_UNDO: UndoEntry = UndoEntry { vid: AtomicI32::new(0), num: AtomicI32::new(-1), adj: AtomicI32::new(0) };
+static UNDO: [UndoEntry; MAX_UNDO] = [NO_UNDO; MAX_UNDO];
+static N_UNDO: AtomicUsize = AtomicUsize::new(0);
+/// The kernel pid the adjustments belong to: a forked child starts without any (the
+/// kernel does not copy them), so a table copied from another pid is empty.
+static UNDO_OWNER: AtomicI32 = AtomicI32::new(0);
+
+/// Forget every adjustment if they are another process's. Caller holds the spin lock.
+fn undo_own() {
+    let me = sys::getpid();
+    if UNDO_OWNER.load(Ordering::Acquire) != me {
+        for e in &UNDO[..N_UNDO.load(Ordering::Acquire)] {
+            e.num.store(-1, Ordering::Release);
+        }
+        N_UNDO.store(0, Ordering::Release);
+        UNDO_OWNER.store(me, Ordering::Release);
+    }
+}
+
+/// Add `delta` to the adjustment of semaphore `num` of set `vid` (None: `num` < 0 clears
+/// every semaphore of the set). Caller holds the spin lock.
+fn undo_add(vid: i32, num: i32, delta: i32) {
+    let n = N_UNDO.load(Ordering::Acquire);
+    if let Some(e) = UNDO[..n].iter().find(|e| e.vid.load(Ordering::Acquire) == vid && e.num.load(Ordering::Acquire) == num) {
+        e.adj.fetch_add(delta, Ordering::AcqRel);
+        return;
+    }
+    let slot = UNDO[..n].iter().position(|e| e.num.load(Ordering::Acquire) < 0).unwrap_or(n);
+    if slot >= MAX_UNDO {
+        OVERFLOW.store(true, Ordering::Release);
+        return;
+    }
+    let e = &UNDO[slot];
+    e.vid.store(vid, Ordering::Release);
+    e.adj.store(delta, Ordering::Release);
+    e.num.store(num, Ordering::Release);
+    if slot == n {
+        N_UNDO.store(n + 1, Ordering::Release);
+    }
+}
+
+/// The adjustments of a set (`num` None) or one semaphore are gone (SETVAL, SETALL,
+/// IPC_RMID). Caller holds the spin lock.
+fn undo_clear(vid: i32, num: Option<i32>) {
+    for e in &UNDO[..N_UNDO.load(Ordering::Acquire)] {
+        if e.vid.load(Ordering::Acquire) == vid && num.is_none_or(|k| e.num.load(Ordering::Acquire) == k) {
+            e.num.store(-1, Ordering::Release);
+        }
+    }
+}
+
+/// Run the program's semop (`call`, given the operations to pass) and keep its
+/// `SEM_UNDO` adjustments. An operation that can complete at once does so under the
+/// wrapper lock, with its adjustments recorded, so a checkpoint never sees one without
+/// the other; one that blocks is recorded as soon as it returns.
+///
+/// # Safety
+/// `sops` points to `n` `struct sembuf` (or the call fails in the kernel).
+unsafe fn semop_undo(vid: c_int, sops: *mut c_void, n: size_t, call: impl Fn(*mut c_void) -> c_int) -> c_int {
+    let ops = sops as *const libc::sembuf;
+    // SAFETY: the program's array (a bad pointer faults in the kernel call instead).
+    let undo = !ops.is_null() && n <= 4096 && (0..n).any(|i| unsafe { (*ops.add(i)).sem_flg } & SEM_UNDO != 0);
+    if !undo {
+        return call(sops);
+    }
+    let record = || {
+        lock();
+        undo_own();
+        for i in 0..n {
+            // SAFETY: as above.
+            let op = unsafe { *ops.add(i) };
+            if op.sem_flg & SEM_UNDO != 0 && op.sem_op != 0 {
+                undo_add(vid, op.sem_num as i32, -(op.sem_op as i32));
+            }
+        }
+        unlock();
+    };
+    if n > 64 {
+        let r = call(sops);
+        if r == 0 {
+            let _g = WrapperGuard::new();
+            record();
+        }
+        return r;
+    }
+    // SAFETY: as above; a copy of at most 64 operations.
+    let mut nowait: [libc::sembuf; 64] = unsafe { core::mem::zeroed() };
+    let mut waits = false;
+    for (i, slot) in nowait.iter_mut().enumerate().take(n) {
+        // SAFETY: as above.
+        *slot = unsafe { *ops.add(i) };
+        waits |= slot.sem_flg & libc::IPC_NOWAIT as i16 == 0;
+        slot.sem_flg |= libc::IPC_NOWAIT as i16;
+    }
+    {
+        let _g = WrapperGuard::new();
+        let r = call(nowait.as_mut_ptr().cast());
+        if r == 0 {
+            record();
+            return 0;
+        }
+        // SAFETY: errno is thread-local.
+        if !waits || unsafe { *libc::__errno_location() } != libc::EAGAIN {
+            return r;
+        }
+    }
+    let r = call(sops);
+    if r == 0 {
+        let _g = WrapperGuard::new();
+        record();
+    }
+    r
+}
+
+/// Before a checkpoint's capture: adjustments copied from a parent are not this
+/// process's.
+fn undo_check_owner() {
+    lock();
+    undo_own();
+    unlock();
+}
+
+/// At restart: make the kernel's adjustment list again (the table's sets have their new
+/// ids already).
+fn undo_restore() {
+    let n = N_UNDO.load(Ordering::Acquire);
+    for e in &UNDO[..n] {
+        let num = e.num.load(Ordering::Acquire);
+        let adj = e.adj.load(Ordering::Acquire);
+        if num < 0 || adj == 0 {
+            continue;
+        }
+        let id = to_real(K_SEM, e.vid.load(Ordering::Acquire));
+        let m = adj.unsigned_abs().min(i16::MAX as u32) as i16;
+        let flags = libc::IPC_NOWAIT as i16;
+        // Adjustment S > 0: +S, then -S with SEM_UNDO (which adds S); S < 0: +|S| with
+        // SEM_UNDO (adds -|S|), then -|S|. Atomic, never blocks, value unchanged.
+        let ops: [libc::sembuf; 2] = if adj > 0 {
+            [libc::sembuf { sem_num: num as u16, sem_op: m, sem_flg: flags }, libc::sembuf { sem_num: num as u16, sem_op: -m, sem_flg: flags | SEM_UNDO }]
+        } else {
+            [libc::sembuf { sem_num: num as u16, sem_op: m, sem_flg: flags | SEM_UNDO }, libc::sembuf { sem_num: num as u16, sem_op: -m, sem_flg: flags }]
+        };
+        // SAFETY: two valid operations; failures (a set removed since) leave nothing to undo.
+        unsafe { sc!(SYS_SEMOP, id, ops.as_ptr(), 2) };
+    }
+    UNDO_OWNER.store(sys::getpid(), Ordering::Release);
 }
 
 #[unsafe(no_mangle)]
@@ -379,6 +554,34 @@ pub unsafe extern "C" fn msgctl(id: c_int, cmd: c_int, buf: *mut c_void) -> c_in
 }
 
 // ---------------------------------------------------------------- checkpoint
+
+/// `syscall(2)` of a SysV call goes through the wrapper above (None: another call).
+///
+/// # Safety
+/// The program's own call and arguments.
+pub unsafe fn syscall_ipc(nr: c_long, a: [c_long; 6]) -> Option<c_long> {
+    let i = |k: usize| a[k] as c_int;
+    let p = |k: usize| a[k] as *mut c_void;
+    // SAFETY: forwarding the program's arguments to the wrappers of the same calls.
+    let r = unsafe {
+        match nr {
+            libc::SYS_shmget => shmget(i(0) as key_t, a[1] as size_t, i(2)) as c_long,
+            libc::SYS_shmat => shmat(i(0), p(1), i(2)) as c_long,
+            libc::SYS_shmdt => shmdt(p(0)) as c_long,
+            libc::SYS_shmctl => shmctl(i(0), i(1), p(2)) as c_long,
+            libc::SYS_semget => semget(i(0) as key_t, i(1), i(2)) as c_long,
+            libc::SYS_semop => semop(i(0), p(1), a[2] as size_t) as c_long,
+            libc::SYS_semtimedop => semtimedop(i(0), p(1), a[2] as size_t, a[3] as *const libc::timespec) as c_long,
+            libc::SYS_semctl => semctl(i(0), i(1), i(2), a[3] as usize) as c_long,
+            libc::SYS_msgget => msgget(i(0) as key_t, i(1)) as c_long,
+            libc::SYS_msgsnd => msgsnd(i(0), p(1), a[2] as size_t, i(3)) as c_long,
+            libc::SYS_msgrcv => msgrcv(i(0), p(1), a[2] as size_t, a[3], i(4)) as c_long,
+            libc::SYS_msgctl => msgctl(i(0), i(1), p(2)) as c_long,
+            _ => return None,
+        }
+    };
+    Some(r)
+}
 
 /// A SysV shared memory attachment, kept in static memory for the restart path.
 #[derive(Clone, Copy)]
@@ -438,6 +641,7 @@ pub fn capture(dir: &str) -> Result<(Vec<SysvObject>, Vec<ShmAttach>), String> {
     if OVERFLOW.load(Ordering::Acquire) {
         return Err(format!("the program used more than {MAX_IDS} SysV IPC objects; crust tracks at most {MAX_IDS}"));
     }
+    undo_check_owner();
     let maps = crate::procfs::read_maps().map_err(|e| format!("read /proc/self/maps: errno {e}"))?;
     // Attachments: the inode of a /SYSV mapping is the segment's id.
     let mut attaches: Vec<ShmAttach> = Vec::new();
@@ -460,13 +664,17 @@ pub fn capture(dir: &str) -> Result<(Vec<SysvObject>, Vec<ShmAttach>), String> {
         }
         vmas[*n_vmas] = VmaRec { start: v.start, end: v.end, prot: v.prot };
         *n_vmas += 1;
-        if attaches.iter().any(|a| a.real_id == real_id && a.addr == addr) {
+        let readonly = v.prot & libc::PROT_WRITE as u32 == 0;
+        // One entry per mapping: the kernel counts every mapping of a segment as one
+        // attachment (`shm_nattch`), also the parts of one split by mprotect.
+        let known = attaches.iter().any(|a| a.real_id == real_id && a.addr == addr);
+        attaches.push(ShmAttach { real_id, addr, readonly });
+        if known {
             continue;
         }
         if *n_att >= MAX_ATTACH {
             return Err(format!("more than {MAX_ATTACH} SysV shared memory attachments; crust keeps at most {MAX_ATTACH}"));
         }
-        let readonly = v.prot & libc::PROT_WRITE as u32 == 0;
         // Attached before any restart, or by a program that inherited it: make sure the
         // table lists it.
         let vid = to_virtual(K_SHM, real_id);
@@ -477,7 +685,6 @@ pub fn capture(dir: &str) -> Result<(Vec<SysvObject>, Vec<ShmAttach>), String> {
         }
         att[*n_att] = AttachRec { vid, readonly, addr };
         *n_att += 1;
-        attaches.push(ShmAttach { real_id, addr, readonly });
     }
     let mut objects = Vec::new();
     let mut shm_total = 0u64;
@@ -763,6 +970,7 @@ pub fn after_restart(close_from: i32) -> Result<(), &'static str> {
             return Err("cannot attach a SysV shared memory segment again at its address");
         }
     }
+    undo_restore();
     for v in &vmas[..n_vmas] {
         // SAFETY: a range of the segment just attached; the program's own protection.
         unsafe {

@@ -177,6 +177,10 @@ pub unsafe extern "C" fn syscall(n: c_long, a1: c_long, a2: c_long, a3: c_long, 
         }
         _ => {}
     }
+    // SAFETY: the program's own call; SysV ids translated (wrap_ipc.rs).
+    if let Some(r) = unsafe { crate::wrap_ipc::syscall_ipc(n, [a1, a2, a3, a4, a5, a6]) } {
+        return r;
+    }
     // SAFETY: the program's own call; ids translated.
     if let Some(r) = unsafe { crate::wrap_pids::syscall_pid(n, [a1, a2, a3, a4, a5, a6]) } {
         return r;

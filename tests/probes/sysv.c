@@ -3,22 +3,27 @@
  * The parent creates a keyed shared memory segment (attached, with a pattern), a private
  * segment marked for removal (IPC_RMID) while still attached, a keyed set of three
  * semaphores {1, 0, 5} and a private message queue holding "alpha"(1), "beta"(2),
- * "gamma"(1). The child, forked with both segments attached, blocks in msgrcv for a
+ * "gamma"(1); the keyed segment's last page is made read-only (two mappings). The child, forked with both segments attached, takes semaphore 0 with
+ * SEM_UNDO (never giving it back: the kernel does when the child exits, also after a
+ * restart), then blocks in msgrcv for a
  * message of type 7 (it is blocked there, or about to be, at gate 1: after a restart the
  * call runs again on the queue's new id). After gate 1 the parent changes the keyed
  * segment, sends "go" (type 7) and posts semaphore 1; the child takes it from semaphore
  * 1, checks what it sees in both segments, answers through them, takes "beta" (type 2),
  * sends "child-ok" (type 9) and takes 5 from semaphore 2. The parent waits for the answer, checks the segments,
- * the semaphores, the remaining messages in order and the removed segment (gone once
+ * the semaphores (0 given back by the child's exit), the queue's state through a raw
+ * syscall(SYS_msgctl), the remaining messages in order and the removed segment (gone once
  * detached); it removes the keyed objects after gate 2 (so that a run killed at gate 2
  * leaves them behind: a restart must reset them, not trip over them). The ids it used are
  * written to ipc-ids.txt, for the test to clean up after a killed run.
  */
 #include "gate.h"
 #include <sys/ipc.h>
+#include <sys/mman.h>
 #include <sys/msg.h>
 #include <sys/sem.h>
 #include <sys/shm.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -55,6 +60,8 @@ int main(void) {
     if (a == (void *)-1 || b == (void *)-1) return 92;
     for (int i = 0; i < SEG; i++) a[i] = (unsigned char)(i * 7 + 3);
     b[0] = 4242;
+    /* The last page read-only: two mappings of one attachment (the kernel counts both). */
+    if (mprotect(a + SEG - 4096, 4096, PROT_READ) != 0) return 96;
     if (shmctl(priv, IPC_RMID, NULL) != 0) return 93;
     unsigned short init[3] = {1, 0, 5};
     if (semctl(sem, 0, SETALL, init) != 0) return 94;
@@ -69,6 +76,8 @@ int main(void) {
     fflush(stdout);
     pid_t c = fork();
     if (c == 0) {
+        struct sembuf take = {0, -1, SEM_UNDO};
+        if (semop(sem, &take, 1) != 0) _exit(78);
         struct msg go;
         if (msgrcv(q, &go, sizeof go.text, 7, 0) < 0 || strcmp(go.text, "go") != 0) _exit(79); /* blocks */
         if (sem_add(sem, 1, -1) != 0) _exit(80);
@@ -87,6 +96,9 @@ int main(void) {
         if (sem_add(sem, 2, -5) != 0) _exit(85);
         _exit(0);
     }
+    struct sembuf zero = {0, 0, 0};
+    if (semop(sem, &zero, 1) != 0) ERR("waiting for semaphore 0 to be taken: %s", strerror(errno));
+    printf("the child holds semaphore 0\n");
     gate(1);
     a[100] = 77;
     struct msg go = {7, "go"};
@@ -111,6 +123,9 @@ int main(void) {
     union { int val; struct semid_ds *buf; } arg = {.buf = &sds};
     if (semctl(sem, 0, IPC_STAT, arg) != 0) ERR("sem IPC_STAT: %s", strerror(errno));
     printf("semaphore set: %lu, mode %o, key matches %d\n", (unsigned long)sds.sem_nsems, sds.sem_perm.mode & 0777, sds.sem_perm.__key == key);
+    struct msqid_ds qds;
+    if (syscall(SYS_msgctl, q, IPC_STAT, &qds) != 0) ERR("syscall(SYS_msgctl): %s", strerror(errno));
+    printf("queue: %lu messages, mode %o\n", (unsigned long)qds.msg_qnum, qds.msg_perm.mode & 0777);
     for (;;) {
         n = msgrcv(q, &m, sizeof m.text, 0, IPC_NOWAIT);
         if (n < 0) break;

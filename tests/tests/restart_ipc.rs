@@ -151,3 +151,34 @@ fn posix_mqueues_shared_by_parent_and_child_restart_with_messages() {
     let mut r = f.restart(&ck);
     f.finish(&mut r);
 }
+
+/// The checkpointed queue's name is taken by another queue at restart: the restart stops
+/// before starting anything, naming the queue.
+#[test]
+fn mqueue_name_taken_by_another_queue_is_refused_naming_it() {
+    use std::os::unix::fs::MetadataExt;
+    let s = Session::new("ipc_mqueue_name");
+    let f = Flow::new(&s, Program::c("mqueue"));
+    let mut run = f.launch();
+    f.s.advance_to(&mut run, 1);
+    wait_tree(&s, 2);
+    let ck = f.checkpoint_at(&mut run, 1);
+    f.kill(&mut [&mut run]);
+    let name = format!("/crust-probe-{:x}", fs::metadata(&s.work_dir).unwrap().ino());
+    let c = std::ffi::CString::new(name.clone()).unwrap();
+    // SAFETY: replacing the queue of that name by a new one.
+    let q = unsafe {
+        assert_eq!(libc::mq_unlink(c.as_ptr()), 0, "the killed run's queue {name} is gone");
+        libc::mq_open(c.as_ptr(), libc::O_CREAT | libc::O_EXCL | libc::O_RDWR, 0o600, std::ptr::null_mut::<libc::mq_attr>())
+    };
+    assert!(q >= 0, "cannot create the replacing queue: {}", std::io::Error::last_os_error());
+    let out = s.restart_expecting_failure(&ck.gen);
+    let err = out.stderr_text();
+    assert!(!out.status.success(), "the restart succeeded with the name taken: {}", out.describe());
+    assert!(err.contains(&name) && err.contains("another queue"), "the error must name the queue {name}: {err}");
+    // SAFETY: removing our own queue.
+    unsafe {
+        libc::mq_close(q);
+        libc::mq_unlink(c.as_ptr());
+    }
+}
