@@ -4,7 +4,8 @@
 //! checkpoint (segment bytes, semaphore values, queued messages in order with their types
 //! or priorities), segments attached at the same addresses and shared again, a removed
 //! segment still attached. A keyed object replaced after the checkpoint stops the restart
-//! with a message naming its key. Probes: `tests/probes/sysv.c`, `tests/probes/mqueue.c`.
+//! with a message naming its key. Probes: `tests/probes/sysv.c`, `tests/probes/mqueue.c`,
+//! `tests/probes/sysv.pl` (perl's IPC::SysV modules).
 
 use crust_tests::*;
 use std::fs;
@@ -71,6 +72,24 @@ fn sysv_restart_twice_from_one_checkpoint() {
     f.kill(&mut [&mut r]);
     let mut r2 = f.restart(&ck);
     f.finish(&mut r2);
+    remove_leftovers(&s.work_dir);
+}
+
+/// perl (a real interpreter, through its own IPC::Msg, IPC::Semaphore and shmread/
+/// shmwrite, which attach and detach the segment by id at each call): private objects,
+/// so every id changes at restart; the child is blocked in semop at the checkpoint.
+#[test]
+fn perl_sysv_ipc_between_parent_and_child_restarts_identically() {
+    let s = Session::new("ipc_perl");
+    let f = Flow::new(&s, Program::new("/usr/bin/perl").arg(probes_dir().join("sysv.pl")));
+    let mut run = f.launch();
+    f.s.advance_to(&mut run, 1);
+    wait_tree(&s, 2);
+    let ck = f.checkpoint_at(&mut run, 1);
+    s.advance_to(&mut run, 2);
+    f.kill(&mut [&mut run]);
+    let mut r = f.restart(&ck);
+    f.finish(&mut r);
     remove_leftovers(&s.work_dir);
 }
 
