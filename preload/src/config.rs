@@ -22,6 +22,7 @@
 //! | CR_VPID       | the virtual pid of the process that exec'd                     |
 //! | CR_VPIDS      | its virtual pid table, `v:r,v:r,...`                           |
 //! | CR_NOTIFY_FD  | fd to write one byte to once registered with the coordinator  |
+//! | CR_IPCIDS     | its SysV id table and SEM_UNDO adjustments (`wrap_ipc.rs`)     |
 
 use std::string::String;
 use std::vec::Vec;
@@ -42,6 +43,8 @@ pub struct Config {
     /// `CR_VPID`, `CR_VPIDS`, `CR_NOTIFY_FD` as found at load.
     pub inherited_vpid: i32,
     pub inherited_vpids: Vec<u8>,
+    /// `CR_IPCIDS`: the SysV id table (and SEM_UNDO adjustments) across exec (`wrap_ipc.rs`).
+    pub inherited_ipcids: Vec<u8>,
     pub notify_fd: i32,
     /// Forked (copy-on-write) writing allowed (the coordinator must ask for it too).
     pub forked: bool,
@@ -55,7 +58,7 @@ pub struct Config {
 
 /// Variables that belong to one process only: never copied into an exec'd program's
 /// environment from the saved set, always removed from the environment at load.
-pub const PER_PROCESS_VARS: [&[u8]; 3] = [b"CR_VPID=", b"CR_VPIDS=", b"CR_NOTIFY_FD="];
+pub const PER_PROCESS_VARS: [&[u8]; 4] = [b"CR_VPID=", b"CR_VPIDS=", b"CR_NOTIFY_FD=", b"CR_IPCIDS="];
 
 /// Whether an environment entry is one of [`PER_PROCESS_VARS`].
 pub fn is_per_process(kv: &[u8]) -> bool {
@@ -79,6 +82,7 @@ pub unsafe fn load(argc: i32, argv: *const *const u8, envp: *const *const u8) {
         control_env: Vec::new(),
         inherited_vpid: 0,
         inherited_vpids: Vec::new(),
+        inherited_ipcids: Vec::new(),
         notify_fd: -1,
         forked: true,
         direct_io: true,
@@ -106,6 +110,8 @@ pub unsafe fn load(argc: i32, argv: *const *const u8, envp: *const *const u8) {
                 c.inherited_vpid = parse(v).unwrap_or(0);
             } else if let Some(v) = kv.strip_prefix(b"CR_VPIDS=") {
                 c.inherited_vpids = v.to_vec();
+            } else if let Some(v) = kv.strip_prefix(b"CR_IPCIDS=") {
+                c.inherited_ipcids = v.to_vec();
             } else if let Some(v) = kv.strip_prefix(b"CR_NOTIFY_FD=") {
                 c.notify_fd = parse(v).unwrap_or(-1);
             } else if let Some(v) = kv.strip_prefix(b"CR_COORD=") {

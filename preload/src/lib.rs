@@ -77,6 +77,7 @@ extern "C" fn init(argc: i32, argv: *const *const u8, envp: *const *const u8) {
     api::ENABLED.store(1, Ordering::Relaxed);
     // After an exec: the same virtual pid (and what it knew) as before.
     // A spawned program gets its parent's table only: a mapping to its own real pid is stale.
+    wrap_ipc::decode_inherited(&cfg.inherited_ipcids);
     if !cfg.inherited_vpids.is_empty() {
         vpid::decode_into(&cfg.inherited_vpids);
         if cfg.inherited_vpid <= 0 {

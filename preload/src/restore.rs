@@ -382,6 +382,7 @@ pub unsafe extern "C" fn crust_restart_entry(args: *const RestartArgs) -> ! {
     }
     MM_ERRNO.store(a.mm_errno, Ordering::Relaxed);
     RESTARTED_FROM.store(a.generation, Ordering::Relaxed);
+    crate::wrap_pids::EXE_IS_RESTORER.store(true, Ordering::Relaxed);
     // Not registered with the coordinator yet (exec waits for it: wrap_proc.rs).
     crate::ckpt_thread::FIRST_CONTACT.store(0, Ordering::Release);
     crate::wrap_proc::set_notify_fd(-1);

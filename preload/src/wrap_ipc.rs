@@ -553,6 +553,58 @@ pub unsafe extern "C" fn msgctl(id: c_int, cmd: c_int, buf: *mut c_void) -> c_in
     ctl(K_MSG, id, cmd, |i| unsafe { f(i, cmd, buf) })
 }
 
+// ---------------------------------------------------------------- across exec
+
+/// `CR_IPCIDS=k:v:r,...` for a new program (after a restart, ids differ from the kernel's:
+/// an exec'd program given an id in its arguments must still translate it), plus
+/// `u:vid:num:adj` entries for an exec (the kernel keeps SEM_UNDO adjustments across
+/// exec, not across spawn). None when there is nothing to pass.
+pub fn encode_for_exec(exec: bool) -> Option<Vec<u8>> {
+    let mut out = String::from("CR_IPCIDS=");
+    let start = out.len();
+    for e in entries() {
+        let (k, v, r) = (e.kind.load(Ordering::Acquire), e.virt.load(Ordering::Acquire), e.real.load(Ordering::Acquire));
+        if k != 0 && v != r {
+            out.push_str(&format!("{k}:{v}:{r},"));
+        }
+    }
+    if exec && UNDO_OWNER.load(Ordering::Acquire) == sys::getpid() {
+        for e in &UNDO[..N_UNDO.load(Ordering::Acquire)] {
+            let (num, adj) = (e.num.load(Ordering::Acquire), e.adj.load(Ordering::Acquire));
+            if num >= 0 && adj != 0 {
+                out.push_str(&format!("u:{}:{num}:{adj},", e.vid.load(Ordering::Acquire)));
+            }
+        }
+    }
+    (out.len() > start).then(|| out.into_bytes())
+}
+
+/// At load: what the program that exec'd this one (or spawned it) passed.
+pub fn decode_inherited(text: &[u8]) {
+    let Ok(text) = core::str::from_utf8(text) else { return };
+    lock();
+    for item in text.split(',').filter(|s| !s.is_empty()) {
+        let f: Vec<&str> = item.split(':').collect();
+        match f[..] {
+            ["u", v, n, a] => {
+                if let (Ok(v), Ok(n), Ok(a)) = (v.parse(), n.parse(), a.parse()) {
+                    UNDO_OWNER.store(sys::getpid(), Ordering::Release);
+                    undo_add(v, n, a);
+                }
+            }
+            [k, v, r] => {
+                if let (Ok(k), Ok(v), Ok(r)) = (k.parse::<u32>(), v.parse(), r.parse()) {
+                    if (K_SHM..=K_MSG).contains(&k) {
+                        push(k, v, r);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    unlock();
+}
+
 // ---------------------------------------------------------------- checkpoint
 
 /// `syscall(2)` of a SysV call goes through the wrapper above (None: another call).

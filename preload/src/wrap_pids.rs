@@ -690,11 +690,16 @@ fn remember_exe() {
     }
 }
 
+/// Set at restart: the kernel's `/proc/self/exe` is crust-restorer, in this process and in
+/// the children it forks afterwards (a fork keeps the executable; an exec loads the
+/// preload afresh, with this false).
+pub static EXE_IS_RESTORER: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
 /// After a restart the kernel says the executable is crust-restorer: `/proc/self/exe`
 /// (and `/proc/<own pid>/exe`) must still name the program's own file, for readlink, open
 /// and the common "re-exec myself" idiom. Returns the program's path (NUL-terminated).
 fn restarted_self_exe(path: &[u8]) -> Option<&'static [u8]> {
-    if crate::restore::RESTARTED_FROM.load(Ordering::Relaxed) == 0 {
+    if !EXE_IS_RESTORER.load(Ordering::Relaxed) {
         return None;
     }
     let rest = path.strip_prefix(PROC)?.strip_suffix(b"/exe")?;

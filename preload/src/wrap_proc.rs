@@ -626,6 +626,9 @@ fn control_env(envp: *const *const c_char, notify_fd: Option<i32>, exec: bool) -
         }
         strings.push([b"CR_VPIDS=".as_slice(), vpid::encode().as_bytes()].concat());
     }
+    if let Some(ids) = crate::wrap_ipc::encode_for_exec(exec) {
+        strings.push(ids);
+    }
     if let Some(fd) = notify_fd {
         strings.push(std::format!("CR_NOTIFY_FD={fd}").into_bytes());
     }

@@ -13,7 +13,8 @@
  * sends "child-ok" (type 9) and takes 5 from semaphore 2. The parent waits for the answer, checks the segments,
  * the semaphores (0 given back by the child's exit), the queue's state through a raw
  * syscall(SYS_msgctl), the remaining messages in order and the removed segment (gone once
- * detached); it removes the keyed objects after gate 2 (so that a run killed at gate 2
+ * detached), and a program it execs with the queue's id in its arguments sends on it;
+ * it removes the keyed objects after gate 2 (so that a run killed at gate 2
  * leaves them behind: a restart must reset them, not trip over them). The ids it used are
  * written to ipc-ids.txt, for the test to clean up after a killed run.
  */
@@ -39,7 +40,15 @@ static int sem_add(int id, int num, int delta) {
     return semop(id, &op, 1);
 }
 
-int main(void) {
+/* Run as "exec-helper ID": send "from-exec" (type 5) on queue ID, as a program exec'd by
+ * the probe with an id in its arguments. */
+static int exec_helper(const char *id) {
+    struct msg m = {5, "from-exec"};
+    return msgsnd(atoi(id), &m, strlen(m.text) + 1, IPC_NOWAIT) == 0 ? 0 : 70;
+}
+
+int main(int argc, char **argv) {
+    if (argc == 3 && strcmp(argv[1], "exec-helper") == 0) return exec_helper(argv[2]);
     key_t key = ftok(".", 'c');
     if (key == -1) return 90;
     int shm = shmget(key, SEG, IPC_CREAT | IPC_EXCL | 0600);
@@ -135,6 +144,18 @@ int main(void) {
     if (shmdt(b) != 0) ERR("shmdt: %s", strerror(errno));
     printf("removed segment after detach: %s\n", shmctl(priv, IPC_STAT, &ds) == 0 ? "still there" : "gone");
     if (semctl(sem, 0, GETVAL) != 1) ERR("semaphore 0 is %d", semctl(sem, 0, GETVAL));
+    /* A program exec'd with the queue's id in its arguments uses it. */
+    fflush(stdout);
+    pid_t h = fork();
+    if (h == 0) {
+        char arg[32];
+        snprintf(arg, sizeof arg, "%d", q);
+        execl("/proc/self/exe", argv[0], "exec-helper", arg, (char *)NULL);
+        _exit(71);
+    }
+    if (waitpid(h, &st, 0) != h || !WIFEXITED(st) || WEXITSTATUS(st) != 0) ERR("exec helper: status %#x", st);
+    n = msgrcv(q, &m, sizeof m.text, 5, IPC_NOWAIT);
+    printf("from the exec'd program: %s\n", n > 0 ? m.text : strerror(errno));
     gate(2);
     if (shmdt(a) != 0) ERR("shmdt: %s", strerror(errno));
     if (shmctl(shm, IPC_RMID, NULL) != 0) ERR("shm IPC_RMID: %s", strerror(errno));
