@@ -20,8 +20,8 @@ use serde::{Deserialize, Serialize};
 pub const MAGIC: [u8; 8] = *b"CRUSTIMG";
 /// Current image format version (2: compressed page data, chunk table; 3: the fd table
 /// right after the header; 4: dup_fds; 5: SysV IPC objects and attachments, POSIX
-/// message queue fds).
-pub const VERSION: u32 = 5;
+/// message queue fds; 6: sibling_fds).
+pub const VERSION: u32 = 6;
 /// Size of the header page; page data starts here.
 pub const HEADER_SIZE: usize = 4096;
 /// Page size the format is built around.
@@ -598,6 +598,9 @@ pub struct TreeInfo {
     /// fds that share their open file description with a lower-numbered fd of this
     /// process (dup, dup2, F_DUPFD): `(fd, lower fd)`.
     pub dup_fds: Vec<(i32, i32)>,
+    /// fds that share their open file description with a sibling (a child of the same
+    /// parent) but not with the parent: `(fd here, sibling's real pid, sibling's fd)`.
+    pub sibling_fds: Vec<(i32, i32, i32)>,
     /// Named FIFOs among the pipe fds: `(fd, path)`.
     pub fifos: Vec<(i32, String)>,
     /// Shared memory that no file path can bring back (MAP_SHARED anonymous, deleted

@@ -728,12 +728,14 @@ fn plan_fds(t: &mut TreePlan, keep_files: bool, substs: &[crate::fds::FdSubst]) 
     let mut devnull: Option<usize> = None;
     let mut resolved: HashMap<(usize, i32), Src> = HashMap::new();
     let order = t.order.clone();
+    let by_real: HashMap<i32, usize> = t.procs.iter().enumerate().map(|(j, p)| (p.meta.real_pid, j)).collect();
     for &i in &order {
         let who = t.describe(i);
         let parent = t.procs[i].parent;
         let recs = t.procs[i].meta.fds.clone();
         let inherited = t.procs[i].meta.tree.inherited_fds.clone();
         let dups = t.procs[i].meta.tree.dup_fds.clone();
+        let siblings = t.procs[i].meta.tree.sibling_fds.clone();
         let mut fds = Vec::new();
         for rec in &recs {
             if let Some(path) = substs.get(&(i, rec.fd)) {
@@ -812,6 +814,13 @@ fn plan_fds(t: &mut TreePlan, keep_files: bool, substs: &[crate::fds::FdSubst]) 
                                 .iter()
                                 .find(|(fd, _)| *fd == rec.fd)
                                 .and_then(|(_, pfd)| parent.and_then(|p| resolved.get(&(p, *pfd)).copied()))
+                        })
+                        .or_else(|| {
+                            // A sibling restored earlier holds it (the first one opens it).
+                            siblings.iter().filter(|(fd, _, _)| *fd == rec.fd).find_map(|&(_, sib, sfd)| {
+                                let j = by_real.get(&sib)?;
+                                resolved.get(&(*j, sfd)).copied()
+                            })
                         });
                     match (from_parent, &rec.kind) {
                         (Some(s), _) => s,

@@ -8,9 +8,10 @@
 //! * Children come from `/proc/self/task/*/children`; a child that has exited but was not
 //!   reaped is recognised with `waitid(WNOHANG | WNOWAIT)`, which reports its status
 //!   without reaping it: the checkpointer never reaps a child of the program.
-//! * Open file descriptions shared with the parent (inherited over fork), or between two
-//!   fds of the process itself (dup), are found with `kcmp(KCMP_FILE)`, so a restart can
-//!   give them one description again (one file offset for a shared stdout).
+//! * Open file descriptions shared with the parent (inherited over fork), between two fds
+//!   of the process itself (dup), or with a sibling (the parent closed its copy) are found
+//!   with `kcmp(KCMP_FILE)`, so a restart can give them one description again (one file
+//!   offset for a shared stdout).
 //! * Pipe contents are copied with `tee(2)`, which duplicates a pipe's buffers without
 //!   consuming them: nothing is taken out of the pipe and put back, so no other process
 //!   (inside or outside the computation) can see bytes reordered. Exactly one process of
@@ -84,34 +85,78 @@ fn zombie_status(pid: i32) -> Option<ChildExit> {
 }
 
 /// `(fd, parent's fd)` for every recorded fd whose open file description the parent holds too.
-///
-/// The parent is being checkpointed at the same moment: its checkpoint thread opens and
-/// closes fds of its own (image files, /proc files, pipes for `tee`) while this runs, so
-/// its fd list is not still. Such an fd may vanish or be reused for another file between
-/// two `kcmp` calls, which breaks the order a sort relies on and made the binary search
-/// miss a description that is shared. The sorted list is therefore checked after sorting
-/// and the search retried when any comparison failed; a search that still cannot trust
-/// the order falls back to comparing each fd with every one of the parent's.
 fn inherited_fds(fds: &[FdRecord]) -> Vec<(i32, i32)> {
-    let me = sys::getpid();
     let parent = sys::getppid();
     if parent <= 1 {
         return Vec::new();
     }
+    let mine: Vec<i32> = fds.iter().map(|r| r.fd).collect();
+    shared_with(parent, &mine)
+}
+
+/// `(fd, sibling's real pid, sibling's fd)` for the recorded fds (pipes aside: they are
+/// matched by inode) that share their description with a sibling but neither with the
+/// parent nor with a lower fd of this process: the parent opened a file, forked its
+/// children and closed its own copy. A restart gives the siblings one description again.
+fn sibling_fds(fds: &[FdRecord], inherited: &[(i32, i32)], dups: &[(i32, i32)]) -> Vec<(i32, i32, i32)> {
+    let parent = sys::getppid();
+    let me = sys::getpid();
+    let mine: Vec<i32> = fds
+        .iter()
+        .filter(|r| !matches!(r.kind, FdKind::Pipe { .. } | FdKind::Ignored { .. }))
+        .map(|r| r.fd)
+        .filter(|fd| !inherited.iter().any(|(f, _)| f == fd) && !dups.iter().any(|(f, _)| f == fd))
+        .collect();
+    if parent <= 1 || mine.is_empty() {
+        return Vec::new();
+    }
+    let mut siblings: Vec<i32> = Vec::new();
+    for tid in procfs::list_numbers(format!("/proc/{parent}/task").as_bytes()) {
+        let text = procfs::read_string(format!("/proc/{parent}/task/{tid}/children").as_bytes());
+        siblings.extend(text.split_ascii_whitespace().filter_map(|p| p.parse::<i32>().ok()).filter(|&p| p != me));
+    }
+    siblings.sort_unstable();
+    siblings.dedup();
+    let mut out = Vec::new();
+    let mut left = mine;
+    for sib in siblings {
+        if left.is_empty() {
+            break;
+        }
+        let hits = shared_with(sib, &left);
+        left.retain(|fd| !hits.iter().any(|(f, _)| f == fd));
+        out.extend(hits.into_iter().map(|(fd, theirs)| (fd, sib, theirs)));
+    }
+    out.sort_unstable();
+    out
+}
+
+/// `(fd, other's fd)` for each of `mine` whose open file description process `other`
+/// holds too.
+///
+/// The other process is being checkpointed at the same moment: its checkpoint thread
+/// opens and closes fds of its own (image files, /proc files, pipes for `tee`) while this
+/// runs, so its fd list is not still. Such an fd may vanish or be reused for another file
+/// between two `kcmp` calls, which breaks the order a sort relies on and made the binary
+/// search miss a description that is shared. The sorted list is therefore checked after
+/// sorting and the search retried when any comparison failed; a search that still cannot
+/// trust the order falls back to comparing each fd with every one of the other's.
+fn shared_with(other: i32, mine: &[i32]) -> Vec<(i32, i32)> {
+    let me = sys::getpid();
     // kcmp orders open file descriptions consistently (0 same, 1 less, 2 greater), so the
-    // parent's fds are sorted once and each of ours found by binary search: O(n log n)
+    // other's fds are sorted once and each of ours found by binary search: O(n log n)
     // system calls, not O(n²), for processes with many fds. None: not comparable (an fd
     // closed meanwhile).
     let kcmp = |pid1: i32, fd1: i32, fd2: i32| -> Option<core::cmp::Ordering> {
         // SAFETY: kcmp only compares kernel objects.
-        match unsafe { sc!(SYS_KCMP, pid1, parent, KCMP_FILE, fd1, fd2) } {
+        match unsafe { sc!(SYS_KCMP, pid1, other, KCMP_FILE, fd1, fd2) } {
             0 => Some(core::cmp::Ordering::Equal),
             1 => Some(core::cmp::Ordering::Less),
             2 => Some(core::cmp::Ordering::Greater),
             _ => None,
         }
     };
-    let listed = procfs::list_numbers(format!("/proc/{parent}/fd").as_bytes());
+    let listed = procfs::list_numbers(format!("/proc/{other}/fd").as_bytes());
     for _attempt in 0..8 {
         let failed = core::cell::Cell::new(false);
         let ordered = |a: Option<core::cmp::Ordering>| {
@@ -120,31 +165,31 @@ fn inherited_fds(fds: &[FdRecord]) -> Vec<(i32, i32)> {
                 core::cmp::Ordering::Less
             })
         };
-        let mut theirs: Vec<i32> = listed.iter().copied().filter(|&p| kcmp(parent, p, p).is_some()).collect();
-        merge_sort(&mut theirs, &|a, b| ordered(kcmp(parent, a, b)));
-        if failed.get() || theirs.windows(2).any(|w| ordered(kcmp(parent, w[0], w[1])).is_gt()) {
+        let mut theirs: Vec<i32> = listed.iter().copied().filter(|&p| kcmp(other, p, p).is_some()).collect();
+        merge_sort(&mut theirs, &|a, b| ordered(kcmp(other, a, b)));
+        if failed.get() || theirs.windows(2).any(|w| ordered(kcmp(other, w[0], w[1])).is_gt()) {
             continue;
         }
         let mut out = Vec::new();
-        for rec in fds {
+        for &fd in mine {
             // Inherited fds usually keep their number: try that first.
-            let hit = if listed.binary_search(&rec.fd).is_ok() && kcmp(me, rec.fd, rec.fd).is_some_and(|o| o.is_eq()) {
-                Some(rec.fd)
+            let hit = if listed.binary_search(&fd).is_ok() && kcmp(me, fd, fd).is_some_and(|o| o.is_eq()) {
+                Some(fd)
             } else {
-                theirs.binary_search_by(|&p| ordered(kcmp(me, rec.fd, p)).reverse()).ok().map(|i| theirs[i])
+                theirs.binary_search_by(|&p| ordered(kcmp(me, fd, p)).reverse()).ok().map(|i| theirs[i])
             };
             if let Some(p) = hit {
-                out.push((rec.fd, p));
+                out.push((fd, p));
             }
         }
         if !failed.get() {
             return out;
         }
     }
-    // The parent's fds kept changing: compare with each of them (only equality counts,
+    // The other's fds kept changing: compare with each of them (only equality counts,
     // and the program's own fds hold still while it is stopped).
-    fds.iter()
-        .filter_map(|rec| listed.iter().find(|&&p| kcmp(me, rec.fd, p).is_some_and(|o| o.is_eq())).map(|&p| (rec.fd, p)))
+    mine.iter()
+        .filter_map(|&fd| listed.iter().find(|&&p| kcmp(me, fd, p).is_some_and(|o| o.is_eq())).map(|&p| (fd, p)))
         .collect()
 }
 
@@ -266,14 +311,17 @@ pub fn describe(fds: &[FdRecord], shared_maps: Vec<SharedMap>) -> TreeInfo {
             (target.starts_with('/')).then_some((r.fd, target))
         })
         .collect();
+    let inherited = inherited_fds(fds);
+    let dups = dup_fds(fds);
     TreeInfo {
         real_ppid: sys::getppid(),
         vpgid: crate::vpid::to_virtual_group(pgid),
         vsid: crate::vpid::to_virtual_group(sid),
         start_ticks: f.get(22).copied().unwrap_or(0),
         children: children(),
-        inherited_fds: inherited_fds(fds),
-        dup_fds: dup_fds(fds),
+        sibling_fds: sibling_fds(fds, &inherited, &dups),
+        inherited_fds: inherited,
+        dup_fds: dups,
         fifos,
         shared_maps,
         sysv: Vec::new(),

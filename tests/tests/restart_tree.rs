@@ -269,3 +269,12 @@ fn daemon_session_whose_leader_exited_keeps_its_id_after_restarts() {
     let s2 = Session::new("daemon_session_twice");
     twice(&Flow::new(&s2, Program::c("daemon")), 3);
 }
+
+/// An open file description held only by two siblings (the parent closed its copy after
+/// forking them) is one description again after a restart: their lines follow each
+/// other in the file and they report one offset (`tests/probes/sibling_fds.c`).
+#[test]
+fn description_shared_only_by_siblings_stays_shared() {
+    let s = Session::new("sibling_fds");
+    tree_canonical(&Flow::new(&s, Program::c("sibling_fds")), 3);
+}
