@@ -80,6 +80,8 @@ pub struct PlanInput<'a> {
     pub coord: &'a str,
     pub generation: u64,
     pub verify: bool,
+    /// Read large runs with O_DIRECT and AIO (`PlanHeader::direct_reads`).
+    pub direct_reads: bool,
     /// The tree's ids (virtual, new real, old real).
     pub pids: &'a [PlanPid],
     /// Lowest fd number of crrestart's own descriptors (see [`RestartArgs::close_from`]).
@@ -228,6 +230,8 @@ pub fn build(p: &PlanInput) -> Result<Vec<u8>, String> {
         auxv,
         auxv_words: words as u32,
         verify: p.verify as u32,
+        direct_reads: p.direct_reads as u32,
+        _pad: 0,
         entry: meta.restart.entry,
         entry_stack: meta.restart.stack_top,
         scratch_addr: p.scratch_addr,

@@ -592,6 +592,7 @@ fn exec_restorer(cx: &Ctx, i: usize, pids: &[PlanPid]) -> Result<Infallible, Str
         coord: &t.coord,
         generation: meta.generation,
         verify: !p.pages_verified,
+        direct_reads: p.pages_direct,
         pids,
         close_from: base,
         shared: &shared,

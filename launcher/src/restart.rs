@@ -31,6 +31,8 @@ pub struct RestartOptions {
     pub verify: bool,
     /// Read all page data in instead of mapping large runs from the image (`crate::pages`).
     pub eager: bool,
+    /// With `eager`: when page data is read with O_DIRECT (`crate::pages::open_pages`).
+    pub direct_reads: crate::pages::DirectReads,
     /// `--fd [VPID:]N=PATH`: fds that refer to another file after the restart.
     pub fd_substs: Vec<crate::fds::FdSubst>,
 }
@@ -92,6 +94,8 @@ pub struct ProcPlan {
     pub pages: std::fs::File,
     /// Every page checksum was checked already (the restorer need not check them again).
     pub pages_verified: bool,
+    /// The restorer reads page data with O_DIRECT (`crate::pages::PageSource::direct`).
+    pub pages_direct: bool,
     pub meta: ImageMeta,
     pub parent: Option<usize>,
     /// Live children, in creation order.
@@ -513,11 +517,13 @@ fn load(opts: &RestartOptions) -> Result<TreePlan, String> {
         }
         // Page checksums (`--verify`, and `--eager`, which reads everything anyway: checked
         // here, before anything changes), unpacking of compressed images.
-        let pages = crate::pages::open_pages(&img_path, &img, opts.verify || opts.eager)?;
+        let direct = if opts.eager { opts.direct_reads } else { crate::pages::DirectReads::Never };
+        let pages = crate::pages::open_pages(&img_path, &img, opts.verify || opts.eager, direct)?;
         procs.push(ProcPlan {
             img_path,
             pages: pages.file,
             pages_verified: pages.verified,
+            pages_direct: pages.direct,
             meta: img.meta,
             parent: None,
             children: Vec::new(),

@@ -98,6 +98,11 @@ const SYS_MADVISE: usize = 28;
 const SYS_PRCTL: usize = 157;
 const SYS_EXIT_GROUP: usize = 231;
 const SYS_OPENAT: usize = 257;
+const SYS_IO_SETUP: usize = 206;
+const SYS_IO_DESTROY: usize = 207;
+const SYS_IO_GETEVENTS: usize = 208;
+const SYS_IO_SUBMIT: usize = 209;
+const O_DIRECT: usize = 0o40000;
 
 const PROT_READ: usize = 1;
 const PROT_WRITE: usize = 2;
@@ -307,6 +312,177 @@ fn special_kind(name: &[u8]) -> u32 {
     }
 }
 
+/// Read `len` bytes of the image at `off` into `addr` with `pread`.
+fn pread_all(fd: usize, addr: u64, len: u64, off: u64) {
+    let mut done = 0u64;
+    while done < len {
+        // SAFETY: [addr, addr+len) lies inside a region mapped writable.
+        let n = unsafe { sc(SYS_PREAD64, fd, (addr + done) as usize, (len - done) as usize, (off + done) as usize, 0, 0) };
+        if n <= 0 {
+            fail_at(b"image ends early (truncated?) reading page data", addr + done, n, EXIT_BAD_DATA);
+        }
+        done += n as u64;
+    }
+}
+
+/// Runs at least this long are read through AIO when direct reads are on.
+const AIO_MIN_RUN: u64 = 64 << 10;
+/// Size of one AIO request, and how many are in flight: the kernel faults the pages of
+/// one request in (allocating and zeroing them) while the disk fills the others.
+const AIO_PIECE: u64 = 16 << 20;
+const AIO_DEPTH: usize = 4;
+
+/// `struct iocb` (linux/aio_abi.h, little endian).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Iocb {
+    data: u64,
+    key: u32,
+    rw_flags: u32,
+    opcode: u16,
+    reqprio: i16,
+    fildes: u32,
+    buf: u64,
+    nbytes: u64,
+    offset: i64,
+    reserved2: u64,
+    flags: u32,
+    resfd: u32,
+}
+
+/// `struct io_event`.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct IoEvent {
+    data: u64,
+    obj: u64,
+    res: i64,
+    res2: i64,
+}
+
+/// Reads into the program's memory with O_DIRECT through Linux AIO, AIO_DEPTH requests
+/// of AIO_PIECE in flight. Anything the kernel refuses or cuts short is read again with
+/// `pread` on the ordinary descriptor, so the worst case is the plain path.
+struct Aio {
+    ctx: usize,
+    direct_fd: usize,
+    slots: [Iocb; AIO_DEPTH],
+    busy: [bool; AIO_DEPTH],
+    in_flight: usize,
+}
+
+impl Aio {
+    /// A direct descriptor on the image (through /proc/self/fd: a description of its
+    /// own) and an AIO context; None when either is refused (tmpfs, a memfd, no AIO).
+    fn open(image_fd: usize) -> Option<Aio> {
+        let mut path = *b"/proc/self/fd/\0\0\0\0\0\0\0\0\0\0\0";
+        let mut digits = [0u8; 10];
+        let (mut v, mut n) = (image_fd, 0);
+        loop {
+            digits[n] = b'0' + (v % 10) as u8;
+            n += 1;
+            v /= 10;
+            if v == 0 {
+                break;
+            }
+        }
+        for k in 0..n {
+            path[14 + k] = digits[n - 1 - k];
+        }
+        // SAFETY: NUL-terminated path.
+        let fd = unsafe { sc(SYS_OPENAT, AT_FDCWD as usize, path.as_ptr() as usize, O_RDONLY | O_DIRECT | O_CLOEXEC, 0, 0, 0) };
+        if fd < 0 {
+            return None;
+        }
+        let mut ctx = 0usize;
+        // SAFETY: ctx is a valid out-pointer, zero as io_setup requires.
+        if unsafe { sc(SYS_IO_SETUP, AIO_DEPTH, &mut ctx as *mut usize as usize, 0, 0, 0, 0) } < 0 {
+            // SAFETY: our fd.
+            unsafe { sc(SYS_CLOSE, fd as usize, 0, 0, 0, 0, 0) };
+            return None;
+        }
+        let empty = Iocb { data: 0, key: 0, rw_flags: 0, opcode: 0, reqprio: 0, fildes: 0, buf: 0, nbytes: 0, offset: 0, reserved2: 0, flags: 0, resfd: 0 };
+        Some(Aio { ctx, direct_fd: fd as usize, slots: [empty; AIO_DEPTH], busy: [false; AIO_DEPTH], in_flight: 0 })
+    }
+
+    /// Queue the read of `len` bytes at `off` into `addr` (in pieces); returns once they
+    /// are all submitted (or read with pread).
+    fn read(&mut self, image_fd: usize, addr: u64, len: u64, off: u64) {
+        let mut done = 0u64;
+        while done < len {
+            let n = (len - done).min(AIO_PIECE);
+            if self.in_flight == AIO_DEPTH {
+                self.reap(image_fd, 1);
+            }
+            let k = self.busy.iter().position(|b| !b).unwrap_or(0);
+            self.slots[k] = Iocb {
+                data: k as u64,
+                key: 0,
+                rw_flags: 0,
+                opcode: 0, // IOCB_CMD_PREAD
+                reqprio: 0,
+                fildes: self.direct_fd as u32,
+                buf: addr + done,
+                nbytes: n,
+                offset: (off + done) as i64,
+                reserved2: 0,
+                flags: 0,
+                resfd: 0,
+            };
+            let list = [&self.slots[k] as *const Iocb];
+            // SAFETY: one valid iocb; its buffer lies in a region mapped writable.
+            let r = unsafe { sc(SYS_IO_SUBMIT, self.ctx, 1, list.as_ptr() as usize, 0, 0, 0) };
+            if r == 1 {
+                self.busy[k] = true;
+                self.in_flight += 1;
+            } else {
+                pread_all(image_fd, addr + done, n, off + done);
+            }
+            done += n;
+        }
+    }
+
+    /// Wait for at least `min` requests; finish short or failed ones with pread.
+    fn reap(&mut self, image_fd: usize, min: usize) {
+        let mut ev = [IoEvent::default(); AIO_DEPTH];
+        let r = loop {
+            // SAFETY: ev holds AIO_DEPTH events; no timeout.
+            let r = unsafe { sc(SYS_IO_GETEVENTS, self.ctx, min, AIO_DEPTH, ev.as_mut_ptr() as usize, 0, 0) };
+            if r != -4 {
+                break r; // not EINTR
+            }
+        };
+        if r < 0 {
+            fail(b"waiting for page data reads (io_getevents) failed", EXIT_BAD_DATA);
+        }
+        for e in &ev[..r as usize] {
+            let k = (e.data as usize).min(AIO_DEPTH - 1);
+            let s = self.slots[k];
+            let got = if e.res < 0 { 0 } else { (e.res as u64).min(s.nbytes) };
+            if got < s.nbytes {
+                pread_all(image_fd, s.buf + got, s.nbytes - got, s.offset as u64 + got);
+            }
+            self.busy[k] = false;
+            self.in_flight -= 1;
+        }
+    }
+
+    /// Wait for every request in flight.
+    fn drain(&mut self, image_fd: usize) {
+        while self.in_flight > 0 {
+            self.reap(image_fd, self.in_flight);
+        }
+    }
+
+    fn close(self) {
+        // SAFETY: our context (nothing in flight: drained) and our fd.
+        unsafe {
+            sc(SYS_IO_DESTROY, self.ctx, 0, 0, 0, 0, 0);
+            sc(SYS_CLOSE, self.direct_fd, 0, 0, 0, 0, 0);
+        }
+    }
+}
+
 #[unsafe(no_mangle)]
 extern "C" fn restorer_main(sp: *const usize) -> ! {
     // SAFETY: the kernel's initial stack: argc, then argv pointers.
@@ -455,6 +631,24 @@ extern "C" fn restorer_main(sp: *const usize) -> ! {
                 if m != run.addr as isize {
                     fail_at(b"cannot map page data from the image", run.addr, m, EXIT_MAP_FAILED);
                 }
+            }
+        }
+    }
+
+    // Page data read in, once every region is mapped (the AIO context's ring is a mapping
+    // the kernel places in a free range: it must not be where a region goes later).
+    let mut aio = if h.direct_reads != 0 { Aio::open(image_fd) } else { None };
+    for i in 0..h.n_regions as usize {
+        // SAFETY: crrestart wrote n_regions entries.
+        let r = unsafe { *regions.add(i) };
+        for j in 0..r.n_runs as usize {
+            // SAFETY: crrestart wrote the runs of this region.
+            let run = unsafe { *runs.add(r.first_run as usize + j) };
+            if run.flags & RUN_MAP != 0 {
+                continue;
+            }
+            if let Some(a) = aio.as_mut().filter(|_| run.len >= AIO_MIN_RUN) {
+                a.read(image_fd, run.addr, run.len, run.image_off);
                 continue;
             }
             if run.len >= 64 << 10 {
@@ -463,25 +657,33 @@ extern "C" fn restorer_main(sp: *const usize) -> ! {
                 // SAFETY: the run lies inside the region we just mapped writable.
                 unsafe { sc(SYS_MADVISE, run.addr as usize, run.len as usize, MADV_POPULATE_WRITE, 0, 0, 0) };
             }
-            let mut done = 0u64;
-            while done < run.len {
-                // SAFETY: the run lies inside the region we just mapped writable.
-                let n = unsafe {
-                    sc(SYS_PREAD64, image_fd, (run.addr + done) as usize, (run.len - done) as usize, (run.image_off + done) as usize, 0, 0)
-                };
-                if n <= 0 {
-                    fail_at(b"image ends early (truncated?) reading page data", run.addr + done, n, EXIT_BAD_DATA);
+            pread_all(image_fd, run.addr, run.len, run.image_off);
+        }
+        if let Some(a) = aio.as_mut() {
+            a.drain(image_fd);
+        }
+        if h.verify != 0 {
+            for j in 0..r.n_runs as usize {
+                // SAFETY: crrestart wrote the runs of this region.
+                let run = unsafe { *runs.add(r.first_run as usize + j) };
+                // SAFETY: the run is mapped and filled.
+                if run.flags & (RUN_MAP | RUN_PART) == 0 && unsafe { crc32c(run.addr as *const u8, run.len as usize) } != run.crc {
+                    fail_at(b"page data fails its checksum (corrupt image)", run.addr, 0, EXIT_BAD_DATA);
                 }
-                done += n as u64;
-            }
-            // SAFETY: the run is mapped and filled.
-            if h.verify != 0 && run.flags & RUN_PART == 0 && unsafe { crc32c(run.addr as *const u8, run.len as usize) } != run.crc {
-                fail_at(b"page data fails its checksum (corrupt image)", run.addr, 0, EXIT_BAD_DATA);
             }
         }
+    }
+    if let Some(a) = aio.take() {
+        a.close();
+    }
+    for i in 0..h.n_regions as usize {
+        // SAFETY: crrestart wrote n_regions entries.
+        let r = unsafe { *regions.add(i) };
+        let need_write = r.n_runs > 0;
+        let prot = r.prot as usize | if need_write { PROT_WRITE } else { 0 };
         if need_write && prot != r.prot as usize {
             // SAFETY: final protection of the program's memory.
-            unsafe { sc(SYS_MPROTECT, r.start as usize, len, r.prot as usize, 0, 0, 0) };
+            unsafe { sc(SYS_MPROTECT, r.start as usize, (r.end - r.start) as usize, r.prot as usize, 0, 0, 0) };
         }
     }
 

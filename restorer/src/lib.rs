@@ -19,7 +19,7 @@
 pub const PLAN_MAGIC: u64 = u64::from_le_bytes(*b"CRSTPLAN");
 /// "CRSTARGS"
 pub const ARGS_MAGIC: u64 = u64::from_le_bytes(*b"CRSTARGS");
-pub const PLAN_VERSION: u32 = 1;
+pub const PLAN_VERSION: u32 = 2;
 
 /// Fixed address the restorer is linked at (see build.rs); far from where Linux places
 /// programs, libraries, heaps and stacks.
@@ -137,6 +137,11 @@ pub struct PlanHeader {
     pub auxv_words: u32,
     /// Verify page checksums while loading.
     pub verify: u32,
+    /// Read large runs with `O_DIRECT` and Linux AIO, several requests in flight, straight
+    /// into the program's memory (the image is not in the page cache: a second read
+    /// through it would copy every page once more). Falls back to `pread` where refused.
+    pub direct_reads: u32,
+    pub _pad: u32,
     /// Preload restart entry and the top of its stack.
     pub entry: u64,
     pub entry_stack: u64,

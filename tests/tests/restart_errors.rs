@@ -184,6 +184,24 @@ fn crrestart_eager_on_corrupt_page_data_fails_cleanly() {
     pristine_still_restarts(&f, &ck);
 }
 
+/// The same with the checksums checked by parallel O_DIRECT reads (`--direct-reads
+/// always`, what a cold image gets by default).
+#[test]
+fn crrestart_eager_direct_on_corrupt_page_data_fails_cleanly() {
+    let s = Session::new("err_pages_eager_dio");
+    let (f, ck) = checkpointed(&s);
+    let gen = copy_generation(&f, &ck, "pages-eager-dio");
+    corrupt_page_data(&the_image(&gen));
+    expect_clean_failure_with(
+        &f,
+        &gen,
+        &["--eager", "--direct-reads", "always"],
+        &["corrupt", "checksum", "crc"],
+        "a corrupted page-data byte (eager, direct reads)",
+    );
+    pristine_still_restarts(&f, &ck);
+}
+
 #[test]
 fn crrestart_on_wrong_image_version_fails_cleanly() {
     let s = Session::new("err_version");

@@ -307,3 +307,54 @@ fn stop_the_world_images_direct_on_disk_buffered_on_tmpfs_restart_identically() 
         }
     }
 }
+
+/// Eager restore with `--direct-reads always`: crrestart checks every page checksum with
+/// parallel O_DIRECT reads and the restorer reads the page data straight into memory with
+/// O_DIRECT through Linux AIO. The dirtying probe (three threads, 48 MiB in large runs)
+/// and the memory probe (every kind of memory, PROT_NONE and read-only areas, shared
+/// memory) restart identically; on a directory that refuses O_DIRECT (tmpfs) the same
+/// option falls back to the page cache and restarts identically too.
+#[test]
+fn eager_restore_with_direct_reads_restarts_identically_on_disk_and_tmpfs() {
+    let shm = Path::new("/dev/shm");
+    for (name, prog, on_tmpfs) in [
+        ("eager_dio_dirty", probe::dirty(), false),
+        ("eager_dio_memory", probe::memory(), false),
+        ("eager_dio_tmpfs", probe::memory(), true),
+    ] {
+        if on_tmpfs && !shm.is_dir() {
+            eprintln!("no /dev/shm here: the tmpfs case is skipped");
+            continue;
+        }
+        let mut s = Session::new(name);
+        let mut tmpfs_dir = None;
+        if on_tmpfs {
+            let d = shm.join(format!("crust-test-{name}-{}", std::process::id()));
+            let _ = fs::remove_dir_all(&d);
+            fs::create_dir_all(&d).expect("create a checkpoint directory on tmpfs");
+            s.ckpt_dir = d.clone();
+            tmpfs_dir = Some(d);
+        }
+        let mut f = Flow::new(&s, prog);
+        f.restart_args = vec!["--eager".into(), "--direct-reads".into(), "always".into(), "-v".into()];
+        let mut run = f.launch();
+        let ck = f.checkpoint_at(&mut run, 1);
+        s.advance_to(&mut run, 2);
+        f.kill(&mut [&mut run]);
+        let mut r = f.restart(&ck);
+        let said_direct = r.stderr_text().contains("page data read with O_DIRECT");
+        assert_eq!(
+            said_direct,
+            takes_o_direct(&s.ckpt_dir),
+            "{name}: crrestart's stderr does not match whether {} takes O_DIRECT:\n{}",
+            s.ckpt_dir.display(),
+            r.stderr_text()
+        );
+        assert!(image_mappings(r.pid).is_empty(), "{name}: an eager restore maps nothing from the image");
+        f.finish(&mut r);
+        drop(f);
+        if let Some(d) = tmpfs_dir {
+            let _ = fs::remove_dir_all(d);
+        }
+    }
+}

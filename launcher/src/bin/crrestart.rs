@@ -23,6 +23,11 @@ struct Args {
     /// from the image file [env: CR_RESTART_EAGER=1].
     #[arg(long, env = "CR_RESTART_EAGER", value_parser = clap::builder::BoolishValueParser::new())]
     eager: bool,
+    /// With --eager: read page data with O_DIRECT, several requests in flight, straight
+    /// into memory: `auto` when the image is mostly not in the page cache, `always`, or
+    /// `never` (through the page cache) [env: CR_DIRECT_READS].
+    #[arg(long, env = "CR_DIRECT_READS", value_name = "auto|always|never", default_value = "auto", value_parser = crust_launcher::pages::DirectReads::parse)]
+    direct_reads: crust_launcher::pages::DirectReads,
     /// Show the fd table of every process of the generation (read without the memory) and exit.
     #[arg(long)]
     list_fds: bool,
@@ -61,6 +66,7 @@ fn main() {
         keep_files: a.keep_files,
         verify: a.verify,
         eager: a.eager,
+        direct_reads: a.direct_reads,
         fd_substs: a.fd,
     };
     match crust_launcher::restart::restart(&opts) {
