@@ -87,8 +87,23 @@ start_coord $stw_flag
 for mib in $sizes; do
     bytes=$((mib << 20))
     for kind in random; do
-        w_ns=(); d_ns=(); mapped=(); mapped_touch=(); eager=(); eager_cold=(); ddr=(); ddr_cold=(); fresh=()
+        w_ns=(); w_pc=(); d_ns=(); mapped=(); mapped_touch=(); eager=(); eager_cold=(); eager_cold_pc=(); ddr=(); ddr_cold=(); fresh=(); loads=()
         for rep in $(seq "$reps"); do
+            loads+=("$(cut -d' ' -f1 /proc/loadavg)")
+            # The same checkpoint through the page cache (CR_DIRECT_IO=0: how images were
+            # written before O_DIRECT), for comparison in the same run.
+            d="$work/hog"; rm -rf "$d" "$work/ckpt"; mkdir -p "$d"
+            CR_DIRECT_IO=0 "$bin/crlaunch" --ckpt-dir "$work/ckpt" $stw_flag -- "$work/memhog" "$mib" "$kind" "$d" >/dev/null 2>"$work/memhog.err" &
+            prog_pid=$!
+            wait_file "$d/ready"
+            for _ in $(seq 500); do [ "$("$bin/crctl" status --json 2>/dev/null | grep -c '"vpid"')" -ge 1 ] && break; sleep 0.02; done
+            t0=$(now_ns); "$bin/crctl" checkpoint --wait >/dev/null 2>&1; t1=$(now_ns)
+            w_pc+=($((t1 - t0)))
+            kill -9 "$prog_pid"; wait "$prog_pid" 2>/dev/null || true; prog_pid=""
+            # dd writing the same number of bytes to the same filesystem, fsync included:
+            # once before and once after each checkpoint (a shared disk's speed drifts).
+            t0=$(now_ns); dd if=/dev/zero of="$work/dd.out" bs=4M count=$((mib / 4)) conv=fsync status=none; t1=$(now_ns)
+            d_ns+=($((t1 - t0))); rm -f "$work/dd.out"
             d="$work/hog"; rm -rf "$d" "$work/ckpt"; mkdir -p "$d"
             "$bin/crlaunch" --ckpt-dir "$work/ckpt" $stw_flag -- "$work/memhog" "$mib" "$kind" "$d" >/dev/null 2>"$work/memhog.err" &
             prog_pid=$!
@@ -103,12 +118,16 @@ for mib in $sizes; do
             # dd writing the same number of bytes to the same filesystem, fsync included.
             t0=$(now_ns); dd if=/dev/zero of="$work/dd.out" bs=4M count=$((mib / 4)) conv=fsync status=none; t1=$(now_ns)
             d_ns+=($((t1 - t0))); rm -f "$work/dd.out"
-            # Restart: mapped (default) and eager with the image in the page cache (it was
-            # just written), then eager with the image's pages dropped from the cache.
-            for mode in mapped eager eagercold; do
+            # Restart: mapped (default); eager with the image in the page cache (read in
+            # first: written with O_DIRECT, it is not cached); eager with the image's pages
+            # dropped from the cache (O_DIRECT reads, the default for a cold image), and
+            # the same through the page cache (--direct-reads never).
+            for mode in mapped eager eagercold eagercoldpc; do
                 rm -f "$d/resumed" "$d/touched"; touch "$d/go"
-                flag=""; [ "$mode" != mapped ] && flag="--eager"
-                [ "$mode" = eagercold ] && dd if="$img" iflag=nocache count=0 status=none
+                flag=""
+                case $mode in eager | eagercold) flag="--eager" ;; eagercoldpc) flag="--eager --direct-reads never" ;; esac
+                [ "$mode" = eager ] && cat "$img" >/dev/null
+                case $mode in eagercold*) dd if="$img" iflag=nocache count=0 status=none ;; esac
                 t0=$(now_ns)
                 "$bin/crrestart" $flag "$gen" >/dev/null 2>"$work/restart.err" &
                 rp=$!
@@ -118,6 +137,7 @@ for mib in $sizes; do
                     mapped) mapped+=($(( (r - t0) / 1000 ))); mapped_touch+=($(( (tt - t0) / 1000 ))) ;;
                     eager) eager+=($(( (r - t0) / 1000 ))) ;;
                     eagercold) eager_cold+=($(( (r - t0) / 1000 ))) ;;
+                    eagercoldpc) eager_cold_pc+=($(( (r - t0) / 1000 ))) ;;
                 esac
                 rm -f "$d/go"
             done
@@ -129,12 +149,18 @@ for mib in $sizes; do
             t0=$(now_ns); dd if="$img" of=/dev/null bs=4M status=none; t1=$(now_ns); ddr_cold+=($((t1 - t0)))
         done
         w=$(printf '%s\n' "${w_ns[@]}" | median); dd_w=$(printf '%s\n' "${d_ns[@]}" | median)
+        wpc=$(printf '%s\n' "${w_pc[@]}" | median)
+        row "load average (1 min) at each rep" "${loads[*]}" "" ""
         row "checkpoint ${mib} MiB ($kind), stop-the-world, MB/s" "$(mbps $bytes "$w")" "$(mbps $bytes "$dd_w") dd" \
             "$(awk -v a="$dd_w" -v b="$w" 'BEGIN{printf "%.2f", a/b}')"
+        row "  through the page cache (CR_DIRECT_IO=0), MB/s" "$(mbps $bytes "$wpc")" "$(mbps $bytes "$dd_w") dd" \
+            "$(awk -v a="$dd_w" -v b="$wpc" 'BEGIN{printf "%.2f", a/b}')"
         row "  spread (ms): crctl checkpoint --wait / dd conv=fsync" "$(printf '%s\n' "${w_ns[@]}" | awk '{print int($1/1e6)}' | spread)" \
             "$(printf '%s\n' "${d_ns[@]}" | awk '{print int($1/1e6)}' | spread)" ""
+        row "  spread (ms): page cache (CR_DIRECT_IO=0)" "$(printf '%s\n' "${w_pc[@]}" | awk '{print int($1/1e6)}' | spread)" "" ""
         m=$(printf '%s\n' "${mapped[@]}" | median); mt=$(printf '%s\n' "${mapped_touch[@]}" | median)
         e=$(printf '%s\n' "${eager[@]}" | median); ec=$(printf '%s\n' "${eager_cold[@]}" | median)
+        ecp=$(printf '%s\n' "${eager_cold_pc[@]}" | median)
         rw=$(printf '%s\n' "${ddr[@]}" | median); rc=$(printf '%s\n' "${ddr_cold[@]}" | median)
         row "restart ${mib} MiB mapped: crrestart → program runs, ms" "$((m / 1000))" "50 target" \
             "$(printf '%s\n' "${mapped[@]}" | awk '{print int($1/1000)}' | spread)"
@@ -146,6 +172,8 @@ for mib in $sizes; do
             "$(awk -v a="$fr" -v b="$((e * 1000))" 'BEGIN{printf "%.2f", a/b}')"
         row "restart ${mib} MiB eager, cold cache: → program runs, MB/s" "$(mbps $bytes $((ec * 1000)))" "$(mbps $bytes "$rc") dd cold" \
             "$(awk -v a="$rc" -v b="$((ec * 1000))" 'BEGIN{printf "%.2f", a/b}')"
+ row "  eager cold through the page cache (--direct-reads never)" "$(mbps $bytes $((ecp * 1000)))" "$(mbps $bytes "$rc") dd cold" \
+            "$(awk -v a="$rc" -v b="$((ecp * 1000))" 'BEGIN{printf "%.2f", a/b}')"
         row "  spread (ms): eager warm / eager cold" "$(printf '%s\n' "${eager[@]}" | awk '{print int($1/1000)}' | spread)" \
             "$(printf '%s\n' "${eager_cold[@]}" | awk '{print int($1/1000)}' | spread)" ""
         row "  spread (ms): dd warm / dd cold" "$(printf '%s\n' "${ddr[@]}" | awk '{print int($1/1e6)}' | spread)" \
