@@ -107,7 +107,9 @@ fn sibling_fds(fds: &[FdRecord], inherited: &[(i32, i32)], dups: &[(i32, i32)]) 
         .map(|r| r.fd)
         .filter(|fd| !inherited.iter().any(|(f, _)| f == fd) && !dups.iter().any(|(f, _)| f == fd))
         .collect();
-    if parent <= 1 || mine.is_empty() {
+    if parent <= 1 || mine.is_empty() || !procfs::read_string(format!("/proc/{parent}/maps").as_bytes()).contains("libcrpreload") {
+        // The root's parent (a shell, a batch system) is not part of the computation, nor
+        // are its other children.
         return Vec::new();
     }
     let mut siblings: Vec<i32> = Vec::new();
