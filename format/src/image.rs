@@ -192,6 +192,12 @@ pub enum RegionKind {
     Vdso,
     Vvar,
     VvarVclock,
+    /// A MAP_SHARED mapping of a file on tmpfs (`/dev/shm`: `shm_open`, named POSIX
+    /// semaphores), which does not outlive a reboot: mapped from its path again at restart,
+    /// after the file is written back with its checkpoint-time content if it is missing or
+    /// differs. The content of the mapped range is stored (non-zero pages as `runs`) in one
+    /// image of the computation per file and range; the others have no runs.
+    ShmFile { path: String, offset: u64, identity: FileIdentity },
 }
 
 /// Enough of a file's identity to notice that it changed between checkpoint and restart.

@@ -1,4 +1,6 @@
-//! Kernel objects crrestart recreates beyond files and pipes: inotify instances.
+//! Kernel objects crrestart recreates beyond files and pipes: inotify instances, tmpfs
+//! files mapped MAP_SHARED (written back from the images), and the checks of files the
+//! tree maps shared and writable.
 //!
 //! An inotify instance numbers its watches itself (1, 2, 3... never reusing a number
 //! until it wraps), and the program holds those numbers. The watches are added again in
@@ -9,8 +11,12 @@
 //! gets the number it would have got. The `IN_IGNORED` events of the placeholders (and
 //! anything else queued meanwhile) are read off before the program gets the instance.
 
-use crust_format::image::{FdRecord, InotifyWatch};
+use crate::restart::TreePlan;
+use crust_format::image::{FdRecord, FileIdentity, ImageMeta, InotifyWatch, RegionKind};
+use std::collections::{BTreeMap, HashSet};
 use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::Path;
 
 /// Recreate an inotify instance with its watches and numbering.
 pub fn open_inotify(rec: &FdRecord, watches: &[InotifyWatch], last_wd: i32) -> Result<std::fs::File, String> {
@@ -86,4 +92,75 @@ pub fn open_inotify(rec: &FdRecord, watches: &[InotifyWatch], last_wd: i32) -> R
     // SAFETY: fcntl on our own fd.
     unsafe { libc::fcntl(fd, libc::F_SETFL, rec.flags & libc::O_NONBLOCK) };
     Ok(file)
+}
+
+/// `(dev, ino)` of every file some process of the tree maps MAP_SHARED and writable.
+pub fn shared_writable_files<'a>(metas: impl Iterator<Item = &'a ImageMeta>) -> HashSet<(u64, u64)> {
+    metas
+        .flat_map(|m| m.regions.iter())
+        .filter(|r| r.shared && r.prot & libc::PROT_WRITE as u32 != 0)
+        .filter_map(|r| match &r.kind {
+            RegionKind::File { identity, .. } => Some((identity.dev, identity.ino)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A file on disk the tree maps shared and writable is its own storage: it must be the
+/// same file (inode) and at least as long as at checkpoint time (the mapping past its
+/// end would fault).
+pub fn check_mapped_written(path: &str, identity: &FileIdentity) -> Result<(), String> {
+    let md = std::fs::metadata(path).map_err(|e| format!("{path}: {e} (the program had it mapped MAP_SHARED at checkpoint time)"))?;
+    if identity.ino != 0 && (md.ino() != identity.ino || md.dev() != identity.dev) {
+        return Err(format!("{path}, mapped MAP_SHARED by the program, was replaced since the checkpoint (another file is at that path)"));
+    }
+    if md.size() < identity.size {
+        return Err(format!(
+            "{path}, mapped MAP_SHARED by the program, is shorter than at checkpoint time ({} < {} bytes)",
+            md.size(),
+            identity.size
+        ));
+    }
+    Ok(())
+}
+
+/// tmpfs files mapped MAP_SHARED (`RegionKind::ShmFile`): their checkpoint-time content,
+/// put together from the runs the images stored (one image per file and range), is
+/// written back before the restart when the file is missing or differs
+/// (`TreePlan::rewrites`); the restorers then map the file from its path.
+pub fn plan_shm_files(t: &mut TreePlan) -> Result<(), String> {
+    // (dev, ino) → (path, size, content).
+    let mut files: BTreeMap<(u64, u64), (String, Vec<u8>)> = BTreeMap::new();
+    for p in &t.procs {
+        for r in &p.meta.regions {
+            let RegionKind::ShmFile { path, offset, identity } = &r.kind else { continue };
+            let size = usize::try_from(identity.size).map_err(|_| format!("{path}: too large"))?;
+            let (_, data) = files.entry((identity.dev, identity.ino)).or_insert_with(|| (path.clone(), vec![0u8; size]));
+            for run in &r.runs {
+                let at = offset + (run.addr - r.start);
+                if at >= size as u64 {
+                    continue;
+                }
+                let n = (run.len).min(size as u64 - at) as usize;
+                let at = at as usize;
+                p.pages
+                    .read_exact_at(&mut data[at..at + n], run.offset)
+                    .map_err(|e| format!("{}: reading the content of {path}: {e}", p.img_path.display()))?;
+            }
+        }
+    }
+    for (_, (path, data)) in files {
+        if t.rewrites.iter().any(|(p, _)| *p == path) {
+            continue;
+        }
+        let dir = Path::new(&path).parent().unwrap_or(Path::new("/"));
+        if !dir.is_dir() {
+            return Err(format!("{path} was mapped MAP_SHARED by the program; its directory {} no longer exists", dir.display()));
+        }
+        if !Path::new(&path).exists() {
+            t.warnings.push(format!("{path} (mapped MAP_SHARED) no longer exists; it is made again from the checkpoint"));
+        }
+        t.rewrites.push((path, data));
+    }
+    Ok(())
 }

@@ -157,6 +157,30 @@ pub fn build(p: &PlanInput) -> Result<Vec<u8>, String> {
             });
             continue;
         }
+        if let RegionKind::ShmFile { path, offset, .. } = &g.kind {
+            // Written back by crrestart (`kobjects::plan_shm_files`) and mapped from its
+            // path: the file holds the pages, for every process that maps it.
+            flags |= RF_FILE;
+            if g.shared && g.prot & libc::PROT_WRITE as u32 != 0 {
+                flags |= RF_FILE_WRITE;
+            }
+            path_off = strings.len() as u32;
+            path_len = path.len() as u32;
+            strings.extend_from_slice(path.as_bytes());
+            strings.push(0);
+            regions.push(PlanRegion {
+                start: g.start,
+                end: g.end,
+                prot: g.prot,
+                flags,
+                file_offset: *offset,
+                path_off,
+                path_len,
+                first_run: runs.len() as u32,
+                n_runs: 0,
+            });
+            continue;
+        }
         if let RegionKind::File { path, offset, .. } = &g.kind {
             flags |= RF_FILE;
             if g.shared && g.prot & libc::PROT_WRITE as u32 != 0 {

@@ -609,12 +609,19 @@ fn load(opts: &RestartOptions) -> Result<TreePlan, String> {
             _ => None,
         })
         .collect();
+    // Files some process maps shared and writable: the program writes them after the
+    // checkpoint by design (the file is the storage), so they must only be the same file.
+    let mapped_written = crate::kobjects::shared_writable_files(procs.iter().map(|p| &p.meta));
     for p in &procs {
         let who = format!("vpid {} ({})", p.meta.vpid, p.meta.program);
         check_compat(&p.meta)?;
         for r in &p.meta.regions {
             if let RegionKind::File { path, identity, .. } = &r.kind {
                 if r.shared && saved.contains(&(identity.dev, identity.ino)) {
+                    continue;
+                }
+                if mapped_written.contains(&(identity.dev, identity.ino)) {
+                    crate::kobjects::check_mapped_written(path, identity).map_err(|e| format!("{who}: {e}"))?;
                     continue;
                 }
                 identity_changed(path, identity).map_err(|e| format!("{who}: {e}"))?;
@@ -988,6 +995,7 @@ fn plan_groups(t: &mut TreePlan) {
 pub fn prepare(opts: &RestartOptions) -> Result<TreePlan, String> {
     let mut t = load(opts)?;
     plan_fds(&mut t, opts.keep_files, &opts.fd_substs)?;
+    crate::kobjects::plan_shm_files(&mut t)?;
     plan_shared_memory(&mut t);
     plan_groups(&mut t);
     t.ipc = crate::ipc::plan(&t)?;

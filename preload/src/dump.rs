@@ -173,6 +173,9 @@ fn classify(v: &Vma, mm: &MmInfo) -> Option<RegionKind> {
         n if n.starts_with("[anon:") => Some(RegionKind::Anon),
         n if n.starts_with('/') && !n.ends_with(" (deleted)") && v.inode != 0 => {
             match sys::stat(n.as_bytes()) {
+                Ok(st) if st.st_ino == v.inode && (st.st_mode & libc::S_IFMT) == libc::S_IFREG && v.shared && crate::kobjects::on_tmpfs(n.as_bytes()) => {
+                    Some(RegionKind::ShmFile { path: n.to_string(), offset: v.offset, identity: file_identity(&st) })
+                }
                 Ok(st) if st.st_ino == v.inode && (st.st_mode & libc::S_IFMT) == libc::S_IFREG => Some(RegionKind::File {
                     path: n.to_string(),
                     offset: v.offset,
@@ -192,7 +195,7 @@ pub(crate) fn shared_contents_stored(maps: &[Vma]) -> Vec<(u64, u64)> {
     let mm = mm_info();
     maps.iter()
         .filter(|v| v.shared && v.prot & libc::PROT_READ as u32 != 0 && !crate::wrap_ipc::is_sysv_shm(v))
-        .filter(|v| matches!(classify(v, &mm), Some(RegionKind::Detached { .. })))
+        .filter(|v| matches!(classify(v, &mm), Some(RegionKind::Detached { .. } | RegionKind::ShmFile { .. })))
         .map(|v| (v.start, v.end))
         .collect()
 }
@@ -205,10 +208,29 @@ fn page_is_zero(addr: u64) -> bool {
 }
 
 /// Decide which pages of a region to store and return the runs (offsets not yet assigned).
-fn collect_runs(v: &Vma, kind: &RegionKind, scanner: &mut PageScanner, out: &mut Vec<PageRun>) -> Result<(), i32> {
+fn collect_runs(v: &Vma, kind: &RegionKind, scanner: &mut PageScanner, out: &mut Vec<PageRun>, dir: &str) -> Result<(), i32> {
     let file = matches!(kind, RegionKind::File { .. });
     if (file && v.shared) || crate::wrap_ipc::is_sysv_shm(v) {
         return Ok(()); // the file (the SysV segment, stored with the object) holds the data
+    }
+    if let RegionKind::ShmFile { identity, offset, .. } = kind {
+        // Stored by one process of the computation per file and range; the file's pages
+        // past its end cannot be read (SIGBUS).
+        if !crate::kobjects::claim_shm_file(dir, identity.dev, identity.ino, *offset, v.end - v.start) {
+            return Ok(());
+        }
+        let in_file = identity.size.saturating_sub(*offset).div_ceil(PAGE_SIZE) * PAGE_SIZE;
+        let end = v.end.min(v.start.saturating_add(in_file));
+        let mut runs = RunBuilder { out, start: 0, len: 0 };
+        let mut pa = v.start;
+        while pa < end {
+            if !page_is_zero(pa) {
+                runs.add(pa, PAGE_SIZE);
+            }
+            pa += PAGE_SIZE;
+        }
+        runs.finish();
+        return Ok(());
     }
     let mut runs = RunBuilder { out, start: 0, len: 0 };
     // Memory whose backing is gone (deleted files, shared anonymous memory) and memory
@@ -982,7 +1004,7 @@ fn write_into(fd: i32, direct_fd: i32, req: &DumpRequest, vpid: i32) -> Result<(
                         let _ = sys::mprotect(v.start as usize, (v.end - v.start) as usize, libc::PROT_READ);
                     }
                 }
-                let r = collect_runs(v, &kind, &mut scanner, &mut runs);
+                let r = collect_runs(v, &kind, &mut scanner, &mut runs, req.dir);
                 if let Err(e) = r {
                     return Err(format!("pagemap of {:#x}-{:#x}: errno {e}", v.start, v.end));
                 }

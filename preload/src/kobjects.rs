@@ -1,3 +1,6 @@
+//! Kernel objects the preload describes for a restart: inotify instances (below) and
+//! MAP_SHARED mappings of tmpfs files ([`on_tmpfs`], [`claim_shm_file`]).
+//!
 //! inotify instances: what a restart needs that the kernel does not tell.
 //!
 //! `/proc/self/fdinfo` lists an inotify instance's watches (number, inode, device, mask)
@@ -151,4 +154,30 @@ pub fn describe_inotify(fd: i32) -> Result<FdKind, String> {
     let max_live = watches.last().map_or(0, |w| w.wd);
     let last_wd = with_table(|t| t.last_wd.iter().find(|(f, _)| *f == fd).map_or(0, |e| e.1)).max(max_live);
     Ok(FdKind::Inotify { watches, last_wd })
+}
+
+/// Whether `path` is on a tmpfs (`/dev/shm`...), whose files do not outlive a reboot.
+pub fn on_tmpfs(path: &[u8]) -> bool {
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    let Ok(c) = sys::CPath::new(path) else { return false };
+    // SAFETY: plain old data.
+    let mut sf: libc::statfs = unsafe { core::mem::zeroed() };
+    // SAFETY: valid path and statfs buffer.
+    let r = unsafe { sc!(libc::SYS_statfs, c.ptr(), &mut sf as *mut libc::statfs) };
+    r == 0 && sf.f_type as i64 == TMPFS_MAGIC
+}
+
+/// The one process of the computation that stores the content of a tmpfs file's mapped
+/// range (`offset`, `len`) is the one that creates its claim file in the generation
+/// directory first (as for pipes: `tree.rs`).
+pub fn claim_shm_file(dir: &str, dev: u64, ino: u64, offset: u64, len: u64) -> bool {
+    let host = crate::dump::uname().0;
+    let path = std::format!("{dir}/.shmfile-{host}-{dev}-{ino}-{offset}-{len}");
+    match sys::open(path.as_bytes(), libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC, 0o600) {
+        Ok(fd) => {
+            sys::close(fd);
+            true
+        }
+        Err(_) => false,
+    }
 }

@@ -74,3 +74,50 @@ fn inotify_watch_on_a_removed_path_is_refused_naming_it() {
         o.describe()
     );
 }
+
+/// A unique POSIX shared-memory name for a session.
+fn shm_name(s: &Session) -> String {
+    format!("/crust-test-{}", s.root.file_name().and_then(|n| n.to_str()).unwrap_or("x"))
+}
+
+/// A tmpfs file (shm_open) and a disk file, mapped MAP_SHARED by a parent and inherited
+/// by its child: after the restart the shm object has its checkpoint-time content again
+/// (the killed run had overwritten it), both mappings are shared by the two processes
+/// again, and the output equals an uninterrupted run's.
+#[test]
+fn shared_file_mappings_come_back_shared_with_their_content() {
+    let s = Session::new("kobj_shmfile");
+    let name = shm_name(&s);
+    Flow::new(&s, Program::c("shmfile").env("PROBE_SHM", &name)).canonical();
+    let _ = std::fs::remove_file(format!("/dev/shm{name}"));
+}
+
+/// The shm object vanished after the checkpoint (as after a reboot): the restart makes it
+/// again from the image (saying so) and the program sees its checkpoint-time content. A
+/// disk file mapped MAP_SHARED that became shorter is refused, naming it.
+#[test]
+fn shared_file_mappings_vanished_shm_is_recreated_and_shortened_file_refused() {
+    let s = Session::new("kobj_shmfile_gone");
+    let name = shm_name(&s);
+    let f = Flow::new(&s, Program::c("shmfile").env("PROBE_SHM", &name));
+    let mut run = f.launch();
+    let ck = f.checkpoint_at(&mut run, 1);
+    s.advance_to(&mut run, 2);
+    f.kill(&mut [&mut run]);
+    let shm = std::path::PathBuf::from(format!("/dev/shm{name}"));
+    std::fs::remove_file(&shm).expect("the shm object exists after the kill");
+
+    let disk = s.work_dir.join("shared.dat");
+    let full = std::fs::read(&disk).expect("shared.dat");
+    std::fs::write(&disk, b"short").unwrap();
+    let o = s.restart_expecting_failure(&ck.gen);
+    let msg = o.all_text_lower();
+    assert!(msg.contains("shared.dat") && msg.contains("shorter"), "the error does not name shared.dat: {}", o.describe());
+    std::fs::write(&disk, &full).unwrap();
+
+    let mut r = f.restart(&ck);
+    f.finish(&mut r);
+    let own_err = r.stderr_text();
+    assert!(own_err.contains(&name) && own_err.contains("made again"), "no warning about the recreated shm object: {own_err}");
+    let _ = std::fs::remove_file(&shm);
+}
