@@ -319,6 +319,14 @@ pub enum FdKind {
     /// An inotify instance: its watches (by number) and the highest watch number it
     /// handed out (a restart numbers new watches after it). Queued events are not kept.
     Inotify { watches: Vec<InotifyWatch>, last_wd: i32 },
+    /// A memfd held as an fd whose seals are not those of a plain memfd (F_SEAL_SEAL
+    /// alone): like [`FdKind::Deleted`] (memfd), recreated with `MFD_ALLOW_SEALING`, filled,
+    /// then sealed with `seals` (F_SEAL_*).
+    SealedMemfd { path: String, data: Vec<u8>, seals: u32 },
+    /// A timerfd on CLOCK_REALTIME(_ALARM) set with `TFD_TIMER_ABSTIME`: its absolute
+    /// expiry (ns since the epoch; 0 = disarmed), interval, unread expirations, and whether
+    /// it was set with `TFD_TIMER_CANCEL_ON_SET`. Set absolute again at restart.
+    AbsTimerFd { clockid: i32, expires_ns: u64, interval_ns: u64, ticks: u64, cancel_on_set: bool },
 }
 
 /// One watch of an inotify instance.
@@ -366,6 +374,8 @@ impl FdKind {
             FdKind::PidFd { .. } => "pidfd",
             FdKind::MQueue { .. } => "mqueue",
             FdKind::Inotify { .. } => "inotify",
+            FdKind::SealedMemfd { .. } => "deleted",
+            FdKind::AbsTimerFd { .. } => "timerfd",
         }
     }
 
@@ -385,6 +395,17 @@ impl FdKind {
             FdKind::MQueue { name, unlinked, maxmsg, msgsize, .. } => {
                 format!("mqueue {name}{} maxmsg {maxmsg} msgsize {msgsize}", if *unlinked { " (deleted)" } else { "" })
             }
+            FdKind::SealedMemfd { path, data, seals } => {
+                format!("{path} (deleted, {} bytes stored, seals {seals:#x})", data.len())
+            }
+            FdKind::AbsTimerFd { clockid, expires_ns, interval_ns, cancel_on_set, .. } => format!(
+                "timerfd clock {clockid} at {}.{:09} (absolute{}), interval {}.{:09} s",
+                expires_ns / 1_000_000_000,
+                expires_ns % 1_000_000_000,
+                if *cancel_on_set { ", cancel on set" } else { "" },
+                interval_ns / 1_000_000_000,
+                interval_ns % 1_000_000_000
+            ),
             FdKind::Inotify { watches, .. } => {
                 let w: Vec<String> = watches.iter().map(|w| format!("{}:{}", w.wd, w.path)).collect();
                 format!("inotify watching [{}]", w.join(","))

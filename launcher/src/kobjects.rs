@@ -164,3 +164,80 @@ pub fn plan_shm_files(t: &mut TreePlan) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// A memfd with its seals: recreated with `MFD_ALLOW_SEALING`, filled, sealed, and opened
+/// with the fd's recorded flags and offset through its /proc link.
+pub fn open_sealed_memfd(rec: &FdRecord, path: &str, data: &[u8], seals: u32) -> Result<std::fs::File, String> {
+    let what = |e: String| format!("fd {} ({path}, a memfd with seals {seals:#x}): {e}", rec.fd);
+    let name = path.strip_prefix("/memfd:").unwrap_or(path);
+    let c = std::ffi::CString::new(name.as_bytes().to_vec()).map_err(|_| what("a name with a NUL byte".into()))?;
+    // SAFETY: a valid C string; the new fd is owned by the File.
+    let fd = unsafe { libc::memfd_create(c.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+    if fd < 0 {
+        return Err(what(format!("memfd_create: {}", std::io::Error::last_os_error())));
+    }
+    // SAFETY: fd is ours.
+    let mem = unsafe { std::fs::File::from_raw_fd(fd) };
+    mem.write_all_at(data, 0).map_err(|e| what(e.to_string()))?;
+    // SAFETY: fcntl on our own fd.
+    if seals != 0 && unsafe { libc::fcntl(fd, libc::F_ADD_SEALS, seals as libc::c_int) } != 0 {
+        return Err(what(format!("F_ADD_SEALS: {}", std::io::Error::last_os_error())));
+    }
+    let link = std::ffi::CString::new(format!("/proc/self/fd/{fd}")).expect("no NUL");
+    let keep = libc::O_ACCMODE | libc::O_APPEND | libc::O_NONBLOCK;
+    // SAFETY: a valid path; the new fd is owned by the File below.
+    let f = unsafe { libc::open(link.as_ptr(), (rec.flags & keep) | libc::O_CLOEXEC) };
+    if f < 0 {
+        return Err(what(format!("reopening it: {}", std::io::Error::last_os_error())));
+    }
+    // SAFETY: f is ours; lseek on it.
+    let file = unsafe { std::fs::File::from_raw_fd(f) };
+    // SAFETY: as above.
+    unsafe { libc::lseek(f, rec.offset, libc::SEEK_SET) };
+    Ok(file)
+}
+
+/// A wall-clock timerfd set with `TFD_TIMER_ABSTIME` (and `TFD_TIMER_CANCEL_ON_SET`): set
+/// absolute again, so it expires at the same time of day (at once if that has passed,
+/// counting the expirations missed meanwhile when periodic).
+pub fn open_abs_timerfd(
+    rec: &FdRecord,
+    clockid: i32,
+    expires_ns: u64,
+    interval_ns: u64,
+    ticks: u64,
+    cancel_on_set: bool,
+) -> Result<std::fs::File, String> {
+    let what = |e: String| format!("fd {} (timerfd on clock {clockid}, absolute): {e}", rec.fd);
+    let mut flags = libc::TFD_CLOEXEC;
+    if rec.flags & libc::O_NONBLOCK != 0 {
+        flags |= libc::TFD_NONBLOCK;
+    }
+    // SAFETY: a new fd, owned by the File below.
+    let fd = unsafe { libc::timerfd_create(clockid, flags) };
+    if fd < 0 {
+        return Err(what(format!("timerfd_create: {}", std::io::Error::last_os_error())));
+    }
+    // SAFETY: fd is ours.
+    let f = unsafe { std::fs::File::from_raw_fd(fd) };
+    let ts = |ns: u64| libc::timespec { tv_sec: (ns / 1_000_000_000) as libc::time_t, tv_nsec: (ns % 1_000_000_000) as libc::c_long };
+    if expires_ns != 0 {
+        let its = libc::itimerspec { it_interval: ts(interval_ns), it_value: ts(expires_ns) };
+        let mut set_flags = libc::TFD_TIMER_ABSTIME;
+        if cancel_on_set {
+            set_flags |= libc::TFD_TIMER_CANCEL_ON_SET;
+        }
+        // SAFETY: valid itimerspec; no old value wanted.
+        if unsafe { libc::timerfd_settime(fd, set_flags, &its, std::ptr::null_mut()) } != 0 {
+            return Err(what(format!("timerfd_settime: {}", std::io::Error::last_os_error())));
+        }
+    }
+    if ticks > 0 {
+        const TFD_IOC_SET_TICKS: libc::c_ulong = 0x4008_5400;
+        // SAFETY: the ioctl reads one u64.
+        if unsafe { libc::ioctl(fd, TFD_IOC_SET_TICKS, &ticks as *const u64) } != 0 {
+            return Err(what(format!("cannot restore its {ticks} unread expirations: {}", std::io::Error::last_os_error())));
+        }
+    }
+    Ok(f)
+}

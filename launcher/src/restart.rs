@@ -330,6 +330,10 @@ pub fn open_for_fd(rec: &FdRecord) -> Result<std::fs::File, String> {
         }
         FdKind::MQueue { .. } => crate::ipc::open_mqueue(rec),
         FdKind::Inotify { watches, last_wd } => crate::kobjects::open_inotify(rec, watches, *last_wd),
+        FdKind::SealedMemfd { path, data, seals } => crate::kobjects::open_sealed_memfd(rec, path, data, *seals),
+        FdKind::AbsTimerFd { clockid, expires_ns, interval_ns, ticks, cancel_on_set } => {
+            crate::kobjects::open_abs_timerfd(rec, *clockid, *expires_ns, *interval_ns, *ticks, *cancel_on_set)
+        }
         _ => Err(format!("fd {}: cannot reopen", rec.fd)),
     }
 }
@@ -847,7 +851,9 @@ fn plan_fds(t: &mut TreePlan, keep_files: bool, substs: &[crate::fds::FdSubst]) 
                             | FdKind::TimerFd { .. }
                             | FdKind::SignalFd { .. }
                             | FdKind::Epoll { .. }
-                            | FdKind::Inotify { .. },
+                            | FdKind::Inotify { .. }
+                            | FdKind::SealedMemfd { .. }
+                            | FdKind::AbsTimerFd { .. },
                         ) => {
                             open_for_fd(rec).map_err(|e| format!("{who}: {e}"))?;
                             t.objects.push(ObjSpec::Open(rec.clone()));

@@ -624,7 +624,12 @@ fn describe_fds(dir: &str) -> Result<Vec<FdRecord>, String> {
                             MAX_DELETED_TOTAL >> 20
                         ));
                     }
-                    FdKind::Deleted { path: path.to_string(), data: deleted_content(fd, &target, st.st_size as u64)?, memfd: path.starts_with("/memfd:") }
+                    let data = deleted_content(fd, &target, st.st_size as u64)?;
+                    crate::kobjects::sealed_memfd(fd, path, &data).unwrap_or(FdKind::Deleted {
+                        path: path.to_string(),
+                        data,
+                        memfd: path.starts_with("/memfd:"),
+                    })
                 } else if flags & libc::O_ACCMODE == libc::O_RDWR
                     && flags & libc::O_APPEND == 0
                     && (st.st_size as u64) <= MAX_SAVED
@@ -724,6 +729,9 @@ fn anon_kind(fd: i32, target: &str) -> Option<FdKind> {
         let (a, b) = v.trim().trim_start_matches('(').trim_end_matches(')').split_once(',')?;
         Some(a.trim().parse::<u64>().ok()? * 1_000_000_000 + b.trim().parse::<u64>().ok()?)
     };
+    if let Some(abs) = crate::kobjects::absolute_timerfd(&info, pair("it_value:")?, pair("it_interval:")?) {
+        return Some(abs);
+    }
     Some(FdKind::TimerFd {
         clockid: procfs::status_value(&info, "clockid:", 10)? as i32,
         value_ns: pair("it_value:")?,

@@ -1,5 +1,6 @@
-//! Kernel objects the preload describes for a restart: inotify instances (below) and
-//! MAP_SHARED mappings of tmpfs files ([`on_tmpfs`], [`claim_shm_file`]).
+//! Kernel objects the preload describes for a restart: inotify instances (below),
+//! MAP_SHARED mappings of tmpfs files ([`on_tmpfs`], [`claim_shm_file`]), memfd seals
+//! ([`sealed_memfd`]) and absolute wall-clock timerfds ([`absolute_timerfd`]).
 //!
 //! inotify instances: what a restart needs that the kernel does not tell.
 //!
@@ -180,4 +181,37 @@ pub fn claim_shm_file(dir: &str, dev: u64, ino: u64, offset: u64, len: u64) -> b
         }
         Err(_) => false,
     }
+}
+
+/// A memfd whose seals differ from a plain memfd's (F_SEAL_SEAL alone) as
+/// [`FdKind::SealedMemfd`] (None: not a memfd, or plain).
+pub fn sealed_memfd(fd: i32, path: &str, data: &[u8]) -> Option<FdKind> {
+    if !path.starts_with("/memfd:") {
+        return None;
+    }
+    let seals = sys::fcntl(fd, libc::F_GET_SEALS, 0).ok()? as u32;
+    (seals != libc::F_SEAL_SEAL as u32).then(|| FdKind::SealedMemfd { path: path.into(), data: data.to_vec(), seals })
+}
+
+/// A timerfd's fdinfo (with `value_ns` left and `interval_ns`): when it was set with
+/// TFD_TIMER_ABSTIME on a wall clock, [`FdKind::AbsTimerFd`] with its absolute expiry
+/// (None otherwise: a relative timer, or a clock whose absolute values do not outlive a
+/// boot, which comes back relative).
+pub fn absolute_timerfd(info: &str, value_ns: u64, interval_ns: u64) -> Option<FdKind> {
+    let flags = crate::procfs::status_value(info, "settime flags:", 8)?;
+    let clockid = crate::procfs::status_value(info, "clockid:", 10)? as i32;
+    if flags & 1 == 0 || !(clockid == libc::CLOCK_REALTIME || clockid == libc::CLOCK_REALTIME_ALARM) {
+        return None;
+    }
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: ts is a valid out-pointer.
+    unsafe { sc!(sys::SYS_clock_gettime, libc::CLOCK_REALTIME, &mut ts as *mut libc::timespec) };
+    let now = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+    Some(FdKind::AbsTimerFd {
+        clockid,
+        expires_ns: if value_ns == 0 && interval_ns == 0 { 0 } else { now + value_ns.max(1) },
+        interval_ns,
+        ticks: crate::procfs::status_value(info, "ticks:", 10)?,
+        cancel_on_set: flags & 2 != 0,
+    })
 }

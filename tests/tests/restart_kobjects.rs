@@ -121,3 +121,28 @@ fn shared_file_mappings_vanished_shm_is_recreated_and_shortened_file_refused() {
     assert!(own_err.contains(&name) && own_err.contains("made again"), "no warning about the recreated shm object: {own_err}");
     let _ = std::fs::remove_file(&shm);
 }
+
+/// memfd seals come back (a sealed memfd refuses writes and resizes and keeps its
+/// content; one created sealable can still be sealed; a plain one cannot), and a
+/// CLOCK_REALTIME timerfd set TFD_TIMER_ABSTIME|TFD_TIMER_CANCEL_ON_SET keeps both flags
+/// and its expiry; the output equals an uninterrupted run's. `--list-fds` shows the seals.
+#[test]
+fn memfd_seals_and_absolute_timerfd_flags_are_kept() {
+    let s = Session::new("kobj_seals");
+    let f = Flow::new(&s, Program::c("seals"));
+    let mut run = f.launch();
+    let ck = f.checkpoint_at(&mut run, 1);
+    s.advance_to(&mut run, 2);
+    f.kill(&mut [&mut run]);
+    let o = std::process::Command::new(&bins().crrestart)
+        .args(["--list-fds", ck.gen.to_str().unwrap()])
+        .env("CR_COORD", s.coord())
+        .output()
+        .expect("run crrestart --list-fds");
+    let listing = String::from_utf8_lossy(&o.stdout).into_owned();
+    let row = |fd: &str| listing.lines().find(|l| l.trim_start().starts_with(fd)).unwrap_or_else(|| panic!("no fd {fd} in:\n{listing}")).to_string();
+    assert!(row("40 ").contains("seals 0xe"), "fd 40: {}", row("40 "));
+    assert!(row("43 ").contains("absolute, cancel on set"), "fd 43: {}", row("43 "));
+    let mut r = f.restart(&ck);
+    f.finish(&mut r);
+}
