@@ -768,7 +768,7 @@ pub fn read_image(path: &std::path::Path) -> Result<Image, crate::Error> {
         return Err(crate::Error::Truncated { what: "image", have: len, need: header.file_len });
     }
     if header.meta_offset.checked_add(header.meta_len).is_none_or(|end| end > header.file_len)
-        || header.meta_len > (256 << 20)
+        || header.meta_len > (1 << 30)
     {
         return Err(crate::Error::Corrupt("metadata section out of bounds".into()));
     }

@@ -286,12 +286,11 @@ fn fill(o: &SysvObject, id: i32) -> Result<(), String> {
                 libc::shmdt(at);
             }
         }
-        Some(SysvData::Sem(vals)) => {
-            // SAFETY: SETALL reads nsems unsigned shorts.
-            if !vals.is_empty() && unsafe { libc::semctl(id, 0, libc::SETALL, vals.as_ptr()) } != 0 {
-                return Err(format!("cannot set its values (SETALL): {}", errno()));
-            }
+        // SAFETY: SETALL reads nsems unsigned shorts.
+        Some(SysvData::Sem(vals)) if !vals.is_empty() && unsafe { libc::semctl(id, 0, libc::SETALL, vals.as_ptr()) } != 0 => {
+            return Err(format!("cannot set its values (SETALL): {}", errno()));
         }
+        Some(SysvData::Sem(_)) => {}
         Some(SysvData::Msg(msgs)) => {
             // A surviving queue: empty it first.
             let mut buf = vec![0u8; 8 + 65536];
@@ -334,6 +333,7 @@ fn make_queue(q: &PlannedQueue) -> Result<std::fs::File, String> {
         // SAFETY: a valid name.
         unsafe { libc::mq_open(c.as_ptr(), libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC) }
     } else {
+        // SAFETY: plain data.
         let mut attr: libc::mq_attr = unsafe { std::mem::zeroed() };
         attr.mq_maxmsg = q.maxmsg;
         attr.mq_msgsize = q.msgsize;

@@ -741,7 +741,7 @@ fn anon_kind(fd: i32, target: &str) -> Option<FdKind> {
 }
 
 /// Most bytes stored for one file deleted while open, and for all of a process's (they
-/// live in the metadata, which a reader accepts up to 256 MiB).
+/// live in the metadata, which a reader accepts up to 1 GiB).
 const MAX_DELETED: u64 = 64 << 20;
 const MAX_DELETED_TOTAL: u64 = 128 << 20;
 /// Most bytes of a read-write file saved whole, and of all of a process's; larger ones

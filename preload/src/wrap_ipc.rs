@@ -658,9 +658,10 @@ static mut N_ATTACHES: usize = 0;
 static mut VMAS: [VmaRec; MAX_VMAS] = [VmaRec { start: 0, end: 0, prot: 0 }; MAX_VMAS];
 static mut N_VMAS: usize = 0;
 
-/// Most bytes stored for one segment, and for all of a process's.
-const MAX_SEGMENT: u64 = 256 << 20;
-const MAX_SEGMENTS_TOTAL: u64 = 512 << 20;
+/// Most bytes stored for one segment, and for all of a process's (they live in the
+/// metadata, with deleted and saved files' contents).
+const MAX_SEGMENT: u64 = 128 << 20;
+const MAX_SEGMENTS_TOTAL: u64 = 256 << 20;
 
 /// A mapping of a SysV shared memory segment (its pages are the segment's: stored with
 /// the object, not as memory).
@@ -668,9 +669,11 @@ pub(crate) fn is_sysv_shm(v: &crate::procfs::Vma) -> bool {
     v.shared && v.name.starts_with("/SYSV") && v.name.ends_with(" (deleted)")
 }
 
-fn claim(dir: &str, what: &str) -> bool {
+/// Whether this process stores the object `what-id` (the first of the computation to
+/// create `.<what>-<host>-<id>` in the generation directory: ids are per host).
+fn claim(dir: &str, what: &str, id: &str) -> bool {
     let host = crate::dump::uname().0;
-    match sys::open(format!("{dir}/.{what}-{host}").as_bytes(), libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC, 0o600) {
+    match sys::open(format!("{dir}/.{what}-{host}-{id}").as_bytes(), libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC, 0o600) {
         Ok(fd) => {
             sys::close(fd);
             true
@@ -756,7 +759,7 @@ pub fn capture(dir: &str) -> Result<(Vec<SysvObject>, Vec<ShmAttach>), String> {
         if objects.iter().any(|o: &SysvObject| o.kind == obj.kind && o.real_id == real_id) {
             continue;
         }
-        if claim(dir, &format!("sysv-{code}-{real_id}")) {
+        if claim(dir, "sysv", &format!("{code}-{real_id}")) {
             let what = format!("SysV {} {vid} (key {:#x})", obj.kind.name(), obj.key);
             obj.data = Some(match obj.kind {
                 SysvKind::Shm => {
@@ -901,7 +904,7 @@ fn mqueue_state(fd: i32, name: String, unlinked: bool, st: &libc::stat, dir: &st
         .map_err(|e| format!("fd {fd} (POSIX message queue {name}): mq_getattr: errno {e}"))?;
     let (maxmsg, msgsize, cur) = (attr[1], attr[2], attr[3]);
     let mut messages = Vec::new();
-    let stored = claim(dir, &format!("mq-{}", st.st_ino));
+    let stored = claim(dir, "mq", &st.st_ino.to_string());
     if stored && cur > 0 {
         // A description of our own (the program's may be write-only, and its flags
         // must not change): take every message out in the order the queue gives them,
@@ -988,9 +991,9 @@ pub fn after_restart(close_from: i32) -> Result<(), &'static str> {
             break;
         }
     }
-    for i in 0..n {
+    for (i, slot) in old_new.iter_mut().enumerate().take(n) {
         let (kind, vid, new, _, _) = rec(buf, i);
-        old_new[i] = (kind, to_real(kind, vid), new);
+        *slot = (kind, to_real(kind, vid), new);
     }
     *n_old_new = n;
     // The table now holds exactly the objects of the checkpoint, with their new ids.
