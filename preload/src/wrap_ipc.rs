@@ -335,24 +335,23 @@ pub unsafe extern "C" fn semctl(id: c_int, num: c_int, cmd: c_int, arg: usize) -
     r
 }
 
-// Operations that may block do not hold the wrapper lock while blocked: the id is
-// translated first (lock-free); a thread stopped in the call re-issues it after a
-// restart with its argument rewritten (`fix_interrupted_args`).
+// Operations that may block never hold the wrapper lock while blocked (see
+// `nowait_first`, `semop_common`).
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn semop(id: c_int, sops: *mut c_void, n: size_t) -> c_int {
     let Some(f) = real::<SemOpFn>(&R_SEMOP) else { return missing() };
-    let r = id_in(K_SEM, id);
+    note_virtual(K_SEM, id);
     // SAFETY: the program's operations, read and forwarded.
-    unsafe { semop_undo(id, sops, n, |ops| f(r, ops, n)) }
+    unsafe { semop_common(id, sops, n, |ops| f(to_real(K_SEM, id), ops, n)) }
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn semtimedop(id: c_int, sops: *mut c_void, n: size_t, t: *const libc::timespec) -> c_int {
     let Some(f) = real::<SemTimedOpFn>(&R_SEMTIMEDOP) else { return missing() };
-    let r = id_in(K_SEM, id);
+    note_virtual(K_SEM, id);
     // SAFETY: the program's operations, read and forwarded.
-    unsafe { semop_undo(id, sops, n, |ops| f(r, ops, n, t)) }
+    unsafe { semop_common(id, sops, n, |ops| f(to_real(K_SEM, id), ops, n, t)) }
 }
 
 // ---------------------------------------------------------------- SEM_UNDO
@@ -424,21 +423,23 @@ fn undo_clear(vid: i32, num: Option<i32>) {
     }
 }
 
-/// Run the program's semop (`call`, given the operations to pass) and keep its
-/// `SEM_UNDO` adjustments. An operation that can complete at once does so under the
-/// wrapper lock, with its adjustments recorded, so a checkpoint never sees one without
-/// the other; one that blocks is recorded as soon as it returns.
+/// Run the program's semop (`call` translates the id and passes the operations it is
+/// given) and keep its `SEM_UNDO` adjustments. An operation that can complete at once
+/// does so under the wrapper lock — translation, call and the record of its adjustments
+/// — so a checkpoint never sees one without the other, nor stops the thread between
+/// translating the id and the call; one that blocks runs outside the lock (a thread stopped
+/// in the call re-issues it on the new id after a restart) and is recorded as it returns.
 ///
 /// # Safety
 /// `sops` points to `n` `struct sembuf` (or the call fails in the kernel).
-unsafe fn semop_undo(vid: c_int, sops: *mut c_void, n: size_t, call: impl Fn(*mut c_void) -> c_int) -> c_int {
+unsafe fn semop_common(vid: c_int, sops: *mut c_void, n: size_t, call: impl Fn(*mut c_void) -> c_int) -> c_int {
     let ops = sops as *const libc::sembuf;
     // SAFETY: the program's array (a bad pointer faults in the kernel call instead).
     let undo = !ops.is_null() && n <= 4096 && (0..n).any(|i| unsafe { (*ops.add(i)).sem_flg } & SEM_UNDO != 0);
-    if !undo {
-        return call(sops);
-    }
     let record = || {
+        if !undo {
+            return;
+        }
         lock();
         undo_own();
         for i in 0..n {
@@ -450,7 +451,7 @@ unsafe fn semop_undo(vid: c_int, sops: *mut c_void, n: size_t, call: impl Fn(*mu
         }
         unlock();
     };
-    if n > 64 {
+    if ops.is_null() || n > 64 {
         let r = call(sops);
         if r == 0 {
             let _g = WrapperGuard::new();
@@ -530,20 +531,37 @@ pub unsafe extern "C" fn msgget(key: key_t, flg: c_int) -> c_int {
     if r < 0 { r } else { record_real(K_MSG, r) }
 }
 
+/// A call that may block: first without blocking under the wrapper lock (translation and
+/// call together: a checkpoint never stops the thread between them), then, if it would
+/// have to wait (`would_block` errno) and the program did not ask for IPC_NOWAIT, the
+/// blocking call outside the lock (a thread stopped in it re-issues it on the new id after
+/// a restart: `fix_interrupted_args`).
+fn nowait_first<R: Copy + PartialOrd + Default>(flg: c_int, would_block: c_int, call: impl Fn(c_int) -> R) -> R {
+    {
+        let _g = WrapperGuard::new();
+        let r = call(flg | libc::IPC_NOWAIT);
+        // SAFETY: errno is thread-local.
+        if r >= R::default() || flg & libc::IPC_NOWAIT != 0 || unsafe { *libc::__errno_location() } != would_block {
+            return r;
+        }
+    }
+    call(flg)
+}
+
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn msgsnd(id: c_int, msg: *const c_void, size: size_t, flg: c_int) -> c_int {
     let Some(f) = real::<MsgSndFn>(&R_MSGSND) else { return missing() };
-    let r = id_in(K_MSG, id);
+    note_virtual(K_MSG, id);
     // SAFETY: forwarding the program's arguments.
-    unsafe { f(r, msg, size, flg) }
+    nowait_first(flg, libc::EAGAIN, |fl| unsafe { f(to_real(K_MSG, id), msg, size, fl) })
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn msgrcv(id: c_int, msg: *mut c_void, size: size_t, typ: c_long, flg: c_int) -> ssize_t {
     let Some(f) = real::<MsgRcvFn>(&R_MSGRCV) else { return missing() as ssize_t };
-    let r = id_in(K_MSG, id);
+    note_virtual(K_MSG, id);
     // SAFETY: forwarding the program's arguments.
-    unsafe { f(r, msg, size, typ, flg) }
+    nowait_first(flg, libc::ENOMSG, |fl| unsafe { f(to_real(K_MSG, id), msg, size, typ, fl) })
 }
 
 #[unsafe(no_mangle)]
