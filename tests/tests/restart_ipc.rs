@@ -115,6 +115,31 @@ fn sysv_checkpoint_after_a_restart_keeps_the_programs_ids() {
     remove_leftovers(&s.work_dir);
 }
 
+/// The keyed segment and semaphore set are gone at restart (removed after the kill):
+/// they are created again with their keys, modes and contents.
+#[test]
+fn sysv_keyed_objects_removed_after_the_kill_are_created_again() {
+    let s = Session::new("ipc_sysv_recreate");
+    let f = Flow::new(&s, Program::c("sysv"));
+    let mut run = f.launch();
+    f.s.advance_to(&mut run, 1);
+    wait_tree(&s, 2);
+    let ck = f.checkpoint_at(&mut run, 1);
+    f.kill(&mut [&mut run]);
+    let key = ftok(&s.work_dir, b'c');
+    // SAFETY: removing the killed run's keyed objects.
+    unsafe {
+        let shm = libc::shmget(key, 0, 0);
+        let sem = libc::semget(key, 0, 0);
+        assert!(shm >= 0 && sem >= 0, "the killed run's keyed objects are gone already");
+        libc::shmctl(shm, libc::IPC_RMID, std::ptr::null_mut());
+        libc::semctl(sem, 0, libc::IPC_RMID);
+    }
+    let mut r = f.restart(&ck);
+    f.finish(&mut r);
+    remove_leftovers(&s.work_dir);
+}
+
 /// A semaphore set with the checkpointed key, but another one, exists at restart: the
 /// restart stops before starting anything, naming the key and how to remove it.
 #[test]
