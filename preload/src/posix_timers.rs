@@ -260,10 +260,14 @@ fn restore_linear(timers: &[SavedTimer]) -> Result<(), std::string::String> {
 pub fn requeue_thread_signal(pid: i32, tid: i32, vtid: i32, sig: i32) -> bool {
     // SAFETY: restored static state, read on the single-threaded restart path.
     let s = unsafe { &*core::ptr::addr_of!(SAVED_TIMERS) };
-    let Some(t) = s.timers[..s.n].iter().find(|t| t.notify & SIGEV_THREAD_ID != 0 && t.target_vtid == vtid && t.signo == sig)
-    else {
+    let mut candidates =
+        s.timers[..s.n].iter().filter(|t| t.notify & SIGEV_THREAD_ID != 0 && t.target_vtid == vtid && t.signo == sig);
+    let Some(t) = candidates.next() else {
         return false;
     };
+    if candidates.next().is_some() {
+        return false; // several timers signal this thread so: which one is pending is unknown
+    }
     // siginfo: si_signo, si_errno, si_code; then si_timerid, si_overrun, si_value.
     let mut info = [0u64; 16];
     info[0] = sig as u32 as u64;
