@@ -12,14 +12,18 @@
  * name): a file created in watched/ (watch 1), file.txt appended to (watch 3: modify,
  * close-write), a file created in watched/sub/ (no watch: no event), one in watched/sub2/
  * (watch 4, one-shot: then IN_IGNORED), a new watch on watched/sub3 (number 6) and a file
- * created there. Files are removed before they are created, so a run after an
- * interrupted one sees the same events.
+ * created there. A child forked before gate 1 holds the instance too (one description):
+ * woken after these checks, it adds a watch on watched/sub (number 7: the numbering is
+ * the instance's) and reads the event of a file created there; the parent's next watch
+ * is then number 8. Files are removed before
+ * they are created, so a run after an interrupted one sees the same events.
  */
 #include "gate.h"
 
 #include <fcntl.h>
 #include <poll.h>
 #include <sys/inotify.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #define IFD 30
@@ -95,6 +99,20 @@ int main(void) {
     inotify_rm_watch(IFD, w2);
     inotify_rm_watch(IFD, w5);
     expect(2, "removed");
+    int p[2];
+    if (pipe(p) != 0) ERR("pipe: %s", strerror(errno));
+    pid_t child = fork();
+    if (child == 0) {
+        close(p[1]);
+        char c;
+        if (read(p[0], &c, 1) != 1) ERR("child: read: %s", strerror(errno));
+        int w7 = add("watched/sub", IN_CREATE);
+        printf("child added watch %d\n", w7);
+        touch("watched/sub/c");
+        expect(1, "child: create in sub");
+        return probe_exit_code();
+    }
+    close(p[0]);
 
     gate(1);
 
@@ -111,6 +129,11 @@ int main(void) {
     printf("new watch %d\n", w6);
     touch("watched/sub3/z");
     expect(1, "create in sub3");
+    if (write(p[1], "x", 1) != 1) ERR("write: %s", strerror(errno));
+    int st;
+    if (waitpid(child, &st, 0) != child || !WIFEXITED(st) || WEXITSTATUS(st) != PROBE_EXIT_CODE)
+        ERR("child failed: status %#x", st);
+    printf("parent then adds watch %d\n", add("watched/sub2", IN_CREATE));
 
     gate(2);
     gate(3);

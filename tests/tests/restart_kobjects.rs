@@ -33,7 +33,8 @@ fn posix_timers_survive_a_second_restart() {
 /// An inotify instance keeps its watches, their numbers (with gaps, and the next number
 /// handed out), paths and masks (one-shot included): after the restart the probe's
 /// changes to the watched files give the same events, with the same watch numbers, as an
-/// uninterrupted run. `crrestart --list-fds` shows the watches.
+/// uninterrupted run; a child holding the same instance (inherited) adds the next watch
+/// number after the restart. `crrestart --list-fds` shows the watches.
 #[test]
 fn inotify_watches_keep_their_numbers_and_masks() {
     let s = Session::new("kobj_inotify");
