@@ -74,24 +74,25 @@ fn describe(o: &SysvObject) -> String {
     }
 }
 
-/// The id of the object with `key` now, and its size (segment bytes / semaphores).
-fn existing(kind: SysvKind, key: i32) -> Option<(i32, u64)> {
+/// The id of the object with `key` now, its size (segment bytes / semaphores) and how
+/// many processes have it attached (segments).
+fn existing(kind: SysvKind, key: i32) -> Option<(i32, u64, u64)> {
     // SAFETY: lookups by key, no creation; the stat structs are written by the kernel.
     unsafe {
         match kind {
             SysvKind::Shm => {
                 let id = libc::shmget(key, 0, 0);
                 let mut ds: libc::shmid_ds = std::mem::zeroed();
-                (id >= 0 && libc::shmctl(id, libc::IPC_STAT, &mut ds) == 0).then_some((id, ds.shm_segsz as u64))
+                (id >= 0 && libc::shmctl(id, libc::IPC_STAT, &mut ds) == 0).then_some((id, ds.shm_segsz as u64, ds.shm_nattch as u64))
             }
             SysvKind::Sem => {
                 let id = libc::semget(key, 0, 0);
                 let mut ds: libc::semid_ds = std::mem::zeroed();
-                (id >= 0 && libc::semctl(id, 0, libc::IPC_STAT, &mut ds as *mut libc::semid_ds) == 0).then_some((id, ds.sem_nsems as u64))
+                (id >= 0 && libc::semctl(id, 0, libc::IPC_STAT, &mut ds as *mut libc::semid_ds) == 0).then_some((id, ds.sem_nsems as u64, 0))
             }
             SysvKind::Msg => {
                 let id = libc::msgget(key, 0);
-                (id >= 0).then_some((id, 0))
+                (id >= 0).then_some((id, 0, 0))
             }
         }
     }
@@ -121,7 +122,7 @@ pub fn plan(t: &TreePlan) -> Result<IpcPlan, String> {
         if e.obj.key == 0 || e.obj.removed {
             continue;
         }
-        if let Some((id, size)) = existing(e.obj.kind, e.obj.key) {
+        if let Some((id, size, attached)) = existing(e.obj.kind, e.obj.key) {
             let same = id == e.obj.real_id && (e.obj.kind == SysvKind::Msg || size == e.obj.size);
             if !same {
                 return Err(format!(
@@ -130,6 +131,15 @@ pub fn plan(t: &TreePlan) -> Result<IpcPlan, String> {
                     e.obj.key as u32,
                     e.obj.kind.name(),
                     e.obj.kind.ipcrm_key_option(),
+                    e.obj.key as u32
+                ));
+            }
+            if attached > 0 {
+                // Resetting it would change memory under live processes (the checkpointed
+                // computation itself, still running?).
+                return Err(format!(
+                    "{what}: running processes have it attached ({attached} attachments; is the checkpointed \
+                     program still running?); stop them, or remove the segment (ipcrm -M {:#x}), and restart again",
                     e.obj.key as u32
                 ));
             }

@@ -140,6 +140,29 @@ fn sysv_keyed_objects_removed_after_the_kill_are_created_again() {
     remove_leftovers(&s.work_dir);
 }
 
+/// A restart while the checkpointed program still runs (its keyed segment attached) is
+/// refused naming the segment: resetting it would change memory under the live program.
+#[test]
+fn sysv_segment_attached_by_a_running_program_is_refused_naming_it() {
+    let s = Session::new("ipc_sysv_live");
+    let f = Flow::new(&s, Program::c("sysv"));
+    let mut run = f.launch();
+    f.s.advance_to(&mut run, 1);
+    wait_tree(&s, 2);
+    let ck = f.checkpoint_at(&mut run, 1);
+    let key = ftok(&s.work_dir, b'c');
+    let out = s.restart_expecting_failure(&ck.gen);
+    let err = out.stderr_text();
+    let want = format!("{:#x}", key as u32);
+    assert!(!out.status.success(), "the restart succeeded beside the running program: {}", out.describe());
+    assert!(
+        err.contains("shared memory segment") && err.contains(&want) && err.contains("running processes have it attached"),
+        "the error must name the segment's key {want} and say it is attached: {err}"
+    );
+    f.kill(&mut [&mut run]);
+    remove_leftovers(&s.work_dir);
+}
+
 /// A semaphore set with the checkpointed key, but another one, exists at restart: the
 /// restart stops before starting anything, naming the key and how to remove it.
 #[test]
