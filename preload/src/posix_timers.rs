@@ -112,7 +112,21 @@ pub fn save() -> Result<(), std::string::String> {
     // SAFETY: only the checkpoint thread writes this, while the program's threads are stopped.
     let s = unsafe { &mut *core::ptr::addr_of_mut!(SAVED_TIMERS) };
     s.n = 0;
-    let text = crate::procfs::read_string(b"/proc/self/timers");
+    let mut raw = std::vec::Vec::new();
+    if let Err(e) = sys::read_file(b"/proc/self/timers", &mut raw) {
+        // Without the kernel's list (no CONFIG_CHECKPOINT_RESTORE) timers cannot be
+        // described: refuse rather than lose them, if there are any (ids start at 0).
+        let mut spec = [0i64; 4];
+        // SAFETY: spec is a valid struct itimerspec.
+        if let Some(id) = (0..4096).find(|&id| unsafe { sc!(libc::SYS_timer_gettime, id, spec.as_mut_ptr()) } == 0) {
+            return Err(std::format!(
+                "the process holds POSIX timer {id}, and this kernel does not list timers in /proc/self/timers \
+                 (errno {e}; it needs CONFIG_CHECKPOINT_RESTORE): crust cannot checkpoint them"
+            ));
+        }
+        return Ok(());
+    }
+    let text = std::string::String::from_utf8_lossy(&raw).into_owned();
     let lines: std::vec::Vec<&str> = text.lines().collect();
     let starts: std::vec::Vec<usize> = (0..lines.len()).filter(|&i| lines[i].starts_with("ID:")).collect();
     for (k, &b) in starts.iter().enumerate() {
