@@ -100,10 +100,13 @@ struct IdEntry {
     kind: AtomicU32,
     virt: AtomicI32,
     real: AtomicI32,
+    /// A segment the program removed (IPC_RMID): it lives on while attached; once
+    /// detached everywhere, its id may be another object's.
+    removed: AtomicBool,
 }
 
 #[allow(clippy::declare_interior_mutable_const)]
-const FREE: IdEntry = IdEntry { kind: AtomicU32::new(0), virt: AtomicI32::new(0), real: AtomicI32::new(0) };
+const FREE: IdEntry = IdEntry { kind: AtomicU32::new(0), virt: AtomicI32::new(0), real: AtomicI32::new(0), removed: AtomicBool::new(false) };
 static IDS: [IdEntry; MAX_IDS] = [FREE; MAX_IDS];
 static N_IDS: AtomicUsize = AtomicUsize::new(0);
 static WRITER: AtomicBool = AtomicBool::new(false);
@@ -157,6 +160,7 @@ fn push(kind: u32, virt: c_int, real: c_int) -> bool {
         return false;
     }
     let e = &IDS[slot];
+    e.removed.store(false, Ordering::Release);
     e.virt.store(virt, Ordering::Release);
     e.real.store(real, Ordering::Release);
     e.kind.store(kind, Ordering::Release);
@@ -212,6 +216,15 @@ fn forget(kind: u32, virt: c_int) {
         }
     }
     unlock();
+}
+
+/// A segment the program removed.
+fn mark_removed(virt: c_int) {
+    for e in entries() {
+        if e.kind.load(Ordering::Acquire) == K_SHM && e.virt.load(Ordering::Acquire) == virt {
+            e.removed.store(true, Ordering::Release);
+        }
+    }
 }
 
 /// The id the program passed, translated (and recorded when new).
@@ -294,8 +307,12 @@ fn ctl(kind: u32, id: c_int, cmd: c_int, call: impl FnOnce(c_int) -> c_int) -> c
             let r = call(real_id);
             // A removed semaphore set or queue is gone at once (a segment lives on while
             // attached, and a checkpoint skips it once it is gone).
-            if r == 0 && cmd & !0x100 == libc::IPC_RMID && kind != K_SHM {
-                forget(kind, id);
+            if r == 0 && cmd & !0x100 == libc::IPC_RMID {
+                if kind == K_SHM {
+                    mark_removed(id);
+                } else {
+                    forget(kind, id);
+                }
             }
             r
         }
@@ -767,6 +784,11 @@ pub fn capture(dir: &str) -> Result<(Vec<SysvObject>, Vec<ShmAttach>), String> {
             continue;
         }
         let (vid, real_id) = (e.virt.load(Ordering::Acquire), e.real.load(Ordering::Acquire));
+        if code == K_SHM && e.removed.load(Ordering::Acquire) && !attaches.iter().any(|a| a.real_id == real_id) {
+            // Removed and no longer attached here: gone, or the process that still has
+            // it attached stores it (a new segment may have its id by now).
+            continue;
+        }
         let mut obj = match stat_object(code, vid, real_id) {
             Ok(o) => o,
             Err(libc::EINVAL) | Err(libc::EIDRM) => continue, // removed since
@@ -1021,8 +1043,11 @@ pub fn after_restart(close_from: i32) -> Result<(), &'static str> {
     }
     N_IDS.store(0, Ordering::Release);
     for i in 0..n {
-        let (kind, vid, new, _, _) = rec(buf, i);
+        let (kind, vid, new, flags, _) = rec(buf, i);
         push(kind, vid, new);
+        if kind == K_SHM && flags & F_REMOVE != 0 {
+            mark_removed(vid);
+        }
     }
     unlock();
     // SAFETY: restored static state, single thread.
