@@ -167,6 +167,7 @@ pub unsafe extern "C" fn syscall(n: c_long, a1: c_long, a2: c_long, a3: c_long, 
         libc::SYS_kill => return kill(a1 as pid_t, a2 as c_int) as c_long,
         libc::SYS_tgkill => return tgkill(a1 as pid_t, a2 as pid_t, a3 as c_int) as c_long,
         libc::SYS_tkill => {
+            // SAFETY: tkill takes two integers; the tid is translated to the kernel's.
             return match sys::check(unsafe { sys::sc!(libc::SYS_tkill, vpid::to_real(a1 as pid_t), a2) }) {
                 Ok(_) => 0,
                 Err(e) => {
@@ -190,7 +191,7 @@ pub unsafe extern "C" fn syscall(n: c_long, a1: c_long, a2: c_long, a3: c_long, 
         Some(f) => unsafe { f(n, a1, a2, a3, a4, a5, a6) },
         None => {
             // SAFETY: as above, without libc's errno convention.
-            let r = unsafe { sys::syscall6(n as i64, a1 as usize, a2 as usize, a3 as usize, a4 as usize, a5 as usize, a6 as usize) };
+            let r = unsafe { sys::syscall6(n, a1 as usize, a2 as usize, a3 as usize, a4 as usize, a5 as usize, a6 as usize) };
             match sys::check(r) {
                 Ok(v) => v as c_long,
                 Err(e) => {
