@@ -94,9 +94,17 @@ fn corrupt_metadata(img: &Path) {
     fs::write(img, &bytes).expect("write image");
 }
 
-/// Flip a byte in the middle of the largest stored page run (metadata stays valid).
+/// Flip a byte in the middle of the largest stored page run (metadata stays valid); in a
+/// compressed image (the suite run with CR_COMPRESS), in the middle of the largest chunk.
 fn corrupt_page_data(img: &Path) {
     let meta = read_image(img).expect("pristine image reads").meta;
+    if let Some(c) = meta.chunks.iter().max_by_key(|c| c.clen) {
+        let mut bytes = fs::read(img).expect("read image");
+        let at = (c.offset + c.clen as u64 / 2) as usize;
+        bytes[at] ^= 0xa5;
+        fs::write(img, &bytes).expect("write image");
+        return;
+    }
     let run = meta
         .regions
         .iter()
