@@ -349,8 +349,15 @@ static SUBREAPER: AtomicI32 = AtomicI32::new(0);
 fn checkpoint(fd: i32, generation: u64, dir: &str, forked: bool) -> Result<(), String> {
     let t0 = sys::clock_monotonic_ns();
     if let Err(quiesce::SuspendError::Timeout { detail, .. }) = quiesce::suspend_all(30_000_000_000) {
+        // The message was built in the scratch arena, which resume_all gives back to the
+        // kernel (its pages read as zeros then): copy it out first.
+        let mut keep = [0u8; 512];
+        let n = detail.len().min(keep.len());
+        keep[..n].copy_from_slice(&detail.as_bytes()[..n]);
+        drop(detail);
         quiesce::resume_all();
-        return send(fd, &ToCoord::Failed { generation, error: detail });
+        let error = String::from_utf8_lossy(&keep[..n]).into_owned();
+        return send(fd, &ToCoord::Failed { generation, error });
     }
     crate::api::suspended();
     // From here until resume_all, allocations go to the scratch arena: nothing allocated
