@@ -241,3 +241,15 @@ pub fn open_abs_timerfd(
     }
     Ok(f)
 }
+
+/// `(dev, ino)` of every tmpfs file some process maps shared (`RegionKind::ShmFile`): an
+/// fd on one needs no identity check, the file is written back before it is opened.
+pub fn shm_file_ids<'a>(metas: impl Iterator<Item = &'a ImageMeta>) -> HashSet<(u64, u64)> {
+    metas
+        .flat_map(|m| m.regions.iter())
+        .filter_map(|r| match &r.kind {
+            RegionKind::ShmFile { identity, .. } => Some((identity.dev, identity.ino)),
+            _ => None,
+        })
+        .collect()
+}

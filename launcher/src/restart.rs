@@ -671,6 +671,7 @@ fn load(opts: &RestartOptions) -> Result<TreePlan, String> {
 /// Decide where every fd of every process comes from, and which objects to create.
 fn plan_fds(t: &mut TreePlan, keep_files: bool, substs: &[crate::fds::FdSubst]) -> Result<(), String> {
     let substs = resolve_substs(t, substs)?;
+    let shm_ids = crate::kobjects::shm_file_ids(t.procs.iter().map(|p| &p.meta));
     // Pipes: which ends the tree holds.
     #[derive(Default)]
     struct Ends {
@@ -900,6 +901,12 @@ fn plan_fds(t: &mut TreePlan, keep_files: bool, substs: &[crate::fds::FdSubst]) 
                         }
                         (None, FdKind::Unsupported { description }) => {
                             return Err(format!("{who}: fd {} ({description}) is of a kind crust cannot restore yet", rec.fd))
+                        }
+                        (None, FdKind::File { identity, .. }) if shm_ids.contains(&(identity.dev, identity.ino)) => {
+                            // A tmpfs file the tree also maps shared: written back from the
+                            // images before anything opens it (`kobjects::plan_shm_files`).
+                            t.objects.push(ObjSpec::Open(rec.clone()));
+                            Src::Obj(t.objects.len() - 1)
                         }
                         (None, _) => {
                             // Check now that it can be opened; it is opened for real later.

@@ -2,14 +2,15 @@
  * name from PROBE_SHM) and a file on disk (shared.dat in the working directory).
  *
  * Before gate 1 the parent creates both (two pages each), maps them MAP_SHARED, closes
- * the fds, writes "checkpoint-time" into both pages of the shm object and "disk" into the
- * disk file, and forks a child that maps nothing itself (it inherits both mappings) and
- * waits on a pipe. After gate 1 (also after a restart) the parent prints what the shm
- * object holds (the checkpoint-time content: a restart writes it back if the file changed
- * or vanished since), then overwrites it, writes "shared" into the disk mapping and wakes
- * the child; the child prints what both mappings show (the parent's new content: still
- * one object) and answers through the shm mapping; the parent reaps it and prints the
- * answer. Gates 2 and 3, then the object is unlinked.
+ * the fds (keeping a read-only fd 50 of the shm object), writes "checkpoint-time" into
+ * both pages of the shm object and "disk" into the disk file, and forks a child that maps
+ * nothing itself (it inherits both mappings) and waits on a pipe. After gate 1 (also
+ * after a restart) the parent prints what the shm object holds (the checkpoint-time
+ * content: a restart writes it back if the file changed or vanished since), then
+ * overwrites it, writes "shared" into the disk mapping and wakes the child; the child
+ * prints what both mappings show (the parent's new content: still one object) and
+ * answers through the shm mapping; the parent reaps it, prints the answer and what fd 50
+ * reads. Gates 2 and 3, then the object is unlinked.
  */
 #include "gate.h"
 
@@ -26,6 +27,10 @@ int main(void) {
     if (fd < 0 || ftruncate(fd, 8192) != 0) ERR("shm_open %s: %s", name, strerror(errno));
     char *shm = mmap(NULL, 8192, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     close(fd);
+    /* A read-only descriptor of the object stays open (fd 50). */
+    int ro = shm_open(name, O_RDONLY, 0);
+    if (ro < 0 || dup2(ro, 50) != 50) ERR("shm_open %s read-only: %s", name, strerror(errno));
+    close(ro);
     int dfd = open("shared.dat", O_RDWR | O_CREAT | O_TRUNC, 0644);
     if (dfd < 0 || ftruncate(dfd, 8192) != 0) ERR("shared.dat: %s", strerror(errno));
     char *disk = mmap(NULL, 8192, PROT_READ | PROT_WRITE, MAP_SHARED, dfd, 0);
@@ -60,6 +65,9 @@ int main(void) {
     if (waitpid(child, &st, 0) != child || !WIFEXITED(st) || WEXITSTATUS(st) != PROBE_EXIT_CODE)
         ERR("child failed: status %#x", st);
     printf("parent reads the answer [%s]\n", shm + 4096);
+    char via_fd[32] = {0};
+    if (pread(50, via_fd, sizeof via_fd - 1, 4096) < 0) ERR("pread fd 50: %s", strerror(errno));
+    printf("fd 50 reads [%s]\n", via_fd);
 
     gate(2);
     gate(3);
