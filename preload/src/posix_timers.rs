@@ -20,6 +20,10 @@
 //! with `SIGEV_THREAD_ID` (`wrap_timers.rs`); they come back like any other, aimed at the
 //! helper's new tid.
 //!
+//! A `SIGEV_THREAD_ID` timer whose thread had exited comes back notifying nobody (its
+//! signals went nowhere); a timer on `CLOCK_THREAD_CPUTIME_ID` (the creating thread's CPU
+//! time; the kernel does not say which thread) measures the main thread's after a restart.
+//!
 //! The time left runs from the restart (the time the program was not running does not
 //! count), as for timerfds. Overrun counts and `TIMER_ABSTIME` are not kept: an absolute
 //! timer comes back relative (its time left).
@@ -97,7 +101,7 @@ fn parse_record(lines: &[&str]) -> Option<SavedTimer> {
     if let Some(tid) = target.strip_prefix("tid.") {
         t.notify |= SIGEV_THREAD_ID;
         t.target_old_tid = tid.parse().ok()?;
-        t.target_vtid = crate::vpid::to_virtual(t.target_old_tid);
+        t.target_vtid = if t.target_old_tid > 0 { crate::vpid::to_virtual(t.target_old_tid) } else { 0 };
     }
     t.clock = field("ClockID:")?.parse().ok()?;
     if let Some((pid, low)) = cpu_clock_pid(t.clock) {
@@ -140,6 +144,12 @@ pub fn save() -> Result<(), std::string::String> {
         if s.n == MAX_TIMERS {
             return Err(std::format!("the process holds more than {MAX_TIMERS} POSIX timers, more than crust keeps"));
         }
+        // A thread the kernel still names but which had exited (its number may belong to
+        // another thread one day): the timer notifies nobody.
+        if t.notify & SIGEV_THREAD_ID != 0 && !crate::quiesce::slots().iter().any(|sl| sl.real_tid == t.target_old_tid) {
+            t.target_old_tid = 0;
+            t.target_vtid = 0;
+        }
         // SAFETY: t.spec is a valid struct itimerspec.
         let r = unsafe { sc!(libc::SYS_timer_gettime, t.id, t.spec.as_mut_ptr()) };
         if r < 0 {
@@ -173,8 +183,18 @@ fn create(clock: i32, ev: &KSigevent, id: &mut i32) -> isize {
 }
 
 fn sigevent_of(t: &SavedTimer) -> KSigevent {
-    let tid = if t.notify & SIGEV_THREAD_ID != 0 { crate::vpid::to_real(t.target_vtid) } else { 0 };
-    KSigevent { value: t.sival, signo: t.signo, notify: t.notify, tid, _pad: [0; 11] }
+    let mut notify = t.notify;
+    let mut tid = 0;
+    if notify & SIGEV_THREAD_ID != 0 {
+        tid = crate::vpid::to_real(t.target_vtid);
+        if t.target_old_tid <= 0 || tid <= 0 {
+            // Its thread had exited (the kernel shows tid 0): its signals went nowhere,
+            // which a timer that notifies nobody reproduces.
+            notify = libc::SIGEV_NONE;
+            tid = 0;
+        }
+    }
+    KSigevent { value: t.sival, signo: t.signo, notify, tid, _pad: [0; 11] }
 }
 
 fn clock_of(t: &SavedTimer) -> i32 {

@@ -9,6 +9,7 @@
  *   C (id 3)  CLOCK_REALTIME, SIGEV_NONE, due in an hour
  *   D         SIGEV_THREAD (glibc's helper thread), every 6 ms, value 99, counted by the callback
  *   F         CLOCK_MONOTONIC, SIGEV_SIGNAL, never armed
+ *   E         CLOCK_MONOTONIC, SIGEV_THREAD_ID to a thread that has exited since, every 3 ms
  * and waits until A, B and D have fired a few times. After gate 1 (after a restart too)
  * every timer_t must still be valid: the ids and settings are printed, A, B and D must fire
  * on (10 more ticks each, with the right values), C must still be armed within the hour,
@@ -29,7 +30,7 @@
 #define SIG_B (SIGRTMIN + 3)
 #define SIG_H (SIGRTMIN + 4)
 
-static timer_t ta, tb, tc, td, tf, tg, th;
+static timer_t ta, tb, tc, td, tf, tg, th, te;
 static atomic_int ticks_a, ticks_b, ticks_d, ticks_g, ticks_h, bad_a, bad_b, bad_d, bad_h;
 
 static void on_a(int sig, siginfo_t *si, void *uc) {
@@ -56,7 +57,17 @@ static void on_g(union sigval v) {
     if (v.sival_int == 7) atomic_fetch_add(&ticks_g, 1);
 }
 
-static atomic_int worker_tid;
+static atomic_int worker_tid, brief_tid;
+
+static void *brief(void *arg) {
+    (void)arg;
+    atomic_store(&brief_tid, gettid());
+    while (atomic_load(&brief_tid) > 0) {
+        struct timespec ts = {0, 100000};
+        nanosleep(&ts, NULL);
+    }
+    return NULL;
+}
 
 static void *worker(void *arg) {
     (void)arg;
@@ -148,6 +159,20 @@ int main(void) {
     ev.sigev_notify = SIGEV_SIGNAL;
     ev.sigev_signo = SIG_A;
     if (timer_create(CLOCK_MONOTONIC, &ev, &tf) != 0) ERR("timer_create F: %s", strerror(errno));
+    pthread_t bt;
+    pthread_create(&bt, NULL, brief, NULL);
+    while (!atomic_load(&brief_tid)) {
+        struct timespec ts = {0, 100000};
+        nanosleep(&ts, NULL);
+    }
+    memset(&ev, 0, sizeof ev);
+    ev.sigev_notify = SIGEV_THREAD_ID;
+    ev.sigev_signo = SIG_B;
+    ev._sigev_un._tid = atomic_load(&brief_tid);
+    if (timer_create(CLOCK_MONOTONIC, &ev, &te) != 0) ERR("timer_create E: %s", strerror(errno));
+    atomic_store(&brief_tid, -1);
+    pthread_join(bt, NULL);
+    arm(te, 3000000, 3000000, "E");
     printf("ids: A %d, B %d, C %d\n", (int)(intptr_t)ta, (int)(intptr_t)tb, (int)(intptr_t)tc);
 
     arm(ta, 5000000, 5000000, "A");
@@ -164,6 +189,7 @@ int main(void) {
     show(tb, "B");
     show(tc, "C");
     show(tf, "F");
+    show(te, "E");
     int a = atomic_load(&ticks_a), b = atomic_load(&ticks_b), d = atomic_load(&ticks_d);
     if (wait_count(&ticks_a, a + 10, "A") && wait_count(&ticks_b, b + 10, "B") && wait_count(&ticks_d, d + 10, "D"))
         printf("A, B and D fire on\n");
@@ -197,7 +223,7 @@ int main(void) {
 
     gate(3);
 
-    timer_t all[] = {ta, tb, tc, td, tf, tg, th};
+    timer_t all[] = {ta, tb, tc, td, tf, tg, th, te};
     for (unsigned i = 0; i < sizeof all / sizeof all[0]; i++)
         if (timer_delete(all[i]) != 0) ERR("timer_delete %u: %s", i, strerror(errno));
     printf("done\n");
