@@ -253,3 +253,55 @@ pub fn shm_file_ids<'a>(metas: impl Iterator<Item = &'a ImageMeta>) -> HashSet<(
         })
         .collect()
 }
+
+/// The shared-memory object (index into `TreePlan::shms`) that a memfd fd of process `i`
+/// refers to, when the process also maps it shared: the one object whose mapping bears
+/// the memfd's name (None when no mapping or several objects do: they stay apart).
+pub fn memfd_fd_object(t: &TreePlan, i: usize, path: &str) -> Option<usize> {
+    let meta = &t.procs[i].meta;
+    let want = format!("{path} (deleted)");
+    let mut objs: Vec<(u64, u64)> = meta
+        .tree
+        .shared_maps
+        .iter()
+        .filter(|sm| {
+            meta.regions
+                .iter()
+                .any(|r| r.start == sm.start && r.end == sm.end && matches!(&r.kind, RegionKind::Detached { name } if *name == want))
+        })
+        .map(|sm| (sm.dev, sm.ino))
+        .collect();
+    objs.sort_unstable();
+    objs.dedup();
+    match objs[..] {
+        [one] => t.shms.iter().position(|s| s.obj == one),
+        _ => None,
+    }
+}
+
+/// Seal a shared memfd as its fd was (after it is filled). `F_SEAL_FUTURE_WRITE` is left
+/// out: the restorer maps the object again, writable where the program had it so.
+pub fn seal_shared_memfd(f: &std::fs::File, s: &crate::restart::ShmSpec) -> Result<(), String> {
+    let seals = s.seals & !(libc::F_SEAL_FUTURE_WRITE as u32);
+    // SAFETY: fcntl on our own fd.
+    if seals != 0 && unsafe { libc::fcntl(f.as_raw_fd(), libc::F_ADD_SEALS, seals as libc::c_int) } != 0 {
+        return Err(format!("memfd {}: F_ADD_SEALS {seals:#x}: {}", s.name, std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// A new description of a shared memfd for an fd, with its recorded flags and offset.
+pub fn open_shm_fd(memfd: i32, rec: &FdRecord) -> Result<std::fs::File, String> {
+    let link = std::ffi::CString::new(format!("/proc/self/fd/{memfd}")).expect("no NUL");
+    let keep = libc::O_ACCMODE | libc::O_APPEND | libc::O_NONBLOCK;
+    // SAFETY: a valid path; the new fd is owned by the File below.
+    let f = unsafe { libc::open(link.as_ptr(), (rec.flags & keep) | libc::O_CLOEXEC) };
+    if f < 0 {
+        return Err(format!("fd {} (a memfd also mapped shared): {}", rec.fd, std::io::Error::last_os_error()));
+    }
+    // SAFETY: f is ours.
+    let file = unsafe { std::fs::File::from_raw_fd(f) };
+    // SAFETY: lseek on our own fd.
+    unsafe { libc::lseek(f, rec.offset, libc::SEEK_SET) };
+    Ok(file)
+}

@@ -188,18 +188,26 @@ fn materialize(t: &TreePlan) -> Result<Vec<i32>, String> {
     // Shared memory.
     let mut shm_fds: Vec<i32> = Vec::new();
     for (k, s) in t.shms.iter().enumerate() {
-        let name = CString::new(format!("crust-shm-{k}")).unwrap();
+        // A memfd gets its name back (the program may look at /proc/self/fd or maps).
+        let name = CString::new(if s.name.is_empty() { format!("crust-shm-{k}") } else { s.name.clone() })
+            .unwrap_or_else(|_| CString::new(format!("crust-shm-{k}")).unwrap());
+        let sealing = if s.seals != 0 { libc::MFD_ALLOW_SEALING } else { 0 };
         // SAFETY: valid name.
-        let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+        let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | sealing) };
         if fd < 0 {
             return Err(format!("memfd_create: {}", errno()));
         }
+        let size = s.size.max(s.content.as_ref().map_or(0, |c| c.len() as u64));
         // SAFETY: our own memfd.
-        if unsafe { libc::ftruncate(fd, s.size as libc::off_t) } != 0 {
+        if unsafe { libc::ftruncate(fd, size as libc::off_t) } != 0 {
             return Err(format!("cannot size shared memory ({} bytes): {}", s.size, errno()));
         }
         // SAFETY: the memfd stays owned by us through its raw number (into_raw_fd below).
         let f = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        if let Some(content) = &s.content {
+            // A memfd also held as an fd: its whole content first (the mapped pages follow).
+            f.write_all_at(content, 0).map_err(|e| format!("filling shared memory: {e}"))?;
+        }
         let mut buf = Vec::new();
         for &(i, off, len, at) in &s.fills {
             // The image, or the memfd its compressed page data was unpacked into.
@@ -208,6 +216,7 @@ fn materialize(t: &TreePlan) -> Result<Vec<i32>, String> {
             src.read_exact_at(&mut buf, off).map_err(|e| format!("{img}: {e}"))?;
             f.write_all_at(&buf, at).map_err(|e| format!("filling shared memory: {e}"))?;
         }
+        crate::kobjects::seal_shared_memfd(&f, s)?;
         shm_fds.push(f.into_raw_fd());
     }
     let mut staged = Vec::with_capacity(t.objects.len());
@@ -228,6 +237,7 @@ fn materialize(t: &TreePlan) -> Result<Vec<i32>, String> {
             }
             // SAFETY: duplicating our own fd.
             ObjSpec::Shm(k) => unsafe { libc::fcntl(shm_fds[*k], libc::F_DUPFD_CLOEXEC, base) },
+            ObjSpec::ShmFd { shm, rec } => crate::kobjects::open_shm_fd(shm_fds[*shm], rec)?.into_raw_fd(),
         };
         if fd < 0 {
             return Err(format!("cannot duplicate a descriptor: {}", errno()));

@@ -60,6 +60,9 @@ pub enum ObjSpec {
     PipeEnd { pipe: usize, read: bool },
     /// A shared-memory object (index into [`TreePlan::shms`]).
     Shm(usize),
+    /// A new description of a shared-memory object (a memfd both mapped and held as an
+    /// fd), opened with the fd's recorded flags and offset.
+    ShmFd { shm: usize, rec: FdRecord },
 }
 
 /// A pipe (or named FIFO) of the tree.
@@ -83,6 +86,14 @@ pub struct ShmSpec {
     /// (process whose page source holds the bytes, offset of the bytes there, length,
     /// offset in the object).
     pub fills: Vec<(usize, u64, u64, u64)>,
+    /// The object's `(dev, ino)` at checkpoint time.
+    pub obj: (u64, u64),
+    /// A memfd's name (the memfd is made with it), else empty.
+    pub name: String,
+    /// A memfd also held as an fd: its whole content (written before the mapped pages)
+    /// and seals (`kobjects::memfd_fd_object`).
+    pub content: Option<Vec<u8>>,
+    pub seals: u32,
 }
 
 /// One process of the tree.
@@ -846,6 +857,18 @@ fn plan_fds(t: &mut TreePlan, keep_files: bool, substs: &[crate::fds::FdSubst]) 
                         (None, FdKind::Socket { description, .. }) => {
                             return Err(format!("{who}: fd {} is a socket ({description}); sockets are not restored yet", rec.fd))
                         }
+                        (None, FdKind::Deleted { path, data, memfd: true } | FdKind::SealedMemfd { path, data, .. })
+                            if crate::kobjects::memfd_fd_object(t, i, path).is_some() =>
+                        {
+                            // The memfd is also mapped shared: one object for both.
+                            let k = crate::kobjects::memfd_fd_object(t, i, path).expect("checked");
+                            t.shms[k].content = Some(data.clone());
+                            if let FdKind::SealedMemfd { seals, .. } = &rec.kind {
+                                t.shms[k].seals = *seals;
+                            }
+                            t.objects.push(ObjSpec::ShmFd { shm: k, rec: rec.clone() });
+                            Src::Obj(t.objects.len() - 1)
+                        }
                         (
                             None,
                             FdKind::EventFd { .. }
@@ -941,7 +964,11 @@ fn plan_shared_memory(t: &mut TreePlan) {
         for sm in maps {
             let Some(region) = t.procs[i].meta.regions.iter().find(|r| r.start == sm.start && r.end == sm.end) else { continue };
             let k = *by_obj.entry((sm.dev, sm.ino)).or_insert_with(|| {
-                t.shms.push(ShmSpec::default());
+                let name = match &region.kind {
+                    RegionKind::Detached { name } => name.strip_prefix("/memfd:").and_then(|n| n.strip_suffix(" (deleted)")),
+                    _ => None,
+                };
+                t.shms.push(ShmSpec { obj: (sm.dev, sm.ino), name: name.unwrap_or("").to_string(), ..ShmSpec::default() });
                 t.shms.len() - 1
             });
             let spec = &mut t.shms[k];
@@ -1007,9 +1034,9 @@ fn plan_groups(t: &mut TreePlan) {
 /// Everything checked and planned; nothing changed yet.
 pub fn prepare(opts: &RestartOptions) -> Result<TreePlan, String> {
     let mut t = load(opts)?;
+    plan_shared_memory(&mut t);
     plan_fds(&mut t, opts.keep_files, &opts.fd_substs)?;
     crate::kobjects::plan_shm_files(&mut t)?;
-    plan_shared_memory(&mut t);
     plan_groups(&mut t);
     t.ipc = crate::ipc::plan(&t)?;
     Ok(t)

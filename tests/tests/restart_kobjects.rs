@@ -147,3 +147,12 @@ fn memfd_seals_and_absolute_timerfd_flags_are_kept() {
     let mut r = f.restart(&ck);
     f.finish(&mut r);
 }
+
+/// A memfd both mapped MAP_SHARED and held as an fd (by a parent and its child) is one
+/// object after the restart: a write through the fd shows in the child's mapping and the
+/// other way round; it keeps its name, seals and the content beyond the mapping.
+#[test]
+fn memfd_mapped_and_held_is_one_object() {
+    let s = Session::new("kobj_memfd_shared");
+    Flow::new(&s, Program::c("memfd_shared")).canonical();
+}
