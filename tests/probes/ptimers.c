@@ -10,6 +10,8 @@
  *   D         SIGEV_THREAD (glibc's helper thread), every 6 ms, value 99, counted by the callback
  *   F         CLOCK_MONOTONIC, SIGEV_SIGNAL, never armed
  *   E         CLOCK_MONOTONIC, SIGEV_THREAD_ID to a thread that has exited since, every 3 ms
+ *   P         the process's CPU clock (clock_getcpuclockid: the clock id names the pid),
+ *             SIGEV_NONE, due in an hour of CPU time
  * and waits until A, B and D have fired a few times. After gate 1 (after a restart too)
  * every timer_t must still be valid: the ids and settings are printed, A, B and D must fire
  * on (10 more ticks each, with the right values), C must still be armed within the hour,
@@ -30,7 +32,7 @@
 #define SIG_B (SIGRTMIN + 3)
 #define SIG_H (SIGRTMIN + 4)
 
-static timer_t ta, tb, tc, td, tf, tg, th, te;
+static timer_t ta, tb, tc, td, tf, tg, th, te, tp;
 static atomic_int ticks_a, ticks_b, ticks_d, ticks_g, ticks_h, bad_a, bad_b, bad_d, bad_h;
 
 static void on_a(int sig, siginfo_t *si, void *uc) {
@@ -173,6 +175,12 @@ int main(void) {
     atomic_store(&brief_tid, -1);
     pthread_join(bt, NULL);
     arm(te, 3000000, 3000000, "E");
+    clockid_t cpu;
+    if (clock_getcpuclockid(getpid(), &cpu) != 0) ERR("clock_getcpuclockid failed");
+    memset(&ev, 0, sizeof ev);
+    ev.sigev_notify = SIGEV_NONE;
+    if (timer_create(cpu, &ev, &tp) != 0) ERR("timer_create P: %s", strerror(errno));
+    arm(tp, 3600000000000L, 0, "P");
     printf("ids: A %d, B %d, C %d\n", (int)(intptr_t)ta, (int)(intptr_t)tb, (int)(intptr_t)tc);
 
     arm(ta, 5000000, 5000000, "A");
@@ -190,6 +198,7 @@ int main(void) {
     show(tc, "C");
     show(tf, "F");
     show(te, "E");
+    show(tp, "P");
     int a = atomic_load(&ticks_a), b = atomic_load(&ticks_b), d = atomic_load(&ticks_d);
     if (wait_count(&ticks_a, a + 10, "A") && wait_count(&ticks_b, b + 10, "B") && wait_count(&ticks_d, d + 10, "D"))
         printf("A, B and D fire on\n");
@@ -223,7 +232,7 @@ int main(void) {
 
     gate(3);
 
-    timer_t all[] = {ta, tb, tc, td, tf, tg, th, te};
+    timer_t all[] = {ta, tb, tc, td, tf, tg, th, te, tp};
     for (unsigned i = 0; i < sizeof all / sizeof all[0]; i++)
         if (timer_delete(all[i]) != 0) ERR("timer_delete %u: %s", i, strerror(errno));
     printf("done\n");
