@@ -56,6 +56,11 @@ fn with_table<R>(f: impl FnOnce(&mut Table) -> R) -> R {
     r
 }
 
+/// In a forked child: the table's lock may have been held by a thread that is not there.
+pub fn after_fork_child() {
+    LOCK.store(false, Ordering::Release);
+}
+
 /// The absolute form of `path` (relative paths are taken from the working directory).
 fn absolute(path: &[u8]) -> Option<String> {
     let p = core::str::from_utf8(path).ok()?;

@@ -311,6 +311,8 @@ fn child_after_fork(notify: Option<&Notify>) {
     // returns), so a checkpoint of the child waits until it is fully set up.
     quiesce::WLOCK.store(1, Ordering::Release);
     vpid::after_fork_child();
+    crate::kobjects::after_fork_child();
+    crate::wrap_timers::after_fork_child();
     LEFT.store(false, Ordering::Release);
     let fd = crate::ckpt_thread::COORD_FD.swap(-1, Ordering::AcqRel);
     if fd >= 0 {

@@ -111,6 +111,16 @@ extern "C" fn helper_main(_: *mut c_void) -> *mut c_void {
     }
 }
 
+/// In a forked child: no helper thread and none of the parent's timers (a start in
+/// progress in the parent never finishes here).
+pub fn after_fork_child() {
+    for s in &TABLE {
+        s.state.store(0, Ordering::Relaxed);
+    }
+    HELPER.store(0, Ordering::Release);
+    OWNER.store(own_pid(), Ordering::Release);
+}
+
 /// Make sure this process has its helper thread; Err(errno) if it cannot be started.
 fn ensure_helper() -> Result<(), c_int> {
     let me = own_pid();
