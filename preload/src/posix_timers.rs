@@ -58,10 +58,13 @@ const EMPTY: SavedTimer =
 
 pub struct SavedTimers {
     pub n: usize,
+    /// `CR_TIMER_IDS=linear` in the program's environment: restore ids the pre-6.17 way
+    /// even where the prctl exists (to test that way).
+    pub linear: bool,
     pub timers: [SavedTimer; MAX_TIMERS],
 }
 
-pub static mut SAVED_TIMERS: SavedTimers = SavedTimers { n: 0, timers: [EMPTY; MAX_TIMERS] };
+pub static mut SAVED_TIMERS: SavedTimers = SavedTimers { n: 0, linear: false, timers: [EMPTY; MAX_TIMERS] };
 
 const SIGEV_THREAD_ID: i32 = 4;
 const PR_TIMER_CREATE_RESTORE_IDS: i32 = 77;
@@ -116,6 +119,9 @@ pub fn save() -> Result<(), std::string::String> {
     // SAFETY: only the checkpoint thread writes this, while the program's threads are stopped.
     let s = unsafe { &mut *core::ptr::addr_of_mut!(SAVED_TIMERS) };
     s.n = 0;
+    let mut env = std::vec::Vec::new();
+    let _ = sys::read_file(b"/proc/self/environ", &mut env);
+    s.linear = env.split(|&c| c == 0).any(|v| v == b"CR_TIMER_IDS=linear");
     let mut raw = std::vec::Vec::new();
     if let Err(e) = sys::read_file(b"/proc/self/timers", &mut raw) {
         // Without the kernel's list (no CONFIG_CHECKPOINT_RESTORE) timers cannot be
@@ -229,7 +235,7 @@ pub fn restore() -> Result<(), std::string::String> {
     if timers.is_empty() {
         return Ok(());
     }
-    if sys::prctl(PR_TIMER_CREATE_RESTORE_IDS, 1, 0, 0, 0).is_ok() {
+    if !s.linear && sys::prctl(PR_TIMER_CREATE_RESTORE_IDS, 1, 0, 0, 0).is_ok() {
         let mut r = Ok(());
         for t in timers {
             let mut id = t.id;

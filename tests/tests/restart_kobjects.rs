@@ -156,3 +156,12 @@ fn memfd_mapped_and_held_is_one_object() {
     let s = Session::new("kobj_memfd_shared");
     Flow::new(&s, Program::c("memfd_shared")).canonical();
 }
+
+/// The way timer ids come back on kernels before 6.17 (no PR_TIMER_CREATE_RESTORE_IDS:
+/// timers made in id order, placeholders for the gaps), forced with `CR_TIMER_IDS=linear`:
+/// the same output as an uninterrupted run.
+#[test]
+fn posix_timers_keep_ids_without_the_prctl() {
+    let s = Session::new("kobj_ptimers_linear");
+    Flow::new(&s, Program::c("ptimers").env("CR_TIMER_IDS", "linear")).canonical();
+}
