@@ -375,13 +375,15 @@ impl PageWriter {
 
     /// Store one run (its offset and crc are filled in). `volatile`: the memory may change
     /// while being written (our own stack), so it is copied first.
-    fn add(&mut self, run: &mut PageRun, volatile: bool) -> Result<(), String> {
+    /// `shared`: the run is in shared memory, which a process outside the computation may
+    /// change meanwhile (compressed data is then always copied before it is checksummed).
+    fn add(&mut self, run: &mut PageRun, volatile: bool, shared: bool) -> Result<(), String> {
         // Shared memory is read from its copy taken at the stop (writer.rs).
         let src_addr = crate::writer::source(run.addr);
         run.offset = self.stream_off;
         self.stream_off += run.len;
         if self.encoder.is_some() {
-            return self.add_compressed(run);
+            return self.add_compressed(run, volatile || (shared && crate::writer::source(run.addr) == run.addr));
         }
         if volatile {
             self.flush()?;
@@ -493,12 +495,23 @@ impl PageWriter {
         Ok(())
     }
 
-    fn add_compressed(&mut self, run: &mut PageRun) -> Result<(), String> {
+    /// `volatile`: the memory may change while it is read (copy it before checksumming).
+    fn add_compressed(&mut self, run: &mut PageRun, volatile: bool) -> Result<(), String> {
         let src_addr = crate::writer::source(run.addr);
         let mut crc = 0u32;
         let mut done = 0usize;
         let len = run.len as usize;
         while done < len {
+            if !volatile && self.stage_len == 0 && len - done >= CHUNK_SIZE {
+                // A whole chunk of memory that nobody changes while the image is written:
+                // compressed where it is, without the copy into the chunk buffer.
+                // SAFETY: the run lies in a readable mapping of this process.
+                let src = unsafe { core::slice::from_raw_parts((src_addr as usize + done) as *const u8, CHUNK_SIZE) };
+                crc = crc32c::crc32c_append(crc, src);
+                self.store_chunk(src)?;
+                done += CHUNK_SIZE;
+                continue;
+            }
             let n = (len - done).min(CHUNK_SIZE - self.stage_len);
             // SAFETY: the run lies in a readable mapping of this process.
             let src = unsafe { core::slice::from_raw_parts((src_addr as usize + done) as *const u8, n) };
@@ -516,20 +529,28 @@ impl PageWriter {
         Ok(())
     }
 
+    /// Compress and write the chunk buffer.
     fn write_chunk(&mut self) -> Result<(), String> {
         if self.stage_len == 0 {
             return Ok(());
         }
-        let src = &self.stage[..self.stage_len];
+        let len = self.stage_len;
+        self.stage_len = 0;
+        // SAFETY: the stage holds `len` bytes, and store_chunk never touches the stage.
+        let src = unsafe { core::slice::from_raw_parts(self.stage.as_ptr(), len) };
+        self.store_chunk(src)
+    }
+
+    /// Compress `src` (one chunk's data) and write it as the next chunk.
+    fn store_chunk(&mut self, src: &[u8]) -> Result<(), String> {
         let enc = self.encoder.as_mut().expect("compressing writer");
         let n = enc.compress(src, &mut self.cbuf).map_err(|e| format!("compressing page data: {e}"))?;
         // Data that does not compress is stored raw (clen == ulen marks it).
         let stored: &[u8] = if n >= src.len() { src } else { &self.cbuf[..n] };
         let crc = crc32c::crc32c(stored);
         sys::pwrite_all(self.fd, stored, self.file_off).map_err(|e| format!("writing image: errno {e}"))?;
-        self.chunks.push(Chunk { offset: self.file_off, clen: stored.len() as u32, ulen: self.stage_len as u32, crc });
+        self.chunks.push(Chunk { offset: self.file_off, clen: stored.len() as u32, ulen: src.len() as u32, crc });
         self.file_off += stored.len() as u64;
-        self.stage_len = 0;
         self.kick_writeback();
         Ok(())
     }
@@ -1017,7 +1038,7 @@ fn write_into(fd: i32, direct_fd: i32, req: &DumpRequest, vpid: i32) -> Result<(
                     return Err(format!("pagemap of {:#x}-{:#x}: errno {e}", v.start, v.end));
                 }
                 for run in runs.iter_mut() {
-                    writer.add(run, volatile[vi])?;
+                    writer.add(run, volatile[vi], v.shared)?;
                     memory_bytes += run.len;
                 }
                 if unreadable {
