@@ -14,7 +14,8 @@
 //! copy them into the page cache first (that copy was 60 % of a stop-the-world checkpoint,
 //! BENCHMARKS.md). Page runs are page-aligned in memory, in length and in the file, which is
 //! what `O_DIRECT` asks; the header, fd table and metadata are written through the ordinary
-//! descriptor. Where the filesystem refuses `O_DIRECT` (tmpfs: EINVAL at open) or a write
+//! descriptor, and so are runs shorter than 256 KiB: crrestart's mapped restore reads
+//! exactly those, and finds them in the page cache after a restart on the same machine. Where the filesystem refuses `O_DIRECT` (tmpfs: EINVAL at open) or a write
 //! through it fails (memory the kernel cannot pin, an odd device), the page data goes
 //! through the ordinary descriptor instead, from that point on. `CR_DIRECT_IO=0` turns it
 //! off. The forked writer never uses it (`writer::in_writer` says why). Compressed data goes through one chunk buffer and the codec
@@ -37,6 +38,10 @@ use std::vec::Vec;
 
 /// Longest page run recorded as one run.
 const MAX_RUN: u64 = 1 << 30;
+/// Runs at least this long are written with O_DIRECT; shorter ones through the page cache
+/// (crrestart's mapped restore reads runs shorter than its MAP_MIN_RUN, the same 256 KiB,
+/// and maps the others).
+const DIRECT_MIN_RUN: u64 = 256 << 10;
 /// Most iovecs per pwritev (IOV_MAX).
 const MAX_IOV: usize = 1024;
 /// Page data is handed to the kernel in pieces of this size, and the disk starts writing
@@ -310,6 +315,8 @@ struct PageWriter {
     direct_fd: i32,
     /// Whether any page data went through `direct_fd`.
     wrote_direct: bool,
+    /// Whether the pending iovecs go through `direct_fd`.
+    iov_direct: bool,
     /// File offset where the next byte of page data goes.
     file_off: u64,
     /// Position in the uncompressed page-data stream (+ HEADER_SIZE): the offset runs get.
@@ -339,6 +346,7 @@ impl PageWriter {
             fd,
             direct_fd: if compression == Compression::None { direct_fd } else { -1 },
             wrote_direct: false,
+            iov_direct: false,
             file_off: data_off,
             // Uncompressed runs are where their offset says; compressed runs' offsets are
             // positions in the page-data stream, which starts at HEADER_SIZE.
@@ -408,6 +416,14 @@ impl PageWriter {
         // while the image is written (the program's threads are stopped).
         let data = unsafe { core::slice::from_raw_parts(src_addr as *const u8, run.len as usize) };
         run.crc = crc32c::crc32c(data);
+        // Runs too short to be mapped at restart are read by the restorer: they go through
+        // the page cache, so that a restart right after the checkpoint finds them there
+        // (the large runs it maps come in from the disk as the program touches them).
+        let direct = self.direct_fd >= 0 && run.len >= DIRECT_MIN_RUN;
+        if direct != self.iov_direct {
+            self.flush()?;
+            self.iov_direct = direct;
+        }
         let mut done = 0u64;
         while done < run.len {
             let n = (run.len - done).min(WRITEBACK_STEP - self.iov_bytes);
@@ -452,7 +468,7 @@ impl PageWriter {
         let mut off = self.iov_off;
         while first < self.iov.len() {
             let iov = &self.iov[first..];
-            let fd = if self.direct_fd >= 0 { self.direct_fd } else { self.fd };
+            let fd = if self.iov_direct && self.direct_fd >= 0 { self.direct_fd } else { self.fd };
             // SAFETY: every iovec describes readable memory of this process.
             let r = unsafe { sys::sc!(libc::SYS_pwritev, fd, iov.as_ptr(), iov.len().min(MAX_IOV), off, 0) };
             let mut n = match sys::check(r) {
