@@ -127,14 +127,17 @@ fn threads_c_restarts_identically_from_lz4_image() {
 }
 
 /// `crlaunch --zstd-level` reaches the writer: the slowest level allowed stores the same
-/// memory in fewer bytes than the fastest, and both restart identically.
+/// program's memory in far fewer bytes than the fastest, and both restart identically.
+/// The program is python3 (about 10 MiB of compressible heap: 6.3 MB stored at -50, 1.25
+/// MB at 9); the memory probe, mostly pseudo-random bytes stored raw at any level, left
+/// a difference of a few KiB that the run-to-run variation of its content could reverse.
 #[test]
 fn zstd_level_option_is_honoured() {
     let mut stored = Vec::new();
     for level in ["-50", "9"] {
         let s = Session::new(&format!("zstd_level{level}"));
         let out = s.root.join("program.out");
-        let f = Flow::with_opts(&s, probe::memory(), LaunchOpts::file(&out).arg("--compress").arg("zstd").arg("--zstd-level").arg(level));
+        let f = Flow::with_opts(&s, Program::python("threads.py"), LaunchOpts::file(&out).arg("--compress").arg("zstd").arg("--zstd-level").arg(level));
         let mut run = f.launch();
         let ck = f.checkpoint_at(&mut run, 1);
         check_compressed(&ck.gen, Compression::Zstd);
@@ -145,7 +148,12 @@ fn zstd_level_option_is_honoured() {
         let mut r = f.restart(&ck);
         f.finish(&mut r);
     }
-    assert!(stored[1] < stored[0], "zstd level 9 stored {} bytes, level -50 {}: the level was not applied", stored[1], stored[0]);
+    assert!(
+        stored[1] * 3 < stored[0] * 2,
+        "zstd level 9 stored {} bytes, level -50 {}: the level was not applied",
+        stored[1],
+        stored[0]
+    );
 }
 
 /// `CR_COMPRESS` in the environment of crlaunch works like `--compress`.
