@@ -726,11 +726,23 @@ pub struct Session {
     /// Working directory of reference runs.
     pub ref_dir: PathBuf,
     pub gate: Gate,
+    /// The test checks one image or restart mode itself (mapped restore, O_DIRECT, a
+    /// compression level): the suite-wide variants (`CRUST_TEST_NO_FORKED=1`,
+    /// `CR_COMPRESS`, `CR_ZSTD_LEVEL`, `CR_RESTART_EAGER`, `CR_DIRECT_READS` in the
+    /// environment of `cargo test`) do not reach its processes. See [`Session::exact_modes`].
+    pub exact_modes: bool,
     tag: String,
     seq: AtomicU32,
 }
 
 impl Session {
+    /// A session whose processes run in the modes the test chooses, whatever suite-wide
+    /// variant the test suite runs under (see the field [`Session::exact_modes`]).
+    pub fn exact_modes(mut self) -> Session {
+        self.exact_modes = true;
+        self
+    }
+
     /// A new session named after the test.
     pub fn new(name: &str) -> Session {
         static N: AtomicU32 = AtomicU32::new(0);
@@ -748,6 +760,7 @@ impl Session {
             work_dir: root.join("work"),
             ref_dir: root.join("ref"),
             gate: Gate { dir: root.join("gate") },
+            exact_modes: false,
             root,
             tag,
             seq: AtomicU32::new(0),
@@ -769,7 +782,11 @@ impl Session {
 
     /// Environment every process of this session gets.
     fn base_env(&self, cmd: &mut Command) {
-        if suite_no_forked() {
+        if self.exact_modes {
+            for k in ["CR_FORKED", "CR_COMPRESS", "CR_ZSTD_LEVEL", "CR_RESTART_EAGER", "CR_DIRECT_READS"] {
+                cmd.env_remove(k);
+            }
+        } else if suite_no_forked() {
             // Coordinators started by crrestart too.
             cmd.env("CR_FORKED", "0");
         }
@@ -874,7 +891,7 @@ impl Session {
             cmd.arg("--signal").arg(s);
         }
         cmd.args(&opts.extra);
-        if suite_no_forked() && !opts.extra.iter().any(|a| a == "--no-forked") {
+        if suite_no_forked() && !self.exact_modes && !opts.extra.iter().any(|a| a == "--no-forked") {
             cmd.arg("--no-forked");
         }
         cmd.arg("--").arg(&prog.exe).args(&prog.args).current_dir(&self.work_dir);

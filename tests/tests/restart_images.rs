@@ -2,7 +2,9 @@
 //! straight from the image), eager restore (`crrestart --eager`), and compressed images
 //! (`crlaunch --compress zstd|lz4`). Each restarts the probes identically to the
 //! uninterrupted reference; a corrupted compressed chunk is refused with a message naming
-//! the image and the chunk.
+//! the image and the chunk. Every test here chooses its modes itself: its sessions are
+//! `exact_modes`, so the suite-wide variants (`CR_COMPRESS`, `CRUST_TEST_NO_FORKED`...)
+//! do not change what it checks.
 
 use crust_format::image::{read_image, Compression};
 use crust_tests::*;
@@ -33,13 +35,13 @@ fn eager_flow<'a>(s: &'a Session, prog: Program) -> Flow<'a> {
 
 #[test]
 fn memory_c_restarts_identically_with_eager_restore() {
-    let s = Session::new("eager_memory");
+    let s = Session::new("eager_memory").exact_modes();
     eager_flow(&s, probe::memory()).canonical();
 }
 
 #[test]
 fn threads_c_restarts_identically_with_eager_restore() {
-    let s = Session::new("eager_threads");
+    let s = Session::new("eager_threads").exact_modes();
     eager_flow(&s, probe::threads()).canonical();
 }
 
@@ -48,7 +50,7 @@ fn threads_c_restarts_identically_with_eager_restore() {
 /// (whose image the memory was mapped from) is deleted.
 #[test]
 fn mapped_restore_maps_the_image_and_the_next_generation_stands_alone() {
-    let s = Session::new("mapped_chain");
+    let s = Session::new("mapped_chain").exact_modes();
     let f = Flow::new(&s, probe::memory());
     let mut run = f.launch();
     let ck1 = f.checkpoint_at(&mut run, 1);
@@ -92,7 +94,7 @@ fn check_compressed(gen: &Path, want: Compression) {
 }
 
 fn compressed_canonical(name: &str, prog: Program, how: &str, want: Compression, eager: bool) {
-    let s = Session::new(name);
+    let s = Session::new(name).exact_modes();
     let mut f = compressed_flow(&s, prog, how);
     if eager {
         f.restart_args.push("--eager".into());
@@ -135,7 +137,7 @@ fn threads_c_restarts_identically_from_lz4_image() {
 fn zstd_level_option_is_honoured() {
     let mut stored = Vec::new();
     for level in ["-50", "9"] {
-        let s = Session::new(&format!("zstd_level{level}"));
+        let s = Session::new(&format!("zstd_level{level}")).exact_modes();
         let out = s.root.join("program.out");
         let f = Flow::with_opts(&s, Program::python("threads.py"), LaunchOpts::file(&out).arg("--compress").arg("zstd").arg("--zstd-level").arg(level));
         let mut run = f.launch();
@@ -159,7 +161,7 @@ fn zstd_level_option_is_honoured() {
 /// `CR_COMPRESS` in the environment of crlaunch works like `--compress`.
 #[test]
 fn cr_compress_environment_selects_compression() {
-    let s = Session::new("zstd_env");
+    let s = Session::new("zstd_env").exact_modes();
     let f = Flow::new(&s, probe::memory().env("CR_COMPRESS", "zstd"));
     let mut run = f.launch();
     let ck = f.checkpoint_at(&mut run, 1);
@@ -171,7 +173,7 @@ fn cr_compress_environment_selects_compression() {
 /// anything, naming the image file and the chunk; the pristine generation still restarts.
 #[test]
 fn corrupted_compressed_chunk_is_refused_naming_image_and_chunk() {
-    let s = Session::new("zstd_corrupt");
+    let s = Session::new("zstd_corrupt").exact_modes();
     let f = compressed_flow(&s, probe::memory(), "zstd");
     let mut run = f.launch();
     let ck = f.checkpoint_at(&mut run, 1);
@@ -209,7 +211,7 @@ fn corrupted_compressed_chunk_is_refused_naming_image_and_chunk() {
 /// `--compress zstd`; the image restarts identically.
 #[test]
 fn coordinator_compress_setting_overrides_the_programs() {
-    let s = Session::new("coord_compress");
+    let s = Session::new("coord_compress").exact_modes();
     let _coord = s.start_coordinator(&["--compress", "lz4"], &[]);
     let f = compressed_flow(&s, probe::threads(), "zstd");
     let mut run = f.launch();
@@ -226,7 +228,7 @@ fn coordinator_compress_setting_overrides_the_programs() {
 /// part (the last page of a mapped region stays anonymous): as without crust.
 #[test]
 fn dontneed_and_mremap_behave_as_anonymous_memory_after_mapped_restart() {
-    let s = Session::new("dontneed");
+    let s = Session::new("dontneed").exact_modes();
     let f = Flow::new(&s, Program::c("dontneed"));
     let mut run = f.launch();
     let ck = f.checkpoint_at(&mut run, 1);
@@ -243,7 +245,7 @@ fn dontneed_and_mremap_behave_as_anonymous_memory_after_mapped_restart() {
 /// extend past the file's end (SIGBUS).
 #[test]
 fn realloc_grows_adjacent_blocks_after_mapped_restart() {
-    let s = Session::new("realloc_grow");
+    let s = Session::new("realloc_grow").exact_modes();
     let f = Flow::new(&s, Program::c("realloc_grow"));
     let mut run = f.launch();
     let ck = f.checkpoint_at(&mut run, 1);
@@ -277,7 +279,7 @@ fn stop_the_world_images_direct_on_disk_buffered_on_tmpfs_restart_identically() 
             eprintln!("no /dev/shm here: the tmpfs case is skipped");
             continue;
         }
-        let mut s = Session::new(name);
+        let mut s = Session::new(name).exact_modes();
         let mut tmpfs_dir = None;
         if on_tmpfs {
             let d = shm.join(format!("crust-test-{name}-{}", std::process::id()));
@@ -334,7 +336,7 @@ fn eager_restore_with_direct_reads_restarts_identically_on_disk_and_tmpfs() {
             eprintln!("no /dev/shm here: the tmpfs case is skipped");
             continue;
         }
-        let mut s = Session::new(name);
+        let mut s = Session::new(name).exact_modes();
         let mut tmpfs_dir = None;
         if on_tmpfs {
             let d = shm.join(format!("crust-test-{name}-{}", std::process::id()));
