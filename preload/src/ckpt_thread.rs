@@ -87,12 +87,9 @@ extern "C" fn thread_main(_: *mut libc::c_void) -> *mut libc::c_void {
 /// Entry of the recreated checkpoint thread after a restart.
 pub extern "C" fn restart_main(_req: *const restore::CloneReq) {
     unblock_glibc_internal_signals();
-    // The old connection, and any other fd of ours the image recorded (the writer's
-    // report pipe, the image file being written), belonged to the old process.
+    // The old connection belonged to the old process (the restart path forgot the other
+    // fds of ours the image recorded before any thread of the program ran again).
     COORD_FD.store(-1, Ordering::Release);
-    for s in &crate::dump::OWN_FDS {
-        s.store(-1, Ordering::Release);
-    }
     crate::writer::reset_after_restart();
     WRITE_BUSY.store(0, Ordering::Release);
     if SUBREAPER.load(Ordering::Relaxed) != 0 {

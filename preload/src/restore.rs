@@ -368,6 +368,14 @@ pub unsafe extern "C" fn crust_restart_entry(args: *const RestartArgs) -> ! {
     sys::close(a.plan_fd);
     crate::dump::note_restored_image(a.image_fd);
     sys::close(a.image_fd);
+    // fds of ours the image recorded (the coordinator connection, the image file being
+    // written in stop-the-world mode, the writer's report pipe) belonged to the old
+    // process; the same numbers may be the program's now, and the close wrapper refuses to
+    // close an fd of ours. Forgotten here, before any thread of the program runs again:
+    // the new checkpoint thread, which would otherwise do it, may start later than they.
+    for s in &crate::dump::OWN_FDS {
+        s.store(-1, Ordering::Release);
+    }
     if a.err_fd >= 0 {
         sys::close(a.err_fd);
     }
