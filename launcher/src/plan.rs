@@ -137,63 +137,39 @@ pub fn build(p: &PlanInput) -> Result<Vec<u8>, String> {
         if g.grows_down {
             flags |= RF_GROWSDOWN;
         }
-        let (mut path_off, mut path_len, mut file_offset) = (0u32, 0u32, 0u64);
-        if let Some((path, offset)) = p.shared.get(&g.start) {
+        // Where the pages come from: a shared-memory object crrestart made (its path and
+        // offset), a tmpfs file crrestart wrote back (`kobjects::plan_shm_files`: the file
+        // holds the pages, for every process that maps it), or the image, with the
+        // region's file behind the pages it does not store.
+        let (file, from_image) = if let Some((path, offset)) = p.shared.get(&g.start) {
             flags |= RF_FILE | RF_SHARED | RF_FILE_WRITE;
-            path_off = strings.len() as u32;
-            path_len = path.len() as u32;
-            strings.extend_from_slice(path.as_bytes());
-            strings.push(0);
-            regions.push(PlanRegion {
-                start: g.start,
-                end: g.end,
-                prot: g.prot,
-                flags,
-                file_offset: *offset,
-                path_off,
-                path_len,
-                first_run: runs.len() as u32,
-                n_runs: 0,
-            });
-            continue;
-        }
-        if let RegionKind::ShmFile { path, offset, .. } = &g.kind {
-            // Written back by crrestart (`kobjects::plan_shm_files`) and mapped from its
-            // path: the file holds the pages, for every process that maps it.
-            flags |= RF_FILE;
-            if g.shared && g.prot & libc::PROT_WRITE as u32 != 0 {
-                flags |= RF_FILE_WRITE;
+            (Some((path.as_str(), *offset)), false)
+        } else {
+            let file = match &g.kind {
+                RegionKind::ShmFile { path, offset, .. } | RegionKind::File { path, offset, .. } => Some((path.as_str(), *offset)),
+                _ => None,
+            };
+            if file.is_some() {
+                flags |= RF_FILE;
+                if g.shared && g.prot & libc::PROT_WRITE as u32 != 0 {
+                    flags |= RF_FILE_WRITE;
+                }
             }
-            path_off = strings.len() as u32;
-            path_len = path.len() as u32;
-            strings.extend_from_slice(path.as_bytes());
-            strings.push(0);
-            regions.push(PlanRegion {
-                start: g.start,
-                end: g.end,
-                prot: g.prot,
-                flags,
-                file_offset: *offset,
-                path_off,
-                path_len,
-                first_run: runs.len() as u32,
-                n_runs: 0,
-            });
-            continue;
-        }
-        if let RegionKind::File { path, offset, .. } = &g.kind {
-            flags |= RF_FILE;
-            if g.shared && g.prot & libc::PROT_WRITE as u32 != 0 {
-                flags |= RF_FILE_WRITE;
+            (file, !matches!(g.kind, RegionKind::ShmFile { .. }))
+        };
+        let (path_off, path_len, file_offset) = match file {
+            Some((path, offset)) => {
+                let at = strings.len() as u32;
+                strings.extend_from_slice(path.as_bytes());
+                strings.push(0);
+                (at, path.len() as u32, offset)
             }
-            path_off = strings.len() as u32;
-            path_len = path.len() as u32;
-            strings.extend_from_slice(path.as_bytes());
-            strings.push(0);
-            file_offset = *offset;
-        }
+            None => (0, 0, 0),
+        };
         let first_run = runs.len() as u32;
-        crate::pages::plan_runs(g, p.mapped, &|off| crate::pages::peek_words(p.image_fd, off), &mut runs);
+        if from_image {
+            crate::pages::plan_runs(g, p.mapped, &|off| crate::pages::peek_words(p.image_fd, off), &mut runs);
+        }
         regions.push(PlanRegion {
             start: g.start,
             end: g.end,
