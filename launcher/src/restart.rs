@@ -989,7 +989,7 @@ fn plan_groups(t: &mut TreePlan) {
     let root = t.root;
     let (root_pgid, root_sid) = (t.procs[root].meta.tree.vpgid, t.procs[root].meta.tree.vsid);
     let mut substitute: HashMap<i32, usize> = HashMap::new();
-    let mut new_sessions: HashMap<i32, usize> = HashMap::new();
+    let mut new_sessions: std::collections::HashSet<i32> = std::collections::HashSet::new();
     for &i in &t.order.clone() {
         let m = &t.procs[i].meta;
         let (vpid, vpgid, vsid) = (m.vpid, m.tree.vpgid, m.tree.vsid);
@@ -1002,8 +1002,7 @@ fn plan_groups(t: &mut TreePlan) {
             // makes a new session, which its descendants inherit; the old id names it.
             let inherits = t.procs[i].parent.is_some_and(|p| t.procs[p].meta.tree.vsid == vsid);
             if !inherits {
-                if let std::collections::hash_map::Entry::Vacant(e) = new_sessions.entry(vsid) {
-                    e.insert(i);
+                if new_sessions.insert(vsid) {
                     t.procs[i].new_session = true;
                 } else {
                     t.warnings.push(format!(
@@ -1017,6 +1016,8 @@ fn plan_groups(t: &mut TreePlan) {
         t.procs[i].group = match by_vpid.get(&vpgid) {
             Some(&leader) => Some(leader),
             None if vpgid == root_pgid => None,
+            // A group whose leader had exited is led by its first member now; the program
+            // keeps seeing the group's old id (`PID_GROUP_ONLY` in the plan's pid table).
             None => Some(*substitute.entry(vpgid).or_insert(i)),
         };
     }
@@ -1026,9 +1027,6 @@ fn plan_groups(t: &mut TreePlan) {
     if !by_vpid.contains_key(&root_sid) && root_sid != 0 && root_sid != root_pgid {
         t.outside_ids.push((root_sid, "sid"));
     }
-    // A group whose leader had exited is led by its first member now; the program keeps
-    // seeing the group's old id (`PID_GROUP_ONLY` in the plan's pid table).
-    let _ = substitute;
 }
 
 /// Everything checked and planned; nothing changed yet.

@@ -85,32 +85,21 @@ pub fn to_virtual(real: i32) -> i32 {
         }
         return real;
     }
-    let n = LEN.load(Ordering::Acquire);
-    for e in &TABLE[..n] {
-        if e.real.load(Ordering::Acquire) == real {
-            let v = e.virt.load(Ordering::Acquire);
-            if v != 0 {
-                return v;
-            }
-        }
-    }
-    real
+    virt_of(&TABLE[..LEN.load(Ordering::Acquire)], real).unwrap_or(real)
+}
+
+/// The virtual id `entries` give to `real`, if any (a removed slot has `virt == 0`).
+fn virt_of(entries: &[Entry], real: i32) -> Option<i32> {
+    entries.iter().find_map(|e| {
+        let v = (e.real.load(Ordering::Acquire) == real).then(|| e.virt.load(Ordering::Acquire))?;
+        (v != 0).then_some(v)
+    })
 }
 
 /// Real process-group id → the id the program knows (see the module's notes).
 pub fn to_virtual_group(real: i32) -> i32 {
-    if real > 0 {
-        let n = GROUPS_LEN.load(Ordering::Acquire);
-        for e in &GROUPS[..n] {
-            if e.real.load(Ordering::Acquire) == real {
-                let v = e.virt.load(Ordering::Acquire);
-                if v != 0 {
-                    return v;
-                }
-            }
-        }
-    }
-    to_virtual(real)
+    let group = if real > 0 { virt_of(&GROUPS[..GROUPS_LEN.load(Ordering::Acquire)], real) } else { None };
+    group.unwrap_or_else(|| to_virtual(real))
 }
 
 /// Record that group `virt` (whose leader is gone) is `real` now. Returns false when the
