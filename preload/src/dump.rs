@@ -226,15 +226,7 @@ fn collect_runs(v: &Vma, kind: &RegionKind, scanner: &mut PageScanner, out: &mut
         }
         let in_file = identity.size.saturating_sub(*offset).div_ceil(PAGE_SIZE) * PAGE_SIZE;
         let end = v.end.min(v.start.saturating_add(in_file));
-        let mut runs = RunBuilder { out, start: 0, len: 0 };
-        let mut pa = v.start;
-        while pa < end {
-            if !page_is_zero(pa) {
-                runs.add(pa, PAGE_SIZE);
-            }
-            pa += PAGE_SIZE;
-        }
-        runs.finish();
+        RunBuilder { out, start: 0, len: 0 }.add_nonzero_pages(v.start, end);
         return Ok(());
     }
     let mut runs = RunBuilder { out, start: 0, len: 0 };
@@ -243,14 +235,7 @@ fn collect_runs(v: &Vma, kind: &RegionKind, scanner: &mut PageScanner, out: &mut
     // present in the page tables or not. Store the non-zero ones.
     if matches!(kind, RegionKind::Detached { .. }) || is_restored_image(v) {
         let end = if is_restored_image(v) { restored_image_end(v) } else { v.end };
-        let mut pa = v.start;
-        while pa < end {
-            if !page_is_zero(pa) {
-                runs.add(pa, PAGE_SIZE);
-            }
-            pa += PAGE_SIZE;
-        }
-        runs.finish();
+        runs.add_nonzero_pages(v.start, end);
         return Ok(());
     }
     scanner.scan(v.start, v.end, &mut |start, end, cat| {
@@ -304,6 +289,18 @@ impl RunBuilder<'_> {
             self.out.push(PageRun { addr: self.start, len: self.len, offset: 0, crc: 0 });
             self.len = 0;
         }
+    }
+    /// Every page of `[start, end)` that is not all zeros (memory with no backing to tell
+    /// which pages hold data), then the last run.
+    fn add_nonzero_pages(&mut self, start: u64, end: u64) {
+        let mut pa = start;
+        while pa < end {
+            if !page_is_zero(pa) {
+                self.add(pa, PAGE_SIZE);
+            }
+            pa += PAGE_SIZE;
+        }
+        self.finish();
     }
 }
 
