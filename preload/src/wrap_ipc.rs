@@ -1096,23 +1096,9 @@ pub fn after_restart(close_from: i32) -> Result<(), &'static str> {
 fn fd_path(fd: i32, out: &mut [u8; 32]) -> &[u8] {
     let prefix = b"/proc/self/fd/";
     out[..prefix.len()].copy_from_slice(prefix);
-    let mut digits = [0u8; 12];
-    let mut k = 0;
-    let mut v = fd as u32;
-    loop {
-        digits[k] = b'0' + (v % 10) as u8;
-        k += 1;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
     let mut at = prefix.len();
-    while k > 0 {
-        k -= 1;
-        out[at] = digits[k];
-        at += 1;
-    }
+    // 14 bytes of prefix and at most 10 digits: always fits.
+    crate::wrap_pids::push_id(out, &mut at, fd);
     out[at] = 0;
     &out[..at]
 }

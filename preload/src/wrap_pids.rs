@@ -611,7 +611,9 @@ fn leading_id(s: &[u8]) -> Option<(i32, usize)> {
     core::str::from_utf8(&s[..n]).ok()?.parse().ok().map(|v| (v, n))
 }
 
-fn push_id(out: &mut [u8], at: &mut usize, id: i32) -> bool {
+/// Append `id` in decimal at `*at`; false (nothing written) if it would not fit with a
+/// byte to spare for a terminating NUL.
+pub(crate) fn push_id(out: &mut [u8], at: &mut usize, id: i32) -> bool {
     let mut digits = [0u8; 12];
     let mut n = 0;
     let mut v = id as u32;
