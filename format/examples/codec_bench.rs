@@ -44,7 +44,7 @@ fn text(r: &mut Rng, out: &mut Vec<u8>, n: usize) {
     let end = out.len() + n;
     while out.len() < end {
         out.extend_from_slice(WORDS[(r.next() % WORDS.len() as u64) as usize].as_bytes());
-        out.push(if r.next() % 11 == 0 { b'\n' } else { b' ' });
+        out.push(if r.next().is_multiple_of(11) { b'\n' } else { b' ' });
     }
     out.truncate(end);
 }

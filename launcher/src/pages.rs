@@ -555,7 +555,7 @@ mod tests {
         let first_off = g.runs[0].offset;
         let peek = |off: u64| {
             let k = (off - first_off) / blk;
-            (k < 3 && (off - first_off) % blk == 0).then_some([0, blk | 2])
+            (k < 3 && (off - first_off).is_multiple_of(blk)).then_some([0, blk | 2])
         };
         let mut v = Vec::new();
         plan_runs(&g, true, &peek, &mut v);
