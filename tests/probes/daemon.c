@@ -18,21 +18,6 @@ struct report {
     int round, pid, sid, pgrp, pgid;
 };
 
-static void xwrite(int fd, const void *p, size_t n) {
-    if (write(fd, p, n) != (ssize_t)n) _exit(90);
-}
-
-static int xread(int fd, void *p, size_t n) {
-    size_t got = 0;
-    while (got < n) {
-        ssize_t r = read(fd, (char *)p + got, n - got);
-        if (r < 0 && errno == EINTR) continue;
-        if (r <= 0) return -1;
-        got += (size_t)r;
-    }
-    return 0;
-}
-
 static int up_w, down_r;
 
 static void report(char who, int round) {
@@ -43,7 +28,7 @@ static void report(char who, int round) {
 static void daemon_side(char who) {
     report(who, 1);
     char go;
-    if (xread(down_r, &go, 1) != 0) _exit(91);
+    if (read_exact(down_r, &go, 1) != 0) _exit(91);
     report(who, 2);
     _exit(0);
 }
@@ -78,10 +63,10 @@ int main(void) {
     close(up[1]);
     close(down[0]);
     pid_t d = 0, e = 0;
-    if (xread(cpid[0], &d, sizeof d) || xread(cpid[0], &e, sizeof e)) ERR("no pids of D and E");
+    if (read_exact(cpid[0], &d, sizeof d) || read_exact(cpid[0], &e, sizeof e)) ERR("no pids of D and E");
     struct report r;
     for (int i = 0; i < 2; i++) {
-        if (xread(up[0], &r, sizeof r) != 0) {
+        if (read_exact(up[0], &r, sizeof r) != 0) {
             ERR("no report");
             break;
         }
@@ -99,7 +84,7 @@ int main(void) {
     xwrite(down[1], "gg", 2);
     int seen = 0;
     for (int i = 0; i < 2; i++) {
-        if (xread(up[0], &r, sizeof r) != 0) {
+        if (read_exact(up[0], &r, sizeof r) != 0) {
             ERR("no second report");
             break;
         }

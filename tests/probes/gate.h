@@ -20,6 +20,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 /* Every probe exits with this status when it found nothing wrong. */
 #define PROBE_EXIT_CODE 23
@@ -36,6 +37,34 @@ static int probe_failures;
     } while (0)
 
 __attribute__((unused)) static int probe_exit_code(void) { return probe_failures ? 1 : PROBE_EXIT_CODE; }
+
+/* Read exactly n bytes (EINTR retried): 0, or -1 at end of file or on an error. */
+__attribute__((unused)) static int read_exact(int fd, void *p, size_t n) {
+    size_t got = 0;
+    while (got < n) {
+        ssize_t r = read(fd, (char *)p + got, n - got);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) return -1;
+        got += (size_t)r;
+    }
+    return 0;
+}
+
+/* Pipes between a probe's processes: a short read or write ends the process (exit 91 / 90),
+ * which the comparison with the reference run reports. */
+__attribute__((unused)) static void xread(int fd, void *p, size_t n) {
+    if (read_exact(fd, p, n) != 0) {
+        perror("read");
+        _exit(91);
+    }
+}
+
+__attribute__((unused)) static void xwrite(int fd, const void *p, size_t n) {
+    if (write(fd, p, n) != (ssize_t)n) {
+        perror("write");
+        _exit(90);
+    }
+}
 
 static int gate_exists(const char *p) {
     struct stat st;

@@ -16,21 +16,6 @@ struct ids {
     int pid, pgrp, pgid, stage;
 };
 
-static void xwrite(int fd, const void *p, size_t n) {
-    if (write(fd, p, n) != (ssize_t)n) _exit(90);
-}
-
-static int xread(int fd, void *p, size_t n) {
-    size_t got = 0;
-    while (got < n) {
-        ssize_t r = read(fd, (char *)p + got, n - got);
-        if (r < 0 && errno == EINTR) continue;
-        if (r <= 0) return -1;
-        got += (size_t)r;
-    }
-    return 0;
-}
-
 static void report(int fd, int stage) {
     struct ids r = {getpid(), getpgrp(), getpgid(0), stage};
     xwrite(fd, &r, sizeof r);
@@ -51,7 +36,7 @@ int main(int argc, char **argv) {
     if (l == 0) {
         if (setpgid(0, 0) != 0) _exit(80);
         char c;
-        xread(go_l[0], &c, 1);
+        read_exact(go_l[0], &c, 1);
         _exit(0);
     }
     setpgid(l, l); /* both sides, so that M never finds the group missing */
@@ -60,7 +45,7 @@ int main(int argc, char **argv) {
         if (setpgid(0, l) != 0) _exit(81);
         report(up[1], 1);
         char c;
-        if (xread(go_m[0], &c, 1) != 0) _exit(82);
+        if (read_exact(go_m[0], &c, 1) != 0) _exit(82);
         report(up[1], 2);
         char fd[16];
         snprintf(fd, sizeof fd, "%d", up[1]);
@@ -68,7 +53,7 @@ int main(int argc, char **argv) {
         _exit(83);
     }
     struct ids r;
-    if (xread(up[0], &r, sizeof r) != 0) ERR("no report from M");
+    if (read_exact(up[0], &r, sizeof r) != 0) ERR("no report from M");
     /* The group has M now: let its leader go. */
     xwrite(go_l[1], "x", 1);
     int st = 0;
@@ -81,7 +66,7 @@ int main(int argc, char **argv) {
     if (kill(-l, 0) != 0) ERR("kill(-L, 0): %s", strerror(errno));
     xwrite(go_m[1], "g", 1);
     for (int stage = 2; stage <= 3; stage++) {
-        if (xread(up[0], &r, sizeof r) != 0) {
+        if (read_exact(up[0], &r, sizeof r) != 0) {
             ERR("no report %d from M", stage);
             break;
         }

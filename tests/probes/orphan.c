@@ -9,20 +9,6 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-static void xwrite(int fd, const void *p, size_t n) {
-    if (write(fd, p, n) != (ssize_t)n) _exit(90);
-}
-
-static void xread(int fd, void *p, size_t n) {
-    size_t got = 0;
-    while (got < n) {
-        ssize_t r = read(fd, (char *)p + got, n - got);
-        if (r < 0 && errno == EINTR) continue;
-        if (r <= 0) _exit(91);
-        got += (size_t)r;
-    }
-}
-
 struct report {
     int pid, ppid, sig;
 };

@@ -33,26 +33,6 @@ static void on_chld(int sig, siginfo_t *si, void *uc) {
     chld_from = si->si_pid;
 }
 
-static void xwrite(int fd, const void *p, size_t n) {
-    if (write(fd, p, n) != (ssize_t)n) {
-        perror("write");
-        _exit(90);
-    }
-}
-
-static void xread(int fd, void *p, size_t n) {
-    size_t got = 0;
-    while (got < n) {
-        ssize_t r = read(fd, (char *)p + got, n - got);
-        if (r < 0 && errno == EINTR) continue;
-        if (r <= 0) {
-            perror("read");
-            _exit(91);
-        }
-        got += r;
-    }
-}
-
 /* What a child reports about itself. */
 struct report {
     int pid, ppid, pgid, sid, tid, self_link, other; /* other: a child's pid as fork returned */
