@@ -958,6 +958,17 @@ impl Session {
         self.run_captured(cmd, "crrestart-failing", READY_TIMEOUT)
     }
 
+    /// `crrestart --list-fds [ARGS] GEN`: its table (stdout), after checking that it succeeded.
+    #[track_caller]
+    pub fn list_fds(&self, gen: &Path, args: &[&str]) -> String {
+        let mut cmd = Command::new(&bins().crrestart);
+        cmd.arg("--coord").arg(self.coord()).arg("--list-fds").args(args).arg(gen).current_dir(&self.root);
+        self.base_env(&mut cmd);
+        let o = self.run_captured(cmd, "crrestart-list-fds", READY_TIMEOUT);
+        assert!(o.status.success(), "crrestart --list-fds failed: {}", o.describe());
+        o.stdout_text()
+    }
+
     /// `crctl --coord .. ARGS` (cwd = root).
     pub fn crctl(&self, args: &[&str]) -> CmdOutput {
         let b = bins();
@@ -1441,6 +1452,17 @@ impl<'a> Flow<'a> {
             0
         };
         Checkpointed { gen, gate: k, out_len }
+    }
+
+    /// Launch, release gates up to `k` and checkpoint there once the coordinator lists
+    /// `procs` processes (a tree whose children register after the gate is reached).
+    #[track_caller]
+    pub fn launch_checkpointed(&self, k: u32, procs: usize) -> (Running, Checkpointed) {
+        let mut run = self.launch();
+        self.s.advance_to(&mut run, k);
+        self.s.wait_registered(procs);
+        let ck = self.checkpoint_at(&mut run, k);
+        (run, ck)
     }
 
     /// Kill everything of the computation, then append [`GARBAGE`] to the output file.

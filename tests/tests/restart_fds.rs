@@ -64,9 +64,7 @@ fn files_and_devices_keep_flags_and_list_fds_shows_them() {
     s.advance_to(&mut run, 2);
     f.kill(&mut [&mut run]);
 
-    let o = crrestart(&s, &["--list-fds", ck.gen.to_str().unwrap()]);
-    let (out, err) = text(&o);
-    assert!(o.status.success(), "crrestart --list-fds failed: {err}");
+    let out = s.list_fds(&ck.gen, &[]);
     let log = row(&out, 10);
     assert_eq!(&log[1..4], ["file", "O_RDWR|O_APPEND", "7"], "fd 10 in:\n{out}");
     assert!(log[4].ends_with("/log.txt"), "fd 10 path in:\n{out}");
@@ -87,8 +85,7 @@ fn files_and_devices_keep_flags_and_list_fds_shows_them() {
     assert_eq!(&row(&out, 23)[1..], ["epoll", "O_RDWR", "0", "epoll", "watching", "fds", "[18,22,24]"], "fd 23 in:\n{out}");
     assert_eq!(&row(&out, 24)[1..], ["signalfd", "O_RDWR|O_NONBLOCK", "0", "signalfd", "mask", "0x200"], "fd 24 in:\n{out}");
 
-    let o = crrestart(&s, &["--list-fds", "--json", ck.gen.to_str().unwrap()]);
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("--list-fds --json gives JSON");
+    let v: serde_json::Value = serde_json::from_str(&s.list_fds(&ck.gen, &["--json"])).expect("--list-fds --json gives JSON");
     let fds = v[0]["fds"].as_array().expect("fds array");
     let e = fds.iter().find(|e| e["fd"] == 11).expect("fd 11 in the JSON");
     assert_eq!((e["kind"].as_str(), e["offset"].as_i64(), e["cloexec"].as_bool()), (Some("file"), Some(6), Some(true)));
@@ -200,8 +197,7 @@ fn ignored_fds_are_closed_or_substituted_after_a_restart() {
     let ck = f.checkpoint_at(&mut run, 1);
     s.advance_to(&mut run, 2);
     f.kill(&mut [&mut run]);
-    let o = crrestart(&s, &["--list-fds", ck.gen.to_str().unwrap()]);
-    let (out, _) = text(&o);
+    let out = s.list_fds(&ck.gen, &[]);
     assert_eq!(row(&out, 14)[1], "ignored", "fd 14 in:\n{out}");
     assert!(row(&out, 14)[4].starts_with("socket:"), "fd 14 in:\n{out}");
 
@@ -230,9 +226,7 @@ fn fd_substitution_in_one_process_of_a_tree() {
     s.advance_to(&mut run, 2);
     f.kill(&mut [&mut run]);
 
-    let o = crrestart(&s, &["--list-fds", ck.gen.to_str().unwrap()]);
-    let (out, err) = text(&o);
-    assert!(o.status.success(), "crrestart --list-fds failed: {err}");
+    let out = s.list_fds(&ck.gen, &[]);
     let procs: Vec<&str> = out.lines().filter(|l| l.starts_with("process vpid ")).collect();
     assert_eq!(procs.len(), 2, "two processes in:\n{out}");
     // The child's section is the one with fd 20.

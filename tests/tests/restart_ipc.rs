@@ -11,11 +11,6 @@ use crust_tests::*;
 use std::fs;
 use std::path::Path;
 
-/// Wait until the tree's `procs` processes are registered.
-fn wait_tree(s: &Session, procs: usize) {
-    s.wait_registered(procs);
-}
-
 /// Remove what a killed run left behind (the ids the probe wrote), ignoring errors.
 fn remove_leftovers(work_dir: &Path) {
     let Ok(text) = fs::read_to_string(work_dir.join("ipc-ids.txt")) else { return };
@@ -44,10 +39,7 @@ fn ftok(dir: &Path, id: u8) -> libc::key_t {
 fn sysv_shm_sem_msg_shared_by_parent_and_child_restart_with_contents() {
     let s = Session::new("ipc_sysv");
     let f = Flow::new(&s, Program::c("sysv"));
-    let mut run = f.launch();
-    f.s.advance_to(&mut run, 1);
-    wait_tree(&s, 2);
-    let ck = f.checkpoint_at(&mut run, 1);
+    let (mut run, ck) = f.launch_checkpointed(1, 2);
     s.advance_to(&mut run, 2);
     f.kill(&mut [&mut run]);
     let mut r = f.restart(&ck);
@@ -61,10 +53,7 @@ fn sysv_shm_sem_msg_shared_by_parent_and_child_restart_with_contents() {
 fn sysv_restart_twice_from_one_checkpoint() {
     let s = Session::new("ipc_sysv_twice");
     let f = Flow::new(&s, Program::c("sysv"));
-    let mut run = f.launch();
-    f.s.advance_to(&mut run, 1);
-    wait_tree(&s, 2);
-    let ck = f.checkpoint_at(&mut run, 1);
+    let (mut run, ck) = f.launch_checkpointed(1, 2);
     s.advance_to(&mut run, 2);
     f.kill(&mut [&mut run]);
     let mut r = f.restart(&ck);
@@ -82,10 +71,7 @@ fn sysv_restart_twice_from_one_checkpoint() {
 fn perl_sysv_ipc_between_parent_and_child_restarts_identically() {
     let s = Session::new("ipc_perl");
     let f = Flow::new(&s, Program::new("/usr/bin/perl").arg(probes_dir().join("sysv.pl")));
-    let mut run = f.launch();
-    f.s.advance_to(&mut run, 1);
-    wait_tree(&s, 2);
-    let ck = f.checkpoint_at(&mut run, 1);
+    let (mut run, ck) = f.launch_checkpointed(1, 2);
     s.advance_to(&mut run, 2);
     f.kill(&mut [&mut run]);
     let mut r = f.restart(&ck);
@@ -99,13 +85,10 @@ fn perl_sysv_ipc_between_parent_and_child_restarts_identically() {
 fn sysv_checkpoint_after_a_restart_keeps_the_programs_ids() {
     let s = Session::new("ipc_sysv_again");
     let f = Flow::new(&s, Program::c("sysv"));
-    let mut run = f.launch();
-    f.s.advance_to(&mut run, 1);
-    wait_tree(&s, 2);
-    let ck = f.checkpoint_at(&mut run, 1);
+    let (mut run, ck) = f.launch_checkpointed(1, 2);
     f.kill(&mut [&mut run]);
     let mut r = f.restart(&ck);
-    wait_tree(&s, 2);
+    s.wait_registered(2);
     let ck2 = f.checkpoint_at(&mut r, 1);
     assert_ne!(ck.gen, ck2.gen);
     s.advance_to(&mut r, 2);
@@ -121,10 +104,7 @@ fn sysv_checkpoint_after_a_restart_keeps_the_programs_ids() {
 fn sysv_keyed_objects_removed_after_the_kill_are_created_again() {
     let s = Session::new("ipc_sysv_recreate");
     let f = Flow::new(&s, Program::c("sysv"));
-    let mut run = f.launch();
-    f.s.advance_to(&mut run, 1);
-    wait_tree(&s, 2);
-    let ck = f.checkpoint_at(&mut run, 1);
+    let (mut run, ck) = f.launch_checkpointed(1, 2);
     f.kill(&mut [&mut run]);
     let key = ftok(&s.work_dir, b'c');
     // SAFETY: removing the killed run's keyed objects.
@@ -146,10 +126,7 @@ fn sysv_keyed_objects_removed_after_the_kill_are_created_again() {
 fn sysv_segment_attached_by_a_running_program_is_refused_naming_it() {
     let s = Session::new("ipc_sysv_live");
     let f = Flow::new(&s, Program::c("sysv"));
-    let mut run = f.launch();
-    f.s.advance_to(&mut run, 1);
-    wait_tree(&s, 2);
-    let ck = f.checkpoint_at(&mut run, 1);
+    let (mut run, ck) = f.launch_checkpointed(1, 2);
     let key = ftok(&s.work_dir, b'c');
     let out = s.restart_expecting_failure(&ck.gen);
     let err = out.stderr_text();
@@ -169,10 +146,7 @@ fn sysv_segment_attached_by_a_running_program_is_refused_naming_it() {
 fn sysv_key_taken_by_another_object_is_refused_naming_it() {
     let s = Session::new("ipc_sysv_key");
     let f = Flow::new(&s, Program::c("sysv"));
-    let mut run = f.launch();
-    f.s.advance_to(&mut run, 1);
-    wait_tree(&s, 2);
-    let ck = f.checkpoint_at(&mut run, 1);
+    let (mut run, ck) = f.launch_checkpointed(1, 2);
     s.advance_to(&mut run, 2);
     f.kill(&mut [&mut run]);
     let key = ftok(&s.work_dir, b'c');
@@ -203,17 +177,10 @@ fn sysv_key_taken_by_another_object_is_refused_naming_it() {
 fn posix_mqueues_shared_by_parent_and_child_restart_with_messages() {
     let s = Session::new("ipc_mqueue");
     let f = Flow::new(&s, Program::c("mqueue"));
-    let mut run = f.launch();
-    f.s.advance_to(&mut run, 1);
-    wait_tree(&s, 2);
-    let ck = f.checkpoint_at(&mut run, 1);
+    let (mut run, ck) = f.launch_checkpointed(1, 2);
     s.advance_to(&mut run, 2);
     f.kill(&mut [&mut run]);
-    let o = std::process::Command::new(&bins().crrestart)
-        .args(["--list-fds", ck.gen.to_str().unwrap()])
-        .output()
-        .expect("crrestart --list-fds");
-    let listing = String::from_utf8_lossy(&o.stdout);
+    let listing = s.list_fds(&ck.gen, &[]);
     assert!(listing.contains("mqueue /crust-probe-") && listing.contains("(deleted)"), "--list-fds shows both queues:\n{listing}");
     let mut r = f.restart(&ck);
     f.finish(&mut r);
@@ -226,10 +193,7 @@ fn mqueue_name_taken_by_another_queue_is_refused_naming_it() {
     use std::os::unix::fs::MetadataExt;
     let s = Session::new("ipc_mqueue_name");
     let f = Flow::new(&s, Program::c("mqueue"));
-    let mut run = f.launch();
-    f.s.advance_to(&mut run, 1);
-    wait_tree(&s, 2);
-    let ck = f.checkpoint_at(&mut run, 1);
+    let (mut run, ck) = f.launch_checkpointed(1, 2);
     f.kill(&mut [&mut run]);
     let name = format!("/crust-probe-{:x}", fs::metadata(&s.work_dir).unwrap().ino());
     let c = std::ffi::CString::new(name.clone()).unwrap();

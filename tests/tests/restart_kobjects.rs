@@ -43,12 +43,7 @@ fn inotify_watches_keep_their_numbers_and_masks() {
     let ck = f.checkpoint_at(&mut run, 1);
     s.advance_to(&mut run, 2);
     f.kill(&mut [&mut run]);
-    let o = std::process::Command::new(&bins().crrestart)
-        .args(["--list-fds", ck.gen.to_str().unwrap()])
-        .env("CR_COORD", s.coord())
-        .output()
-        .expect("run crrestart --list-fds");
-    let listing = String::from_utf8_lossy(&o.stdout).into_owned();
+    let listing = s.list_fds(&ck.gen, &[]);
     let row = listing.lines().find(|l| l.trim_start().starts_with("30 ")).unwrap_or_else(|| panic!("no fd 30 in:\n{listing}"));
     assert!(row.contains("inotify") && row.contains("1:/") && row.contains("3:/") && row.contains("4:/"), "fd 30: {row}");
     assert!(!row.contains(" 2:/") && !row.contains(",2:/"), "the removed watch 2 is listed: {row}");
@@ -135,12 +130,7 @@ fn memfd_seals_and_absolute_timerfd_flags_are_kept() {
     let ck = f.checkpoint_at(&mut run, 1);
     s.advance_to(&mut run, 2);
     f.kill(&mut [&mut run]);
-    let o = std::process::Command::new(&bins().crrestart)
-        .args(["--list-fds", ck.gen.to_str().unwrap()])
-        .env("CR_COORD", s.coord())
-        .output()
-        .expect("run crrestart --list-fds");
-    let listing = String::from_utf8_lossy(&o.stdout).into_owned();
+    let listing = s.list_fds(&ck.gen, &[]);
     let row = |fd: &str| listing.lines().find(|l| l.trim_start().starts_with(fd)).unwrap_or_else(|| panic!("no fd {fd} in:\n{listing}")).to_string();
     assert!(row("40 ").contains("seals 0xe"), "fd 40: {}", row("40 "));
     assert!(row("43 ").contains("absolute, cancel on set"), "fd 43: {}", row("43 "));
