@@ -55,27 +55,7 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |source| Error::Io { path: path.display().to_string(), source }
 }
 
-/// Set up `tracing` on stderr: level from env `CR_LOG` when set (an `EnvFilter`
-/// directive), else from the `-v` count (none = warnings only, 1 = info, 2 = debug, 3+ = trace).
-pub fn init_logging(verbose: u8) {
-    use tracing_subscriber::EnvFilter;
-    let filter = match std::env::var("CR_LOG") {
-        Ok(s) if !s.trim().is_empty() => EnvFilter::try_new(s.trim()).unwrap_or_else(|_| EnvFilter::new("info")),
-        _ => EnvFilter::new(match verbose {
-            0 => "warn",
-            1 => "info",
-            2 => "debug",
-            _ => "trace",
-        }),
-    };
-    use std::io::IsTerminal;
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .try_init();
-}
+pub use crust_coordinator::init_logging;
 
 /// The coordinator address to use: env `CR_COORD`, else [`crust_format::wire::DEFAULT_COORD`].
 pub fn default_coord() -> String {
