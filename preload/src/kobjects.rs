@@ -18,16 +18,18 @@
 
 use crate::sys::{self, sc};
 use crate::wrappers::{real, set_errno};
-use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, Ordering};
 use crust_format::image::{FdKind, InotifyWatch};
 use std::string::String;
 use std::vec::Vec;
 
-static R_INOTIFY_ADD_WATCH: AtomicUsize = AtomicUsize::new(0);
+crate::wrappers::real_slots! {
+    R_INOTIFY_ADD_WATCH = c"inotify_add_watch";
+}
 
-/// Resolve the real functions (at load time).
+/// Resolve this module's real functions (at load time).
 pub fn resolve() {
-    crate::wrappers::resolve_one(c"inotify_add_watch", &R_INOTIFY_ADD_WATCH);
+    resolve_slots();
 }
 
 struct Known {

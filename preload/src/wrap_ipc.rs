@@ -39,17 +39,7 @@ use std::format;
 use std::string::{String, ToString};
 use std::vec::Vec;
 
-macro_rules! slots {
-    ($($slot:ident = $name:literal;)*) => {
-        $(static $slot: AtomicUsize = AtomicUsize::new(0);)*
-        /// Resolve this module's real functions (at load time).
-        pub fn resolve() {
-            $( crate::wrappers::resolve_one($name, &$slot); )*
-        }
-    };
-}
-
-slots! {
+crate::wrappers::real_slots! {
     R_SHMGET = c"shmget";
     R_SHMAT = c"shmat";
     R_SHMDT = c"shmdt";
@@ -62,6 +52,11 @@ slots! {
     R_MSGSND = c"msgsnd";
     R_MSGRCV = c"msgrcv";
     R_MSGCTL = c"msgctl";
+}
+
+/// Resolve this module's real functions (at load time).
+pub fn resolve() {
+    resolve_slots();
 }
 
 // x86-64 system call numbers.

@@ -30,18 +30,7 @@ use crate::wrappers::{real, set_errno};
 use core::sync::atomic::{AtomicUsize, Ordering};
 use libc::{c_char, c_int, c_long, c_void, pid_t};
 
-macro_rules! slots {
-    ($($slot:ident = $name:literal;)*) => {
-        $(static $slot: AtomicUsize = AtomicUsize::new(0);)*
-        /// Resolve this module's real functions (at load time).
-        pub fn resolve() {
-            $( crate::wrappers::resolve_one($name, &$slot); )*
-            remember_exe();
-        }
-    };
-}
-
-slots! {
+crate::wrappers::real_slots! {
     R_WAIT = c"wait";
     R_WAITPID = c"waitpid";
     R_WAIT3 = c"wait3";
@@ -98,6 +87,12 @@ slots! {
     R_ACCESS = c"access";
     R_FACCESSAT = c"faccessat";
     R_CHDIR = c"chdir";
+}
+
+/// Resolve this module's real functions (at load time).
+pub fn resolve() {
+    resolve_slots();
+    remember_exe();
 }
 
 fn fail(e: c_int) -> c_int {

@@ -30,18 +30,7 @@ use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use libc::{c_char, c_int, pid_t};
 use std::vec::Vec;
 
-macro_rules! slots {
-    ($($slot:ident = $name:literal;)*) => {
-        $(static $slot: AtomicUsize = AtomicUsize::new(0);)*
-        /// Resolve this module's real functions (at load time).
-        pub fn resolve() {
-            $( crate::wrappers::resolve_one($name, &$slot); )*
-            find_own_path();
-        }
-    };
-}
-
-slots! {
+crate::wrappers::real_slots! {
     R_FORK = c"fork";
     R_EXECVE = c"execve";
     R_EXECVPE = c"execvpe";
@@ -53,6 +42,12 @@ slots! {
     R_PCLOSE = c"pclose";
     R_EXIT = c"exit";
     R_UEXIT = c"_exit";
+}
+
+/// Resolve this module's real functions (at load time).
+pub fn resolve() {
+    resolve_slots();
+    find_own_path();
 }
 
 unsafe extern "C" {

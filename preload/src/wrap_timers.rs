@@ -27,13 +27,14 @@ use crate::wrappers::{real, set_errno};
 use core::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use libc::{c_int, c_void};
 
-static R_TIMER_CREATE: AtomicUsize = AtomicUsize::new(0);
-static R_TIMER_DELETE: AtomicUsize = AtomicUsize::new(0);
+crate::wrappers::real_slots! {
+    R_TIMER_CREATE = c"timer_create";
+    R_TIMER_DELETE = c"timer_delete";
+}
 
-/// Resolve the real functions (at load time).
+/// Resolve this module's real functions (at load time).
 pub fn resolve() {
-    crate::wrappers::resolve_one(c"timer_create", &R_TIMER_CREATE);
-    crate::wrappers::resolve_one(c"timer_delete", &R_TIMER_DELETE);
+    resolve_slots();
 }
 
 /// glibc's SIGTIMER: the first real-time signal, hidden from programs.

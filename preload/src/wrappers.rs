@@ -17,42 +17,40 @@ use crate::vpid;
 use core::sync::atomic::{AtomicUsize, Ordering};
 use libc::{c_int, c_long, pid_t};
 
-pub static REAL_PTHREAD_CREATE: AtomicUsize = AtomicUsize::new(0);
-static REAL_SIGACTION: AtomicUsize = AtomicUsize::new(0);
-static REAL_SIGNAL: AtomicUsize = AtomicUsize::new(0);
-static REAL_SIGPROCMASK: AtomicUsize = AtomicUsize::new(0);
-static REAL_PTHREAD_SIGMASK: AtomicUsize = AtomicUsize::new(0);
-static REAL_SIGSUSPEND: AtomicUsize = AtomicUsize::new(0);
-static REAL_CLOSE: AtomicUsize = AtomicUsize::new(0);
-static REAL_CLOSE_RANGE: AtomicUsize = AtomicUsize::new(0);
-static REAL_DUP2: AtomicUsize = AtomicUsize::new(0);
-static REAL_DUP3: AtomicUsize = AtomicUsize::new(0);
-static REAL_SYSCALL: AtomicUsize = AtomicUsize::new(0);
-static REAL_SIGWAIT: AtomicUsize = AtomicUsize::new(0);
-static REAL_SIGWAITINFO: AtomicUsize = AtomicUsize::new(0);
-static REAL_SIGTIMEDWAIT: AtomicUsize = AtomicUsize::new(0);
+/// Declares a module's slots for real libc functions (`static NAME: AtomicUsize`) and
+/// `resolve_slots()`, which fills them all at load time (see [`resolve_one`]). Every
+/// wrapper module lists its functions with it, and its `resolve()` calls `resolve_slots()`.
+macro_rules! real_slots {
+    ($($vis:vis $slot:ident = $name:literal;)*) => {
+        $($vis static $slot: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);)*
+        /// Fill this module's slots with libc's functions.
+        fn resolve_slots() {
+            $( crate::wrappers::resolve_one($name, &$slot); )*
+        }
+    };
+}
+pub(crate) use real_slots;
+
+real_slots! {
+    pub REAL_PTHREAD_CREATE = c"pthread_create";
+    REAL_SIGACTION = c"sigaction";
+    REAL_SIGNAL = c"signal";
+    REAL_SIGPROCMASK = c"sigprocmask";
+    REAL_PTHREAD_SIGMASK = c"pthread_sigmask";
+    REAL_SIGSUSPEND = c"sigsuspend";
+    REAL_CLOSE = c"close";
+    REAL_CLOSE_RANGE = c"close_range";
+    REAL_DUP2 = c"dup2";
+    REAL_DUP3 = c"dup3";
+    REAL_SYSCALL = c"syscall";
+    REAL_SIGWAIT = c"sigwait";
+    REAL_SIGWAITINFO = c"sigwaitinfo";
+    REAL_SIGTIMEDWAIT = c"sigtimedwait";
+}
 
 /// Resolve every real function at load time.
 pub fn resolve_real_symbols() {
-    let table: [(&core::ffi::CStr, &AtomicUsize); 14] = [
-        (c"pthread_create", &REAL_PTHREAD_CREATE),
-        (c"sigaction", &REAL_SIGACTION),
-        (c"signal", &REAL_SIGNAL),
-        (c"sigprocmask", &REAL_SIGPROCMASK),
-        (c"pthread_sigmask", &REAL_PTHREAD_SIGMASK),
-        (c"sigsuspend", &REAL_SIGSUSPEND),
-        (c"close", &REAL_CLOSE),
-        (c"close_range", &REAL_CLOSE_RANGE),
-        (c"dup2", &REAL_DUP2),
-        (c"dup3", &REAL_DUP3),
-        (c"syscall", &REAL_SYSCALL),
-        (c"sigwait", &REAL_SIGWAIT),
-        (c"sigwaitinfo", &REAL_SIGWAITINFO),
-        (c"sigtimedwait", &REAL_SIGTIMEDWAIT),
-    ];
-    for (name, slot) in table {
-        resolve_one(name, slot);
-    }
+    resolve_slots();
     crate::wrap_pids::resolve();
     crate::wrap_proc::resolve();
     crate::wrap_ipc::resolve();
