@@ -10,8 +10,7 @@
 use crate::client::{Control, CONNECT_TIMEOUT};
 use crust_format::wire::{Command, GenerationProgress, Reply};
 use std::io::IsTerminal;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -20,29 +19,31 @@ const POLL: Duration = Duration::from_millis(150);
 
 /// A running progress display; [`Watch::finish`] stops and clears it.
 pub struct Watch {
-    stop: Arc<AtomicBool>,
+    /// Dropped (or sent to) to stop the display: the thread waits on the other end between
+    /// two status requests, so it ends at once rather than after its pause (which used to
+    /// add up to the whole pause to every `crctl checkpoint --wait`).
+    stop: Option<Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Watch {
     /// Start watching (quietly does nothing if the second connection fails).
     pub fn start(addr: &str, token: Option<String>) -> Watch {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
+        let (stop, stopped) = channel();
         let addr = addr.to_string();
         let thread = std::thread::Builder::new()
             .name("progress".into())
             .spawn(move || {
                 if let Ok(ctl) = Control::connect_with_token(&addr, CONNECT_TIMEOUT, token) {
-                    run(ctl, &flag);
+                    run(ctl, &stopped);
                 }
             })
             .ok();
-        Watch { stop, thread }
+        Watch { stop: Some(stop), thread }
     }
 
     pub fn finish(mut self) {
-        self.stop.store(true, Ordering::SeqCst);
+        drop(self.stop.take());
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -78,7 +79,7 @@ pub fn describe(p: &GenerationProgress) -> String {
     s
 }
 
-fn run(mut ctl: Control, stop: &AtomicBool) {
+fn run(mut ctl: Control, stop: &Receiver<()>) {
     let tty = std::io::stderr().is_terminal();
     let bar = if tty {
         let b = indicatif::ProgressBar::new(1);
@@ -92,12 +93,8 @@ fn run(mut ctl: Control, stop: &AtomicBool) {
         None
     };
     let mut last_line = String::new();
-    while !stop.load(Ordering::SeqCst) {
-        let progress = match ctl.command(Command::Status, Some(Duration::from_secs(5))) {
-            Ok(Reply::Status(st)) => st.progress,
-            _ => break,
-        };
-        if let Some(p) = progress {
+    while let Ok(Reply::Status(st)) = ctl.command(Command::Status, Some(Duration::from_secs(5))) {
+        if let Some(p) = st.progress {
             match &bar {
                 Some(b) => {
                     b.set_prefix(p.generation.to_string());
@@ -114,7 +111,10 @@ fn run(mut ctl: Control, stop: &AtomicBool) {
                 }
             }
         }
-        std::thread::sleep(POLL);
+        match stop.recv_timeout(POLL) {
+            Err(RecvTimeoutError::Timeout) => {}
+            Ok(()) | Err(RecvTimeoutError::Disconnected) => break,
+        }
     }
     if let Some(b) = bar {
         b.finish_and_clear();
