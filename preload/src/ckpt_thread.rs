@@ -376,6 +376,8 @@ fn checkpoint(fd: i32, generation: u64, dir: &str, forked: bool) -> Result<(), S
     };
     set_recv_timeout(fd, 0);
     set_busy(false);
+    // The image's AIO context is destroyed while the program runs (dump.rs).
+    crate::dump::release_direct_aio();
     outcome
 }
 

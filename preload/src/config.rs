@@ -10,7 +10,7 @@
 //! | CR_COMPRESS| page data compression: none, zstd, lz4                | none             |
 //! | CR_FORKED  | `0`: write images stop-the-world, not from a forked copy | forked        |
 //! | CR_ZSTD_LEVEL | zstd level for `CR_COMPRESS=zstd` (-50..=9; lower is faster, higher smaller) | `crust_format::codec::ZSTD_LEVEL` (-3) |
-//! | CR_DIRECT_IO | `0`: write uncompressed page data through the page cache, not with `O_DIRECT` | `O_DIRECT` where the filesystem takes it |
+//! | CR_DIRECT_IO | `0`: write uncompressed page data through the page cache, not with `O_DIRECT`; `sync`: `O_DIRECT`, one synchronous write at a time (no Linux AIO: the fallback where the kernel refuses it) | `O_DIRECT` where the filesystem takes it, written through Linux AIO while the next pieces are checksummed |
 //! | CR_WRITER_TIMEOUT | seconds a forked writer may take before it is killed | 600          |
 //! | CR_TEST_WRITER_PAUSE | tests only: DIR; while DIR/arm exists a forked writer writes its pid to DIR/writer.pid and waits; DIR/no-writer makes creating it fail | unset |
 //!
@@ -50,6 +50,9 @@ pub struct Config {
     pub forked: bool,
     /// Write uncompressed page data with O_DIRECT where the filesystem allows it.
     pub direct_io: bool,
+    /// ... through Linux AIO, so that checksumming goes on while the disk writes
+    /// (`CR_DIRECT_IO=sync`: one synchronous write at a time).
+    pub direct_aio: bool,
     /// zstd level for compressed images.
     pub zstd_level: i32,
     pub writer_timeout_secs: u64,
@@ -86,6 +89,7 @@ pub unsafe fn load(argc: i32, argv: *const *const u8, envp: *const *const u8) {
         notify_fd: -1,
         forked: true,
         direct_io: true,
+        direct_aio: true,
         zstd_level: crust_format::codec::ZSTD_LEVEL,
         writer_timeout_secs: 600,
         test_writer_pause: None,
@@ -135,6 +139,7 @@ pub unsafe fn load(argc: i32, argv: *const *const u8, envp: *const *const u8) {
                 c.forked = v != b"0";
             } else if let Some(v) = kv.strip_prefix(b"CR_DIRECT_IO=") {
                 c.direct_io = v != b"0";
+                c.direct_aio = v != b"sync";
             } else if let Some(v) = kv.strip_prefix(b"CR_ZSTD_LEVEL=") {
                 if let Some(n) = parse(v).filter(|n| crust_format::codec::ZSTD_LEVELS.contains(n)) {
                     c.zstd_level = n;

@@ -44,10 +44,23 @@ const MAX_RUN: u64 = 1 << 30;
 const DIRECT_MIN_RUN: u64 = 256 << 10;
 /// Most iovecs per pwritev (IOV_MAX).
 const MAX_IOV: usize = 1024;
-/// Page data is handed to the kernel in pieces of this size, and the disk starts writing
-/// each piece back at once (sync_file_range), while the next one is copied: the final
-/// fsync then has little left to wait for.
+/// Page data written through the page cache is handed to the kernel in pieces of this
+/// size, and the disk starts writing back at once (sync_file_range), while the next one is
+/// copied: the final fsync then has little left to wait for.
 const WRITEBACK_STEP: u64 = 64 << 20;
+/// A direct write request is this long at most, and this many are in flight through
+/// Linux AIO: while the disk takes them, the next piece is scanned and checksummed.
+/// Measured on this machine's virtual disk (BENCHMARKS.md): two of 32 MiB keep it as busy
+/// as more or larger ones, which made io_submit itself wait for free requests instead.
+const AIO_PIECE: u64 = 32 << 20;
+const AIO_DEPTH: usize = 2;
+/// ext4 makes a direct write that extends the file wait for the disk inside io_submit
+/// (IOMAP_DIO_FORCE_WAIT): the file's size is raised ahead of the direct writes, this
+/// much at a time, and cut to the image's length at the end.
+const GROW_STEP: u64 = 1 << 30;
+/// Runs are checksummed and handed to the writer in spans of this size, right after their
+/// pages were read to check them for zeros (so the checksum reads the CPU cache).
+const STREAM_SPAN: u64 = 64 << 10;
 
 /// Device and inode of the image (or unpacked page memfd) this process was restarted
 /// from: crust-restorer maps page runs straight from it, so at the next checkpoint such
@@ -115,6 +128,20 @@ pub(crate) fn is_restored_image(v: &Vma) -> bool {
     v.dev == RESTORED_FROM_DEV.load(Ordering::Relaxed)
         || v.name.contains(".crimg")
         || v.name.starts_with("/memfd:crust-pages")
+}
+
+/// The AIO context of the last stop-the-world image (0: none), idle, destroyed once the
+/// program runs again.
+static SPENT_AIO_CTX: AtomicU64 = AtomicU64::new(0);
+
+/// Destroy the AIO context the last image was written with (its ring is a mapping of
+/// this process, which must not outlive the checkpoint). Called once the program was
+/// resumed, and before an image is written.
+pub fn release_direct_aio() {
+    let ctx = SPENT_AIO_CTX.swap(0, Ordering::Relaxed);
+    if ctx != 0 {
+        sys::io_destroy(ctx);
+    }
 }
 
 /// What a dump produced.
@@ -212,12 +239,24 @@ fn page_is_zero(addr: u64) -> bool {
     words.iter().all(|&w| w == 0)
 }
 
-/// Decide which pages of a region to store and return the runs (offsets not yet assigned).
-fn collect_runs(v: &Vma, kind: &RegionKind, scanner: &mut PageScanner, out: &mut Vec<PageRun>, dir: &str) -> Result<(), i32> {
+/// Decide which pages of a region to store, into `out`. With a `writer` (uncompressed
+/// memory that does not change while it is written) each run is also checksummed and
+/// handed to the writer as its pages are found, in the same pass over the memory (its
+/// offset and crc are filled in); without one the runs come back with neither, for
+/// `PageWriter::add`.
+fn collect_runs(
+    v: &Vma,
+    kind: &RegionKind,
+    scanner: &mut PageScanner,
+    out: &mut Vec<PageRun>,
+    dir: &str,
+    writer: Option<&mut PageWriter>,
+) -> Result<(), String> {
     let file = matches!(kind, RegionKind::File { .. });
     if (file && v.shared) || crate::wrap_ipc::is_sysv_shm(v) {
         return Ok(()); // the file (the SysV segment, stored with the object) holds the data
     }
+    let mut runs = RunBuilder::new(out, writer);
     if let RegionKind::ShmFile { identity, offset, .. } = kind {
         // Stored by one process of the computation per file and range; the file's pages
         // past its end cannot be read (SIGBUS).
@@ -226,19 +265,18 @@ fn collect_runs(v: &Vma, kind: &RegionKind, scanner: &mut PageScanner, out: &mut
         }
         let in_file = identity.size.saturating_sub(*offset).div_ceil(PAGE_SIZE) * PAGE_SIZE;
         let end = v.end.min(v.start.saturating_add(in_file));
-        RunBuilder { out, start: 0, len: 0 }.add_nonzero_pages(v.start, end);
-        return Ok(());
+        runs.add_nonzero_pages(v.start, end);
+        return runs.done();
     }
-    let mut runs = RunBuilder { out, start: 0, len: 0 };
     // Memory whose backing is gone (deleted files, shared anonymous memory) and memory
     // mapped from the image this process was restarted from: every page holds data,
     // present in the page tables or not. Store the non-zero ones.
     if matches!(kind, RegionKind::Detached { .. }) || is_restored_image(v) {
         let end = if is_restored_image(v) { restored_image_end(v) } else { v.end };
         runs.add_nonzero_pages(v.start, end);
-        return Ok(());
+        return runs.done();
     }
-    scanner.scan(v.start, v.end, &mut |start, end, cat| {
+    let scanned = scanner.scan(v.start, v.end, &mut |start, end, cat| {
         if cat & PAGE_IS_PFNZERO != 0 {
             return; // the shared zero page: reads as zeros, restart maps zeros anyway
         }
@@ -262,19 +300,33 @@ fn collect_runs(v: &Vma, kind: &RegionKind, scanner: &mut PageScanner, out: &mut
             }
             pa += PAGE_SIZE;
         }
-    })?;
+    });
     runs.finish();
-    Ok(())
+    scanned.map_err(|e| format!("pagemap of {:#x}-{:#x}: errno {e}", v.start, v.end))?;
+    runs.done()
 }
 
-/// Coalesces pages into runs.
+/// Coalesces pages into runs; with a writer, checksums each run and hands it over as it
+/// grows, in spans of STREAM_SPAN (the pages were just read to check them for zeros, so
+/// the checksum reads them from the CPU cache, not from memory again).
 struct RunBuilder<'a> {
     out: &'a mut Vec<PageRun>,
     start: u64,
     len: u64,
+    writer: Option<&'a mut PageWriter>,
+    /// The current run's file offset, its crc so far, and how much of it was handed over.
+    offset: u64,
+    crc: u32,
+    streamed: u64,
+    /// The first write error (the scanner's callback cannot return one).
+    err: Option<String>,
 }
 
-impl RunBuilder<'_> {
+impl<'a> RunBuilder<'a> {
+    fn new(out: &'a mut Vec<PageRun>, writer: Option<&'a mut PageWriter>) -> RunBuilder<'a> {
+        RunBuilder { out, start: 0, len: 0, writer, offset: 0, crc: 0, streamed: 0, err: None }
+    }
+
     fn add(&mut self, addr: u64, len: u64) {
         if self.len > 0 && self.start + self.len == addr && self.len < MAX_RUN {
             self.len += len;
@@ -282,14 +334,56 @@ impl RunBuilder<'_> {
             self.finish();
             self.start = addr;
             self.len = len;
+            self.crc = 0;
+            self.streamed = 0;
+            if let Some(w) = self.writer.as_deref_mut() {
+                self.offset = w.begin_run();
+            }
+        }
+        if self.len - self.streamed >= STREAM_SPAN {
+            self.stream();
         }
     }
+
+    /// Checksum the part of the current run not handed over yet and give it to the writer.
+    fn stream(&mut self) {
+        let Some(w) = self.writer.as_deref_mut() else { return };
+        let n = self.len - self.streamed;
+        if n == 0 || self.err.is_some() {
+            return;
+        }
+        // Shared memory is read from its copy taken at the stop (writer.rs); a run never
+        // crosses mappings, so the copy is contiguous too.
+        let src = crate::writer::source(self.start + self.streamed);
+        // SAFETY: the pages lie in a readable mapping of this process that nobody changes
+        // while the image is written (stopped threads, or a forked copy); the volatile
+        // mappings never come here (write_into).
+        let data = unsafe { core::slice::from_raw_parts(src as *const u8, n as usize) };
+        self.crc = crc32c::crc32c_append(self.crc, data);
+        self.streamed = self.len;
+        if let Err(e) = w.run_data(src, n) {
+            self.err = Some(e);
+        }
+    }
+
     fn finish(&mut self) {
-        if self.len > 0 {
-            self.out.push(PageRun { addr: self.start, len: self.len, offset: 0, crc: 0 });
-            self.len = 0;
+        if self.len == 0 {
+            return;
         }
+        let (mut offset, mut crc) = (0, 0);
+        if self.writer.is_some() {
+            self.stream();
+            if let Some(w) = self.writer.as_deref_mut() {
+                if let Err(e) = w.end_run() {
+                    self.err.get_or_insert(e);
+                }
+            }
+            (offset, crc) = (self.offset, self.crc);
+        }
+        self.out.push(PageRun { addr: self.start, len: self.len, offset, crc });
+        self.len = 0;
     }
+
     /// Every page of `[start, end)` that is not all zeros (memory with no backing to tell
     /// which pages hold data), then the last run.
     fn add_nonzero_pages(&mut self, start: u64, end: u64) {
@@ -302,26 +396,142 @@ impl RunBuilder<'_> {
         }
         self.finish();
     }
+
+    /// The last run, and the first write error if any.
+    fn done(mut self) -> Result<(), String> {
+        self.finish();
+        self.err.map_or(Ok(()), Err)
+    }
 }
 
-/// Writes page runs into the image, uncompressed (page-aligned, straight from memory with
-/// pwritev) or as compressed chunks.
+/// iovecs for one stretch of the file, waiting to be written.
+struct Batch {
+    iov: Vec<libc::iovec>,
+    off: u64,
+    bytes: u64,
+}
+
+impl Batch {
+    fn new() -> Batch {
+        Batch { iov: Vec::with_capacity(MAX_IOV), off: 0, bytes: 0 }
+    }
+
+    fn end(&self) -> u64 {
+        self.off + self.bytes
+    }
+
+    /// Add `len` bytes at `src`, for file offset `off` (the batch's end when not empty).
+    fn push(&mut self, src: u64, len: u64, off: u64) {
+        if self.bytes == 0 {
+            self.off = off;
+        }
+        self.bytes += len;
+        if let Some(last) = self.iov.last_mut() {
+            if last.iov_base as u64 + last.iov_len as u64 == src {
+                last.iov_len += len as usize;
+                return;
+            }
+        }
+        self.iov.push(libc::iovec { iov_base: src as *mut libc::c_void, iov_len: len as usize });
+    }
+
+    fn clear(&mut self) {
+        self.iov.clear();
+        self.bytes = 0;
+    }
+}
+
+/// Drop the first `n` bytes of `iov` (in place: written iovecs become empty).
+fn advance(iov: &mut [libc::iovec], mut n: u64) {
+    for v in iov.iter_mut() {
+        if n == 0 {
+            return;
+        }
+        let k = (v.iov_len as u64).min(n);
+        v.iov_base = (v.iov_base as usize + k as usize) as *mut libc::c_void;
+        v.iov_len -= k as usize;
+        n -= k;
+    }
+}
+
+/// Write `iov` at `*off` with as few pwritev calls as the kernel allows; on return `iov`
+/// and `*off` describe what is left (nothing on success). Err(0): no progress.
+fn pwritev_all(fd: i32, iov: &mut [libc::iovec], off: &mut u64) -> Result<(), i32> {
+    let mut first = 0usize;
+    while first < iov.len() {
+        if iov[first].iov_len == 0 {
+            first += 1;
+            continue;
+        }
+        let rest = &iov[first..];
+        // SAFETY: every iovec describes readable memory of this process.
+        let r = unsafe { sys::sc!(libc::SYS_pwritev, fd, rest.as_ptr(), rest.len().min(MAX_IOV), *off, 0) };
+        let n = match sys::check(r) {
+            Ok(0) => return Err(0),
+            Ok(n) => n as u64,
+            Err(libc::EINTR) => continue,
+            Err(e) => return Err(e),
+        };
+        *off += n;
+        advance(&mut iov[first..], n);
+    }
+    Ok(())
+}
+
+fn write_error(e: i32) -> String {
+    if e == 0 {
+        "writing image: no progress (disk full?)".to_string()
+    } else {
+        format!("writing image: errno {e}")
+    }
+}
+
+/// Direct writes in flight (Linux AIO), each with the iovecs it was given.
+struct DirectAio {
+    ctx: u64,
+    iocbs: [sys::Iocb; AIO_DEPTH],
+    batches: [Batch; AIO_DEPTH],
+    busy: [bool; AIO_DEPTH],
+    in_flight: usize,
+    /// The file's size as raised ahead of the writes (u64::MAX: raising it failed).
+    size: u64,
+}
+
+/// Writes page runs into the image, uncompressed (page-aligned, straight from memory) or
+/// as compressed chunks.
+///
+/// Uncompressed runs arrive as a stream (`begin_run`, `run_data`..., `end_run`): a run's
+/// first DIRECT_MIN_RUN bytes wait until it is known to be that long; then it goes
+/// through `direct_fd` in pieces of AIO_PIECE, AIO_DEPTH of them in flight through Linux
+/// AIO while the caller scans and checksums the next ones (or one synchronous `pwritev`
+/// at a time without AIO). Shorter runs, and everything when there is no `direct_fd`, are
+/// gathered into `pwritev` calls on `fd` through the page cache.
 struct PageWriter {
     fd: i32,
-    /// The same file opened with O_DIRECT for uncompressed page data, or -1.
+    /// The same file opened with O_DIRECT for uncompressed page data, or -1 (none, or it
+    /// refused a write: from then on everything goes through `fd`).
     direct_fd: i32,
     /// Whether any page data went through `direct_fd`.
     wrote_direct: bool,
-    /// Whether the pending iovecs go through `direct_fd`.
-    iov_direct: bool,
     /// File offset where the next byte of page data goes.
     file_off: u64,
-    /// Position in the uncompressed page-data stream (+ HEADER_SIZE): the offset runs get.
+    /// Position in the page-data stream (+ HEADER_SIZE for compressed images): the offset
+    /// runs get (for uncompressed images, their file offset).
     stream_off: u64,
-    /// Pending iovecs (uncompressed) and the file offset of the first one.
-    iov: Vec<libc::iovec>,
-    iov_off: u64,
-    iov_bytes: u64,
+    /// Uncompressed data waiting for `direct_fd`, and for `fd`.
+    direct: Batch,
+    buffered: Batch,
+    aio: Option<DirectAio>,
+    /// The file was made longer than its data (DirectAio::size): cut it at the end.
+    grown: bool,
+    /// The run being streamed goes through `direct_fd`; until that is decided, its first
+    /// bytes (`und_len` at `und_src`, for file offset `und_off`) wait.
+    run_direct: bool,
+    und_src: u64,
+    und_off: u64,
+    und_len: u64,
+    /// Page-cache bytes written since writeback was last started.
+    unkicked: u64,
     /// Copy buffer for memory that changes while it is written (our own stack).
     copy: Vec<u8>,
     /// Compression: encoder, its zstd workspace, the chunk being filled, the output buffer.
@@ -331,26 +541,54 @@ struct PageWriter {
     stage_len: usize,
     cbuf: Vec<u8>,
     chunks: Vec<Chunk>,
-    /// File offset up to which writeback was started.
-    kicked: u64,
+}
+
+/// What the page writer leaves behind.
+struct PagesWritten {
+    /// File offset after the page data.
+    end: u64,
+    chunks: Vec<Chunk>,
+    /// Some page data went through O_DIRECT.
+    wrote_direct: bool,
+    /// The file is longer than `end`: it must be cut to its final length.
+    grown: bool,
 }
 
 impl PageWriter {
     /// `data_off`: where page data starts in the file (after the header and the fd table).
     /// `direct_fd`: the file opened with O_DIRECT (-1: none), used for uncompressed data.
+    /// Creates the AIO context (a mapping of its own): call after /proc/self/maps was read.
     fn new(fd: i32, direct_fd: i32, compression: Compression, data_off: u64) -> Result<PageWriter, String> {
+        let direct_fd = if compression == Compression::None { direct_fd } else { -1 };
+        let aio = if direct_fd >= 0 && crate::config::get().direct_aio {
+            sys::io_setup(AIO_DEPTH as u32).ok().map(|ctx| DirectAio {
+                ctx,
+                iocbs: [sys::Iocb::default(); AIO_DEPTH],
+                batches: core::array::from_fn(|_| Batch::new()),
+                busy: [false; AIO_DEPTH],
+                in_flight: 0,
+                size: 0,
+            })
+        } else {
+            None
+        };
         let mut w = PageWriter {
             fd,
-            direct_fd: if compression == Compression::None { direct_fd } else { -1 },
+            direct_fd,
             wrote_direct: false,
-            iov_direct: false,
             file_off: data_off,
             // Uncompressed runs are where their offset says; compressed runs' offsets are
             // positions in the page-data stream, which starts at HEADER_SIZE.
             stream_off: if compression == Compression::None { data_off } else { HEADER_SIZE as u64 },
-            iov: Vec::with_capacity(MAX_IOV),
-            iov_off: data_off,
-            iov_bytes: 0,
+            direct: Batch::new(),
+            buffered: Batch::new(),
+            aio,
+            grown: false,
+            run_direct: false,
+            und_src: 0,
+            und_off: 0,
+            und_len: 0,
+            unkicked: 0,
             copy: Vec::new(),
             encoder: None,
             _workspace: Vec::new(),
@@ -358,7 +596,6 @@ impl PageWriter {
             stage_len: 0,
             cbuf: Vec::new(),
             chunks: Vec::new(),
-            kicked: 0,
         };
         if compression != Compression::None {
             // Memory reserved here, from the preload's own allocator: the codec itself
@@ -372,140 +609,326 @@ impl PageWriter {
             w.encoder = Some(enc.ok_or_else(|| format!("cannot set up {} compression", compression.name()))?);
             w.stage = vec![0u8; CHUNK_SIZE];
             w.cbuf = vec![0u8; max_compressed_len(CHUNK_SIZE)];
-        } else {
-            w.copy = vec![0u8; 4 << 20];
         }
         Ok(w)
     }
 
-    /// Store one run (its offset and crc are filled in). `volatile`: the memory may change
-    /// while being written (our own stack), so it is copied first.
-    /// `shared`: the run is in shared memory, which a process outside the computation may
-    /// change meanwhile (compressed data is then always copied before it is checksummed).
+    /// Store one whole run (its offset and crc are filled in). `volatile`: the memory may
+    /// change while being written (our own stack), so it is copied first. `shared`: the
+    /// run is in shared memory, which a process outside the computation may change
+    /// meanwhile (compressed data is then always copied before it is checksummed).
     fn add(&mut self, run: &mut PageRun, volatile: bool, shared: bool) -> Result<(), String> {
         // Shared memory is read from its copy taken at the stop (writer.rs).
         let src_addr = crate::writer::source(run.addr);
-        run.offset = self.stream_off;
-        self.stream_off += run.len;
         if self.encoder.is_some() {
-            return self.add_compressed(run, volatile || (shared && crate::writer::source(run.addr) == run.addr));
+            run.offset = self.stream_off;
+            self.stream_off += run.len;
+            return self.add_compressed(run, volatile || (shared && src_addr == run.addr));
         }
-        if volatile {
-            self.flush()?;
-            let mut crc = 0u32;
-            let mut done = 0usize;
-            let len = run.len as usize;
-            while done < len {
-                let n = (len - done).min(self.copy.len());
-                // SAFETY: the run lies in a readable mapping of this process.
-                let src = unsafe { core::slice::from_raw_parts((src_addr as usize + done) as *const u8, n) };
-                self.copy[..n].copy_from_slice(src);
-                crc = crc32c::crc32c_append(crc, &self.copy[..n]);
-                sys::pwrite_all(self.fd, &self.copy[..n], self.file_off).map_err(|e| format!("writing image: errno {e}"))?;
-                self.file_off += n as u64;
-                done += n;
-            }
-            run.crc = crc;
-            self.iov_off = self.file_off;
+        if !volatile {
+            run.offset = self.begin_run();
+            // SAFETY: the run lies in a readable mapping of this process that nobody
+            // changes while the image is written (the program's threads are stopped).
+            let data = unsafe { core::slice::from_raw_parts(src_addr as *const u8, run.len as usize) };
+            run.crc = crc32c::crc32c(data);
+            self.run_data(src_addr, run.len)?;
+            return self.end_run();
+        }
+        if self.copy.is_empty() {
+            self.copy = vec![0u8; 4 << 20];
+        }
+        run.offset = self.stream_off;
+        let mut crc = 0u32;
+        let mut done = 0usize;
+        let len = run.len as usize;
+        while done < len {
+            let n = (len - done).min(self.copy.len());
+            // SAFETY: the run lies in a readable mapping of this process.
+            let src = unsafe { core::slice::from_raw_parts((src_addr as usize + done) as *const u8, n) };
+            self.copy[..n].copy_from_slice(src);
+            crc = crc32c::crc32c_append(crc, &self.copy[..n]);
+            sys::pwrite_all(self.fd, &self.copy[..n], self.file_off).map_err(write_error)?;
+            self.file_off += n as u64;
+            self.stream_off += n as u64;
+            done += n;
+        }
+        run.crc = crc;
+        Ok(())
+    }
+
+    /// Start an uncompressed run; returns its offset.
+    fn begin_run(&mut self) -> u64 {
+        self.run_direct = false;
+        self.und_len = 0;
+        self.stream_off
+    }
+
+    /// The next `len` bytes of the run being streamed, at `src` (right after the previous
+    /// bytes in memory). They must not change until written (`drain`).
+    fn run_data(&mut self, src: u64, len: u64) -> Result<(), String> {
+        let off = self.stream_off;
+        self.stream_off += len;
+        self.file_off += len;
+        if self.direct_fd < 0 {
+            self.settle_undecided()?;
+            return self.push_buffered(src, len, off);
+        }
+        if self.run_direct {
+            return self.push_direct(src, len, off);
+        }
+        if self.und_len == 0 {
+            (self.und_src, self.und_off) = (src, off);
+        }
+        self.und_len += len;
+        if self.und_len >= DIRECT_MIN_RUN {
+            self.run_direct = true;
+            let (s, o, n) = (self.und_src, self.und_off, self.und_len);
+            self.und_len = 0;
+            self.push_direct(s, n, o)?;
+        }
+        Ok(())
+    }
+
+    /// The run being streamed is complete.
+    fn end_run(&mut self) -> Result<(), String> {
+        self.settle_undecided()
+    }
+
+    /// A run shorter than DIRECT_MIN_RUN goes through the page cache: crrestart's mapped
+    /// restore reads exactly those, and finds them there after a restart on this machine.
+    fn settle_undecided(&mut self) -> Result<(), String> {
+        if self.und_len == 0 {
             return Ok(());
         }
-        // SAFETY: the run lies in a readable mapping of this process that nobody changes
-        // while the image is written (the program's threads are stopped).
-        let data = unsafe { core::slice::from_raw_parts(src_addr as *const u8, run.len as usize) };
-        run.crc = crc32c::crc32c(data);
-        // Runs too short to be mapped at restart are read by the restorer: they go through
-        // the page cache, so that a restart right after the checkpoint finds them there
-        // (the large runs it maps come in from the disk as the program touches them).
-        let direct = self.direct_fd >= 0 && run.len >= DIRECT_MIN_RUN;
-        if direct != self.iov_direct {
-            self.flush()?;
-            self.iov_direct = direct;
+        let (s, o, n) = (self.und_src, self.und_off, self.und_len);
+        self.und_len = 0;
+        self.push_buffered(s, n, o)
+    }
+
+    fn push_direct(&mut self, src: u64, len: u64, off: u64) -> Result<(), String> {
+        if self.direct.bytes > 0 && self.direct.end() != off {
+            self.submit_direct()?;
         }
-        let mut done = 0u64;
-        while done < run.len {
-            let n = (run.len - done).min(WRITEBACK_STEP - self.iov_bytes);
-            self.iov.push(libc::iovec { iov_base: (src_addr + done) as *mut libc::c_void, iov_len: n as usize });
-            self.iov_bytes += n;
-            self.file_off += n;
+        let mut done = 0;
+        while done < len {
+            if self.direct_fd < 0 {
+                return self.push_buffered(src + done, len - done, off + done);
+            }
+            let n = (len - done).min(AIO_PIECE - self.direct.bytes);
+            self.direct.push(src + done, n, off + done);
             done += n;
-            if self.iov.len() == MAX_IOV || self.iov_bytes >= WRITEBACK_STEP {
-                self.flush()?;
+            if self.direct.bytes >= AIO_PIECE || self.direct.iov.len() == MAX_IOV {
+                self.submit_direct()?;
             }
         }
         Ok(())
     }
 
-    /// Start writing back what was handed to the kernel so far, once a step's worth
-    /// (nothing to do for O_DIRECT writes, which are on the disk when they return).
-    fn kick_writeback(&mut self) {
-        if self.direct_fd >= 0 && self.encoder.is_none() {
-            self.kicked = self.file_off;
-            return;
+    fn push_buffered(&mut self, src: u64, len: u64, off: u64) -> Result<(), String> {
+        if self.buffered.bytes > 0 && self.buffered.end() != off {
+            self.flush_buffered()?;
         }
-        if self.file_off - self.kicked >= WRITEBACK_STEP {
-            // SAFETY: no memory arguments; SYNC_FILE_RANGE_WRITE only starts I/O.
-            unsafe {
-                sys::sc!(libc::SYS_sync_file_range, self.fd, self.kicked, self.file_off - self.kicked, libc::SYNC_FILE_RANGE_WRITE);
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(WRITEBACK_STEP - self.buffered.bytes);
+            self.buffered.push(src + done, n, off + done);
+            done += n;
+            if self.buffered.bytes >= WRITEBACK_STEP || self.buffered.iov.len() == MAX_IOV {
+                self.flush_buffered()?;
             }
-            self.kicked = self.file_off;
-        }
-    }
-
-    /// Make sure every byte given so far has left the process's memory.
-    fn flush_pending(&mut self) -> Result<(), String> {
-        if self.encoder.is_none() {
-            self.flush()?;
         }
         Ok(())
     }
 
-    /// Write the pending iovecs with as few pwritev calls as the kernel allows.
-    fn flush(&mut self) -> Result<(), String> {
-        let mut first = 0usize;
-        let mut off = self.iov_off;
-        while first < self.iov.len() {
-            let iov = &self.iov[first..];
-            let fd = if self.iov_direct && self.direct_fd >= 0 { self.direct_fd } else { self.fd };
-            // SAFETY: every iovec describes readable memory of this process.
-            let r = unsafe { sys::sc!(libc::SYS_pwritev, fd, iov.as_ptr(), iov.len().min(MAX_IOV), off, 0) };
-            let mut n = match sys::check(r) {
-                Ok(0) => return Err("writing image: no progress (disk full?)".into()),
-                Ok(n) => n,
-                Err(libc::EINTR) => continue,
-                Err(_) if fd == self.direct_fd => {
-                    // O_DIRECT refused this write (memory the kernel cannot pin, an
-                    // alignment the device does not take...): the rest goes through
-                    // the page cache; a genuine I/O error shows up there again.
-                    self.direct_fd = -1;
-                    continue;
-                }
-                Err(e) => return Err(format!("writing image: errno {e}")),
-            };
-            if fd == self.direct_fd {
-                self.wrote_direct = true;
-            }
-            off += n as u64;
-            // Skip what was written; a partly written iovec is advanced in place.
-            while n > 0 {
-                let v = &mut self.iov[first];
-                if n >= v.iov_len {
-                    n -= v.iov_len;
-                    first += 1;
-                } else {
-                    v.iov_base = (v.iov_base as usize + n) as *mut libc::c_void;
-                    v.iov_len -= n;
-                    n = 0;
-                }
-            }
-            while first < self.iov.len() && self.iov[first].iov_len == 0 {
-                first += 1;
-            }
+    /// Write the page-cache batch, and start writing back once a step's worth is dirty
+    /// (sync_file_range), so that the final fsync has little left to wait for.
+    fn flush_buffered(&mut self) -> Result<(), String> {
+        if self.buffered.bytes == 0 {
+            return Ok(());
         }
-        self.iov.clear();
-        self.iov_bytes = 0;
-        self.iov_off = self.file_off;
+        let mut off = self.buffered.off;
+        let r = pwritev_all(self.fd, &mut self.buffered.iov, &mut off);
+        self.unkicked += self.buffered.bytes;
+        self.buffered.clear();
+        r.map_err(write_error)?;
         self.kick_writeback();
         Ok(())
+    }
+
+    fn kick_writeback(&mut self) {
+        if self.unkicked >= WRITEBACK_STEP {
+            // SAFETY: no memory arguments; SYNC_FILE_RANGE_WRITE only starts I/O (on every
+            // dirty page of the file not under writeback yet).
+            unsafe {
+                sys::sc!(libc::SYS_sync_file_range, self.fd, 0, 0, libc::SYNC_FILE_RANGE_WRITE);
+            }
+            self.unkicked = 0;
+        }
+    }
+
+    /// Send the direct batch on its way: through AIO (waiting for a free slot first), or
+    /// written synchronously.
+    fn submit_direct(&mut self) -> Result<(), String> {
+        if self.direct.bytes == 0 {
+            return Ok(());
+        }
+        if self.direct_fd < 0 || self.aio.is_none() {
+            let mut batch = core::mem::replace(&mut self.direct, Batch { iov: Vec::new(), off: 0, bytes: 0 });
+            let r = self.write_sync(&mut batch, 0);
+            batch.clear();
+            self.direct = batch;
+            return r;
+        }
+        let end = self.direct.end();
+        if let Some(aio) = self.aio.as_mut() {
+            // ext4 makes a direct write that extends the file wait for the disk inside
+            // io_submit: raise the size ahead (cut back to the image's length at the end).
+            if end > aio.size {
+                let want = end + GROW_STEP;
+                if sys::ftruncate(self.fd, want).is_ok() {
+                    aio.size = want;
+                    self.grown = true;
+                } else {
+                    aio.size = u64::MAX;
+                }
+            }
+        }
+        if self.aio.as_ref().is_some_and(|a| a.in_flight == AIO_DEPTH) {
+            self.reap(1)?;
+        }
+        let direct_fd = self.direct_fd;
+        let Some(aio) = self.aio.as_mut() else { unreachable!("checked above") };
+        let k = aio.busy.iter().position(|b| !b).unwrap_or(0);
+        core::mem::swap(&mut aio.batches[k], &mut self.direct);
+        self.direct.clear();
+        let b = &aio.batches[k];
+        aio.iocbs[k] = sys::Iocb {
+            data: k as u64,
+            opcode: sys::IOCB_CMD_PWRITEV,
+            fildes: direct_fd as u32,
+            buf: b.iov.as_ptr() as u64,
+            nbytes: b.iov.len() as u64,
+            offset: b.off as i64,
+            ..Default::default()
+        };
+        // SAFETY: the iocb, its iovec array and the memory they describe stay untouched
+        // until the request is reaped (reap, drain, or io_destroy on drop, which waits).
+        match unsafe { sys::io_submit_one(aio.ctx, &aio.iocbs[k]) } {
+            Ok(()) => {
+                aio.busy[k] = true;
+                aio.in_flight += 1;
+                Ok(())
+            }
+            Err(_) => {
+                // AIO refused it (no room, an odd file): wait for the others, then this
+                // one and the next ones are written synchronously.
+                let mut batch = core::mem::replace(&mut aio.batches[k], Batch { iov: Vec::new(), off: 0, bytes: 0 });
+                let drained = self.drain_aio();
+                self.close_aio();
+                let r = self.write_sync(&mut batch, 0);
+                drained.and(r)
+            }
+        }
+    }
+
+    /// Write what is left of `batch` after its first `skip` bytes synchronously, through
+    /// `direct_fd` while it takes them, else through the page cache.
+    fn write_sync(&mut self, batch: &mut Batch, skip: u64) -> Result<(), String> {
+        advance(&mut batch.iov, skip);
+        let mut off = batch.off + skip;
+        if self.direct_fd >= 0 {
+            let start = off;
+            let r = pwritev_all(self.direct_fd, &mut batch.iov, &mut off);
+            if off > start {
+                self.wrote_direct = true;
+            }
+            match r {
+                Ok(()) => return Ok(()),
+                Err(0) => return Err(write_error(0)),
+                // O_DIRECT refused this write (memory the kernel cannot pin, an alignment
+                // the device does not take...): the rest goes through the page cache; a
+                // genuine I/O error shows up there again.
+                Err(_) => self.direct_fd = -1,
+            }
+        }
+        pwritev_all(self.fd, &mut batch.iov, &mut off).map_err(write_error)
+    }
+
+    /// Wait for at least `min` direct writes; finish short or failed ones synchronously.
+    fn reap(&mut self, min: usize) -> Result<(), String> {
+        let Some(aio) = self.aio.as_mut() else { return Ok(()) };
+        let mut ev = [sys::IoEvent::default(); AIO_DEPTH];
+        let n = sys::io_getevents(aio.ctx, min.min(aio.in_flight), &mut ev)
+            .map_err(|e| format!("waiting for image writes (io_getevents): errno {e}"))?;
+        let mut result = Ok(());
+        for e in &ev[..n] {
+            let Some(aio) = self.aio.as_mut() else { break };
+            let k = (e.data as usize).min(AIO_DEPTH - 1);
+            aio.busy[k] = false;
+            aio.in_flight -= 1;
+            let want = aio.batches[k].bytes;
+            let got = if e.res < 0 { 0 } else { (e.res as u64).min(want) };
+            if got > 0 {
+                self.wrote_direct = true;
+            }
+            if e.res < 0 {
+                // Refused (see write_sync): the rest goes through the page cache.
+                self.direct_fd = -1;
+            }
+            if got < want {
+                let mut batch = core::mem::replace(&mut aio.batches[k], Batch { iov: Vec::new(), off: 0, bytes: 0 });
+                let r = self.write_sync(&mut batch, got);
+                if let Some(aio) = self.aio.as_mut() {
+                    aio.batches[k] = batch;
+                }
+                if result.is_ok() {
+                    result = r;
+                }
+            }
+            if let Some(aio) = self.aio.as_mut() {
+                aio.batches[k].clear();
+            }
+        }
+        result
+    }
+
+    fn drain_aio(&mut self) -> Result<(), String> {
+        while self.aio.as_ref().is_some_and(|a| a.in_flight > 0) {
+            self.reap(AIO_DEPTH)?;
+        }
+        Ok(())
+    }
+
+    /// Done with AIO: with nothing in flight the context is left for
+    /// [`release_direct_aio`] (destroying one waits for an RCU grace period, tens of
+    /// milliseconds, which the program need not spend stopped); else destroyed now, which
+    /// waits for what is in flight.
+    fn close_aio(&mut self) {
+        if let Some(aio) = self.aio.take() {
+            if aio.in_flight == 0 {
+                release_direct_aio();
+                SPENT_AIO_CTX.store(aio.ctx, Ordering::Relaxed);
+            } else {
+                sys::io_destroy(aio.ctx);
+            }
+        }
+    }
+
+    /// Make sure every byte given so far has left the process's memory (before an
+    /// unreadable area gets its protection back).
+    fn flush_pending(&mut self) -> Result<(), String> {
+        if self.encoder.is_none() {
+            self.drain()?;
+        }
+        Ok(())
+    }
+
+    /// Write everything pending and wait for it.
+    fn drain(&mut self) -> Result<(), String> {
+        self.settle_undecided()?;
+        self.submit_direct()?;
+        self.drain_aio()?;
+        self.flush_buffered()
     }
 
     /// `volatile`: the memory may change while it is read (copy it before checksumming).
@@ -561,22 +984,35 @@ impl PageWriter {
         // Data that does not compress is stored raw (clen == ulen marks it).
         let stored: &[u8] = if n >= src.len() { src } else { &self.cbuf[..n] };
         let crc = crc32c::crc32c(stored);
-        sys::pwrite_all(self.fd, stored, self.file_off).map_err(|e| format!("writing image: errno {e}"))?;
+        sys::pwrite_all(self.fd, stored, self.file_off).map_err(write_error)?;
         self.chunks.push(Chunk { offset: self.file_off, clen: stored.len() as u32, ulen: src.len() as u32, crc });
         self.file_off += stored.len() as u64;
+        self.unkicked += stored.len() as u64;
         self.kick_writeback();
         Ok(())
     }
 
-    /// Write what is pending; returns (file offset after the page data, chunk table,
-    /// whether page data went through O_DIRECT).
-    fn finish(mut self) -> Result<(u64, Vec<Chunk>, bool), String> {
+    /// Write what is pending and wait for it.
+    fn finish(mut self) -> Result<PagesWritten, String> {
         if self.encoder.is_some() {
             self.write_chunk()?;
         } else {
-            self.flush()?;
+            self.drain()?;
         }
-        Ok((self.file_off, core::mem::take(&mut self.chunks), self.wrote_direct))
+        self.close_aio();
+        Ok(PagesWritten {
+            end: self.file_off,
+            chunks: core::mem::take(&mut self.chunks),
+            wrote_direct: self.wrote_direct,
+            grown: self.grown,
+        })
+    }
+}
+
+impl Drop for PageWriter {
+    /// On an error, the writes still in flight end before the memory they read can go.
+    fn drop(&mut self) {
+        self.close_aio();
     }
 }
 
@@ -953,6 +1389,8 @@ pub struct DumpRequest<'a> {
 /// itself, or its forked copy-on-write writer (`writer.rs`), which sees the memory as it
 /// was when the threads were stopped. Uses only raw system calls and the scratch arena.
 pub fn write_image(req: &DumpRequest) -> Result<DumpResult, String> {
+    // Not in this image: the previous image's AIO ring.
+    release_direct_aio();
     let vpid = crate::vpid::vpid();
     let file_name = crust_format::manifest::image_file_name(vpid);
     let final_path = format!("{}/{}", req.dir, file_name);
@@ -1031,7 +1469,7 @@ fn write_into(fd: i32, direct_fd: i32, req: &DumpRequest, vpid: i32) -> Result<(
         crust_format::image::encode_fd_table(&fds).map_err(|e| format!("encoding the fd table: {e}"))?;
     sys::pwrite_all(fd, &fd_table, HEADER_SIZE as u64).map_err(|e| format!("writing the fd table: errno {e}"))?;
     let data_off = crust_format::image::data_start(fd_table.len() as u64);
-    let result = (|| -> Result<(u64, Vec<Chunk>, bool), String> {
+    let result = (|| -> Result<PagesWritten, String> {
         let mut writer = PageWriter::new(fd, direct_fd, req.compression, data_off)?;
         for (vi, v) in maps.iter().enumerate() {
             let Some(kind) = classify(v, &mm) else { continue };
@@ -1046,12 +1484,15 @@ fn write_into(fd: i32, direct_fd: i32, req: &DumpRequest, vpid: i32) -> Result<(
                         let _ = sys::mprotect(v.start as usize, (v.end - v.start) as usize, libc::PROT_READ);
                     }
                 }
-                let r = collect_runs(v, &kind, &mut scanner, &mut runs, req.dir);
-                if let Err(e) = r {
-                    return Err(format!("pagemap of {:#x}-{:#x}: errno {e}", v.start, v.end));
-                }
+                // Uncompressed memory that nobody changes while it is written is checked
+                // for zero pages, checksummed and written in one pass (collect_runs);
+                // the rest is collected first and then stored run by run.
+                let stream = req.compression == Compression::None && !volatile[vi];
+                collect_runs(v, &kind, &mut scanner, &mut runs, req.dir, stream.then_some(&mut writer))?;
                 for run in runs.iter_mut() {
-                    writer.add(run, volatile[vi], v.shared)?;
+                    if !stream {
+                        writer.add(run, volatile[vi], v.shared)?;
+                    }
                     memory_bytes += run.len;
                 }
                 if unreadable {
@@ -1080,7 +1521,7 @@ fn write_into(fd: i32, direct_fd: i32, req: &DumpRequest, vpid: i32) -> Result<(
     })();
     remove_own_fd(scanner.fd());
     drop(scanner);
-    let (offset, chunks, wrote_direct) = result?;
+    let PagesWritten { end: offset, chunks, wrote_direct, grown } = result?;
 
     let threads: Vec<ThreadRecord> = quiesce::slots()
         .iter()
@@ -1139,6 +1580,9 @@ fn write_into(fd: i32, direct_fd: i32, req: &DumpRequest, vpid: i32) -> Result<(
     let (meta_bytes, meta_crc) = crust_format::image::encode_meta(&meta).map_err(|e| format!("encoding metadata: {e}"))?;
     sys::pwrite_all(fd, &meta_bytes, offset).map_err(|e| format!("writing metadata: errno {e}"))?;
     let file_len = offset + meta_bytes.len() as u64;
+    if grown {
+        sys::ftruncate(fd, file_len).map_err(|e| format!("cutting the image to its length: errno {e}"))?;
+    }
     let header = Header {
         version: VERSION,
         flags: if wrote_direct { FLAG_DIRECT_IO } else { 0 },

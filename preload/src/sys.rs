@@ -186,6 +186,85 @@ pub fn pwrite_all(fd: i32, buf: &[u8], mut off: u64) -> SysResult<()> {
     Ok(())
 }
 
+pub fn ftruncate(fd: i32, len: u64) -> SysResult<()> {
+    // SAFETY: no memory arguments.
+    check(unsafe { sc!(SYS_ftruncate, fd, len) }).map(|_| ())
+}
+
+/// `struct iocb` (linux/aio_abi.h, little endian).
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub struct Iocb {
+    pub data: u64,
+    pub key: u32,
+    pub rw_flags: u32,
+    pub opcode: u16,
+    pub reqprio: i16,
+    pub fildes: u32,
+    pub buf: u64,
+    pub nbytes: u64,
+    pub offset: i64,
+    pub reserved2: u64,
+    pub flags: u32,
+    pub resfd: u32,
+}
+
+/// `IOCB_CMD_PWRITEV`: `buf` is an iovec array, `nbytes` its length.
+pub const IOCB_CMD_PWRITEV: u16 = 8;
+
+/// `struct io_event`.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub struct IoEvent {
+    pub data: u64,
+    pub obj: u64,
+    pub res: i64,
+    pub res2: i64,
+}
+
+/// A Linux AIO context for `nr` requests (the kernel maps its ring into this process:
+/// create it only after /proc/self/maps was read for an image, destroy it before the next).
+pub fn io_setup(nr: u32) -> SysResult<u64> {
+    let mut ctx: u64 = 0;
+    // SAFETY: ctx is a valid out-pointer, zero as io_setup requires.
+    check(unsafe { sc!(libc::SYS_io_setup, nr, &mut ctx as *mut u64) })?;
+    Ok(ctx)
+}
+
+/// Destroy an AIO context; the kernel waits for its requests in flight first.
+pub fn io_destroy(ctx: u64) {
+    // SAFETY: no memory arguments besides the context, which the kernel validates.
+    unsafe { sc!(libc::SYS_io_destroy, ctx) };
+}
+
+/// Submit one request. Returns Ok once the kernel took it.
+///
+/// # Safety
+/// `iocb` and whatever it points to (an iovec array, the memory it describes) must stay
+/// valid and unchanged until the request's event is reaped.
+pub unsafe fn io_submit_one(ctx: u64, iocb: *const Iocb) -> SysResult<()> {
+    let list = [iocb];
+    // SAFETY: a one-element array of valid iocb pointers (the caller's promise).
+    let n = check(unsafe { sc!(libc::SYS_io_submit, ctx, 1, list.as_ptr()) })?;
+    if n == 1 {
+        Ok(())
+    } else {
+        Err(libc::EAGAIN)
+    }
+}
+
+/// Wait for at least `min` finished requests (retrying on EINTR); returns how many of
+/// `events` were filled.
+pub fn io_getevents(ctx: u64, min: usize, events: &mut [IoEvent]) -> SysResult<usize> {
+    loop {
+        // SAFETY: events is a valid array of events.len() io_event; no timeout.
+        match check(unsafe { sc!(libc::SYS_io_getevents, ctx, min, events.len(), events.as_mut_ptr(), 0) }) {
+            Err(libc::EINTR) => {}
+            r => return r,
+        }
+    }
+}
+
 pub fn fsync(fd: i32) -> SysResult<()> {
     // SAFETY: no memory arguments.
     check(unsafe { sc!(SYS_fsync, fd) }).map(|_| ())

@@ -266,15 +266,27 @@ fn takes_o_direct(dir: &Path) -> bool {
 }
 
 /// A stop-the-world image is written with `O_DIRECT` where the filesystem takes it (the
-/// header's FLAG_DIRECT_IO says so) and through the page cache where it refuses (tmpfs:
-/// EINVAL at open); `CR_DIRECT_IO=0` turns it off. Every variant restarts identically (the
+/// header's FLAG_DIRECT_IO says so), through Linux AIO while the next pieces are
+/// checksummed, and through the page cache where it refuses (tmpfs: EINVAL at open);
+/// `CR_DIRECT_IO=sync` writes one synchronous direct piece at a time (the fallback where
+/// AIO is refused), `CR_DIRECT_IO=0` turns it off. Every variant restarts identically (the
 /// memory probe has dense and sparse anonymous memory, shared memory, read-only and
-/// PROT_NONE areas, which the direct path pins or briefly makes readable).
+/// PROT_NONE areas, which the direct path pins or briefly makes readable; the dirty probe
+/// has 96 MiB in large runs, several direct pieces in flight, each checksum checked at the
+/// restart).
 #[test]
 fn stop_the_world_images_direct_on_disk_buffered_on_tmpfs_restart_identically() {
     use crust_format::image::FLAG_DIRECT_IO;
     let shm = Path::new("/dev/shm");
-    for (name, on_tmpfs, direct_env) in [("dio_disk", false, None), ("dio_tmpfs", true, None), ("dio_off", false, Some("0"))] {
+    let dirty = || probe::dirty().arg("32").arg("3");
+    for (name, prog, on_tmpfs, direct_env) in [
+        ("dio_disk", probe::memory(), false, None),
+        ("dio_tmpfs", probe::memory(), true, None),
+        ("dio_off", probe::memory(), false, Some("0")),
+        ("dio_sync", probe::memory(), false, Some("sync")),
+        ("dio_dirty", dirty(), false, None),
+        ("dio_dirty_sync", dirty(), false, Some("sync")),
+    ] {
         if on_tmpfs && !shm.is_dir() {
             eprintln!("no /dev/shm here: the tmpfs case is skipped");
             continue;
@@ -288,7 +300,7 @@ fn stop_the_world_images_direct_on_disk_buffered_on_tmpfs_restart_identically() 
             s.ckpt_dir = d.clone();
             tmpfs_dir = Some(d);
         }
-        let mut prog = probe::memory();
+        let mut prog = prog;
         if let Some(v) = direct_env {
             prog = prog.env("CR_DIRECT_IO", v);
         }
@@ -298,7 +310,7 @@ fn stop_the_world_images_direct_on_disk_buffered_on_tmpfs_restart_identically() 
         let ck = f.checkpoint_at(&mut run, 1);
         let img = the_image(&ck.gen);
         let image = read_image(&img).expect("image reads");
-        let want_direct = direct_env.is_none() && takes_o_direct(&s.ckpt_dir);
+        let want_direct = direct_env != Some("0") && takes_o_direct(&s.ckpt_dir);
         assert_eq!(
             image.header.flags & FLAG_DIRECT_IO != 0,
             want_direct,
