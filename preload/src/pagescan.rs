@@ -46,6 +46,9 @@ const PM_PRESENT: u64 = 1 << 63;
 const PM_SWAPPED: u64 = 1 << 62;
 const PM_FILE: u64 = 1 << 61;
 const PM_BATCH: usize = 4096;
+/// Pages one PAGEMAP_SCAN reports at most (64 MiB: walking the page tables of 1 GiB of
+/// present memory takes the kernel about 15 ms, which overlaps the writes in pieces).
+const MAX_PAGES: u64 = 16384;
 
 pub struct PageScanner {
     fd: i32,
@@ -91,6 +94,9 @@ impl PageScanner {
                 end,
                 vec: self.regions.as_mut_ptr() as u64,
                 vec_len: self.regions.len() as u64,
+                // At most MAX_PAGES per call, wherever they are: the caller gets to work on
+                // (write) the first pages while the kernel has not walked the rest yet.
+                max_pages: MAX_PAGES,
                 category_anyof_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
                 return_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED | PAGE_IS_FILE | PAGE_IS_PFNZERO,
                 ..Default::default()
