@@ -8,19 +8,30 @@
 //! rename.
 //!
 //! Which pages hold data comes from `PAGEMAP_SCAN` (`pagescan.rs`): unpopulated pages are
-//! never touched. Uncompressed page data goes straight from the process's memory to the
-//! file with `pwritev` (up to 1024 runs per call) on a second descriptor of the temp file
-//! opened with `O_DIRECT`: the disk reads the pages where they are, and the kernel does not
-//! copy them into the page cache first (that copy was 60 % of a stop-the-world checkpoint,
-//! BENCHMARKS.md). Page runs are page-aligned in memory, in length and in the file, which is
-//! what `O_DIRECT` asks; the header, fd table and metadata are written through the ordinary
-//! descriptor, and so are runs shorter than 256 KiB: crrestart's mapped restore reads
-//! exactly those, and finds them in the page cache after a restart on the same machine. Where the filesystem refuses `O_DIRECT` (tmpfs: EINVAL at open) or a write
-//! through it fails (memory the kernel cannot pin, an odd device), the page data goes
-//! through the ordinary descriptor instead, from that point on. `CR_DIRECT_IO=0` turns it
-//! off. The forked writer never uses it (`writer::in_writer` says why). Compressed data goes through one chunk buffer and the codec
-//! (`crust_format::codec`), whose zstd context lives in memory reserved here, and is
-//! written through the page cache.
+//! never touched. Uncompressed memory is read once: `collect_runs` checks each page for
+//! zeros, and the run it extends is checksummed (64 KiB at a time, from the CPU cache)
+//! and handed to the `PageWriter` as it grows, which writes it straight from the
+//! process's memory (runs' crcs live in the metadata, written after the data). A
+//! stop-the-world writer sends runs of 256 KiB and more through a second descriptor of the
+//! temp file opened with `O_DIRECT`: the disk reads the pages where they are, and the
+//! kernel does not copy them into the page cache first (that copy was 60 % of a
+//! stop-the-world checkpoint, BENCHMARKS.md). Those writes go out in 32 MiB pieces, two in
+//! flight through Linux AIO, while the next pieces are scanned and checksummed: the CPU
+//! work hides behind the disk. The memory does not change meanwhile (the threads are
+//! stopped), and the file's size is raised ahead of the writes (ext4 makes a direct write
+//! that extends the file wait inside `io_submit`) and cut to the image's length at the end.
+//! Page runs are page-aligned in memory, in length and in the file, which is what `O_DIRECT`
+//! asks; the header, fd table and metadata are written through the ordinary descriptor,
+//! and so are runs shorter than 256 KiB: crrestart's mapped restore reads exactly those,
+//! and finds them in the page cache after a restart on the same machine. Where the
+//! filesystem refuses `O_DIRECT` (tmpfs: EINVAL at open) or a write through it fails
+//! (memory the kernel cannot pin, an odd device), the page data goes through the ordinary
+//! descriptor instead, from that point on; where the kernel refuses AIO (or
+//! `CR_DIRECT_IO=sync`), each piece is one synchronous `pwritev`. `CR_DIRECT_IO=0` turns
+//! direct writes off. The forked writer never uses them (`writer::in_writer` says why):
+//! it writes through the page cache, in the same single pass. Compressed data goes through
+//! one chunk buffer and the codec (`crust_format::codec`), whose zstd context lives in
+//! memory reserved here, and is written through the page cache.
 
 use crate::pagescan::{PageScanner, PAGE_IS_FILE, PAGE_IS_PFNZERO, PAGE_IS_PRESENT, PAGE_IS_SWAPPED};
 use crate::procfs::{self, Vma};
