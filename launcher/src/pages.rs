@@ -12,12 +12,15 @@
 //!   from an uncompressed image.
 //!
 //! Checksums: the header, the metadata and the run and chunk tables in it are always
-//! checked. Every page checksum is checked before anything starts with `--eager` (which
-//! reads everything anyway) or `--verify`, and for every compressed image as it is
-//! unpacked. In the default mapped mode the restorer checks the small runs it reads; runs
-//! mapped from an uncompressed image are not read at restart, so without `--verify` their
-//! checksums are not checked (that would mean reading the whole image, which is what
-//! mapping avoids).
+//! checked. Page checksums: with `--verify` (mapped mode) every one here, before anything
+//! starts; with `--eager` every one by the restorers as the data arrives, before the
+//! restart barrier (`crate::rebuild`): the image is read once, and nothing runs and no
+//! file changes until every restorer of the tree has checked all its pages; for every
+//! compressed image here, as it is unpacked. In the default mapped mode the restorer
+//! checks the runs it reads, and crrestart those it reads itself (shared memory,
+//! [`verify_runs`]); runs mapped from an uncompressed image are not read at restart, so
+//! without `--verify` their checksums are not checked (that would mean reading the whole
+//! image, which is what mapping avoids).
 
 use crust_format::codec::{self, ChunkSink};
 use crust_format::image::{self, Compression, Image, Region, RegionKind, HEADER_SIZE, PAGE_SIZE};
@@ -156,33 +159,32 @@ fn progress_bar(total: u64, what: &str) -> indicatif::ProgressBar {
 }
 
 /// Prepare the page data of `img` (read from `path`) for the restorer: check what must be
-/// checked (see the module comment) and unpack a compressed image.
+/// checked here (see the module comment) and unpack a compressed image.
 ///
-/// Eager restore of an uncompressed image that is mostly not in the page cache (cold: an
-/// image written with O_DIRECT, or on a machine that restarts after the checkpoint's)
-/// reads the page data twice, both times with O_DIRECT and several requests in flight:
-/// here to check every checksum before anything starts ([`verify_direct`], into reused
-/// buffers), then in the restorer straight into the program's memory. Through the page
-/// cache the first read would allocate page-cache pages, and the second would copy every
-/// page out of them again; on the machine of BENCHMARKS.md the two direct reads together
-/// take less time than one `dd` of the file. A warm image (mostly cached) is read through
-/// the page cache as before, and so is everything on filesystems that refuse O_DIRECT.
-pub fn open_pages(path: &Path, img: &Image, verify: bool, direct: DirectReads) -> Result<PageSource, String> {
+/// Eager restore of an uncompressed image reads the page data once, in the restorers,
+/// which check every run's checksum as it arrives, before the restart barrier
+/// (`crate::rebuild`): nothing is read here. An image mostly not in the page cache (cold:
+/// written with O_DIRECT, or on a machine that restarts after the checkpoint's) is read
+/// with O_DIRECT and several requests in flight straight into the program's memory;
+/// through the page cache every page would cost a page-cache page, a fresh page and a
+/// copy. A warm image (mostly cached) is read through the page cache, and so is an image
+/// on a filesystem that refuses O_DIRECT (the restorer falls back).
+pub fn open_pages(path: &Path, img: &Image, verify: bool, eager: bool, direct: DirectReads) -> Result<PageSource, String> {
     let name = path.display();
     let meta = &img.meta;
     let total: u64 = meta.memory_bytes();
     if meta.compression == Compression::None {
         let file = File::open(path).map_err(|e| format!("{name}: {e}"))?;
-        let try_direct = match direct {
-            DirectReads::Never => false,
-            DirectReads::Always => true,
-            DirectReads::Auto => total >= DIRECT_MIN_BYTES && mostly_uncached(&file),
-        };
-        if try_direct && verify {
-            if let Some(()) = verify_direct(path, meta, total).map_err(|e| format!("{name}: {e}"))? {
+        if eager {
+            let direct = match direct {
+                DirectReads::Never => false,
+                DirectReads::Always => true,
+                DirectReads::Auto => total >= DIRECT_MIN_BYTES && mostly_uncached(&file),
+            };
+            if direct {
                 tracing::info!("{name}: page data read with O_DIRECT");
-                return Ok(PageSource { file, verified: true, direct: true });
             }
+            return Ok(PageSource { file, verified: false, direct });
         }
         if verify {
             verify_mapped(&file, meta, total).map_err(|e| format!("{name}: {e}"))?;
@@ -216,10 +218,6 @@ impl DirectReads {
 
 /// Eager restores of less page data than this use the page cache (too little to matter).
 const DIRECT_MIN_BYTES: u64 = 64 << 20;
-/// Size of one direct read of [`verify_direct`], and how many run at once.
-const DIRECT_PIECE: u64 = 16 << 20;
-const DIRECT_THREADS: usize = 4;
-
 /// Whether less than half of a sample of the file's pages is in the page cache (mincore
 /// of a mapping that is never touched).
 fn mostly_uncached(file: &File) -> bool {
@@ -246,119 +244,26 @@ fn mostly_uncached(file: &File) -> bool {
     resident * 2 < pages
 }
 
-/// An aligned buffer for O_DIRECT reads.
-struct AlignedBuf {
-    ptr: *mut u8,
-    layout: std::alloc::Layout,
-}
-
-impl AlignedBuf {
-    fn new(len: usize) -> Option<AlignedBuf> {
-        let layout = std::alloc::Layout::from_size_align(len, PAGE_SIZE as usize).ok()?;
-        // SAFETY: a non-zero size.
-        let ptr = unsafe { std::alloc::alloc(layout) };
-        (!ptr.is_null()).then_some(AlignedBuf { ptr, layout })
-    }
-    fn slice(&mut self, len: usize) -> &mut [u8] {
-        // SAFETY: len <= the allocation's size (callers read at most DIRECT_PIECE).
-        unsafe { core::slice::from_raw_parts_mut(self.ptr, len.min(self.layout.size())) }
-    }
-}
-
-impl Drop for AlignedBuf {
-    fn drop(&mut self) {
-        // SAFETY: allocated with this layout.
-        unsafe { std::alloc::dealloc(self.ptr, self.layout) };
-    }
-}
-
-/// Check every run's crc32c reading the page data with O_DIRECT, [`DIRECT_THREADS`] pieces
-/// of [`DIRECT_PIECE`] at once into reused buffers; each piece's share of each run is
-/// checksummed alone and the shares are combined in order (`crc32c_combine`).
-/// `Ok(None)`: the filesystem refuses O_DIRECT (nothing was checked; use the page cache).
-fn verify_direct(path: &Path, meta: &image::ImageMeta, total: u64) -> Result<Option<()>, String> {
-    use std::os::unix::fs::{FileExt, OpenOptionsExt};
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    let runs: Vec<&image::PageRun> = meta.regions.iter().flat_map(|r| r.runs.iter()).collect();
-    if runs.windows(2).any(|w| w[1].offset < w[0].offset + w[0].len) || runs.iter().any(|r| r.offset % PAGE_SIZE != 0 || r.len % PAGE_SIZE != 0) {
-        return Ok(None); // not laid out as this writer lays page data out: the plain way
-    }
-    let (Some(first), Some(last)) = (runs.first(), runs.last()) else { return Ok(Some(())) };
-    let (start, end) = (first.offset, last.offset + last.len);
-    let Ok(file) = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(path) else { return Ok(None) };
-    let len = file.metadata().map_err(|e| e.to_string())?.len();
-    if end > len {
-        return Err(format!("truncated image: page data reaches {end} bytes, the file has {len}"));
-    }
-    let n_pieces = (end - start).div_ceil(DIRECT_PIECE) as usize;
-    let next = AtomicUsize::new(0);
-    let done = std::sync::atomic::AtomicU64::new(0);
-    let pb = progress_bar(total, "verifying");
-    // Per piece: (run index, crc of the run's bytes in the piece, their length), in order.
-    let results: Vec<std::sync::Mutex<Vec<(usize, u32, usize)>>> = (0..n_pieces).map(|_| Default::default()).collect();
-    let refused = std::sync::atomic::AtomicBool::new(false);
-    let failure: std::sync::Mutex<Option<String>> = Default::default();
-    std::thread::scope(|sc| {
-        for _ in 0..DIRECT_THREADS.min(n_pieces) {
-            sc.spawn(|| {
-                let Some(mut buf) = AlignedBuf::new(DIRECT_PIECE as usize) else {
-                    refused.store(true, Ordering::Relaxed);
-                    return;
-                };
-                loop {
-                    let p = next.fetch_add(1, Ordering::Relaxed);
-                    if p >= n_pieces || refused.load(Ordering::Relaxed) || failure.lock().map_or(true, |f| f.is_some()) {
-                        return;
-                    }
-                    let ps = start + p as u64 * DIRECT_PIECE;
-                    let pe = (ps + DIRECT_PIECE).min(end);
-                    let data = buf.slice((pe - ps) as usize);
-                    if let Err(e) = file.read_exact_at(data, ps) {
-                        if e.raw_os_error() == Some(libc::EINVAL) {
-                            refused.store(true, Ordering::Relaxed);
-                        } else if let Ok(mut f) = failure.lock() {
-                            f.get_or_insert(format!("reading page data at file offset {ps}: {e}"));
-                        }
-                        return;
-                    }
-                    // The runs this piece holds a part of.
-                    let mut k = runs.partition_point(|r| r.offset + r.len <= ps);
-                    let mut parts = Vec::new();
-                    while k < runs.len() && runs[k].offset < pe {
-                        let (a, b) = (runs[k].offset.max(ps), (runs[k].offset + runs[k].len).min(pe));
-                        parts.push((k, crc32c::crc32c(&data[(a - ps) as usize..(b - ps) as usize]), (b - a) as usize));
-                        k += 1;
-                    }
-                    if let Ok(mut r) = results[p].lock() {
-                        *r = parts;
-                    }
-                    pb.set_position(done.fetch_add(pe - ps, Ordering::Relaxed) + (pe - ps));
-                }
-            });
+/// Check the crc32c of the runs crrestart reads itself from an unchecked page source
+/// (shared memory it fills, tmpfs files it writes back): the restorers never see them.
+pub fn verify_runs<'a>(src: &File, runs: impl Iterator<Item = &'a image::PageRun>) -> Result<(), String> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = Vec::new();
+    for r in runs {
+        let mut crc = 0u32;
+        let mut at = 0u64;
+        while at < r.len {
+            let n = (r.len - at).min(8 << 20) as usize;
+            buf.resize(n, 0);
+            src.read_exact_at(&mut buf, r.offset + at).map_err(|e| format!("reading page data at file offset {}: {e}", r.offset + at))?;
+            crc = crc32c::crc32c_append(crc, &buf);
+            at += n as u64;
         }
-    });
-    pb.finish_and_clear();
-    if refused.load(Ordering::Relaxed) {
-        return Ok(None);
-    }
-    if let Some(e) = failure.into_inner().ok().flatten() {
-        return Err(e);
-    }
-    let mut crcs: Vec<Option<u32>> = vec![None; runs.len()];
-    for r in results {
-        for (k, crc, len) in r.into_inner().unwrap_or_default() {
-            crcs[k] = Some(match crcs[k] {
-                None => crc,
-                Some(c) => crc32c::crc32c_combine(c, crc, len),
-            });
-        }
-    }
-    for (r, crc) in runs.iter().zip(crcs) {
-        if crc.unwrap_or(0) != r.crc {
+        if crc != r.crc {
             return Err(format!("corrupt image: page data at {:#x} (+{:#x}) fails its checksum", r.addr, r.len));
         }
     }
-    Ok(Some(()))
+    Ok(())
 }
 
 /// Check every run's crc32c straight from a read-only mapping of the image (no copy; the

@@ -94,6 +94,13 @@ pub struct PlanInput<'a> {
     pub mapped: bool,
     /// crrestart's stderr for the restorer's error messages (-1: the program's fd 2).
     pub err_fd: i32,
+    /// The restart barrier's descriptors (`PlanHeader::report_fd`, `go_fd`; -1: none).
+    pub report_fd: i32,
+    pub go_fd: i32,
+    /// This process is the tree's root (crrestart's own process).
+    pub is_root: bool,
+    /// Names the process in the restorer's error messages ("vpid N (prog), image PATH").
+    pub who: &'a str,
 }
 
 fn push_struct<T: Copy>(out: &mut Vec<u8>, v: &T) {
@@ -236,6 +243,20 @@ pub fn build(p: &PlanInput) -> Result<Vec<u8>, String> {
         entry_stack: meta.restart.stack_top,
         scratch_addr: p.scratch_addr,
         scratch_len: 16 << 20,
+        report_fd: p.report_fd,
+        go_fd: p.go_fd,
+        is_root: p.is_root as u32,
+        _pad2: 0,
+        who: {
+            let mut who = [0u8; 512];
+            // Cut at a character boundary, leaving a NUL at the end.
+            let mut n = p.who.len().min(who.len() - 1);
+            while !p.who.is_char_boundary(n) {
+                n -= 1;
+            }
+            who[..n].copy_from_slice(&p.who.as_bytes()[..n]);
+            who
+        },
         args: RestartArgs {
             magic: ARGS_MAGIC,
             version: PLAN_VERSION,

@@ -1,22 +1,35 @@
-//! Rebuilding a checked process tree (see [`crate::restart`]): the point of no return.
+//! Rebuilding a checked process tree (see [`crate::restart`]).
 //!
-//! 1. crrestart creates every shared kernel object once, at fds at or above the plan's
+//! 1. Files to write back that no longer exist are created with their checkpoint-time
+//!    content (nothing is destroyed by that, and the tree's fds and mappings open them).
+//! 2. The restart barrier: two pipes, and the supervisor, double-forked so that init or the
+//!    nearest subreaper adopts it (no process of the tree can see it or wait for it). It
+//!    holds the read end of the report pipe and the write end of the go pipe, and every
+//!    change to the programs' files that can destroy something (see [`supervise`]).
+//! 3. crrestart creates every shared kernel object once, at fds at or above the plan's
 //!    `stage_base` (above every fd number of every program): pipes (refilled with their
 //!    bytes in flight), files opened by several processes through one description,
-//!    memfds holding shared memory. Files written by the programs are truncated back.
-//! 2. It becomes the root and forks the tree top-down: each process forks its own
+//!    memfds holding shared memory.
+//! 4. It becomes the root and forks the tree top-down: each process forks its own
 //!    children (so they are its real children), then recreates its zombie children (a
 //!    child that exits at once with the recorded status and is left unreaped); the root
 //!    also double-forks the orphans so that init or the nearest subreaper adopts them.
 //!    A session leader calls setsid() before forking anything.
-//! 3. All processes meet at barriers in a shared anonymous mapping (atomics + futexes):
+//! 5. All processes meet at barriers in a shared anonymous mapping (atomics + futexes):
 //!    once all exist, group leaders create their process groups, then members join them.
-//! 4. Each process places its fds, writes its restore plan with the whole tree's
-//!    virtual → new real pid table, and execs `crust-restorer`, with every signal blocked
-//!    until the restored program's own mask comes back.
+//! 6. Each process places its fds, writes its restore plan with the whole tree's
+//!    virtual → new real pid table, and execs `crust-restorer` with its ends of the
+//!    barrier pipes, with every signal blocked until the restored program's own mask
+//!    comes back.
+//! 7. Each restorer rebuilds its memory, checking page checksums as it reads, reports
+//!    "verified" and waits for "go". Once every process of the tree has reported, the
+//!    supervisor makes sure a coordinator answers, truncates the files the programs wrote
+//!    back, writes back the saved files, and says "go"; anything else abandons the restart
+//!    before any program runs or any file changes.
 //!
-//! A failure anywhere sets a flag every barrier watches: the root then SIGKILLs what was
-//! created and reports the error.
+//! A failure before the exec sets a flag every barrier watches: the root then SIGKILLs
+//! what was created and reports the error (the supervisor sees the report pipe close
+//! without every report, and leaves).
 
 use crate::restart::{ObjSpec, Src, TreePlan};
 use crust_restorer::PlanPid;
@@ -285,10 +298,12 @@ struct Ctx<'a> {
     /// crrestart's own process group and session (inherited by the tree).
     outside_pgid: i32,
     outside_sid: i32,
+    /// The restart barrier's pipes (the restorers' ends).
+    barrier: &'a BarrierPipes,
 }
 
 /// Rebuild the tree. Returns only on error; the calling process becomes the root.
-pub fn rebuild(t: &TreePlan) -> Result<Infallible, String> {
+pub fn rebuild(t: &TreePlan, coordinator: Option<&std::path::Path>) -> Result<Infallible, String> {
     // SAFETY: only this process's settings: children must stay zombies (not be reaped
     // automatically), and every staged fd needs room.
     unsafe {
@@ -309,29 +324,21 @@ pub fn rebuild(t: &TreePlan) -> Result<Infallible, String> {
         return Err(format!("the generation holds {} processes; crrestart rebuilds at most {MAX_PROCS}", t.procs.len()));
     }
     let ctl = control()?;
-    // Files the programs write go back to their checkpoint-time size, so output the
-    // killed run wrote after the checkpoint is neither left behind nor duplicated.
-    for (path, size) in &t.truncations {
-        if let Ok(f) = std::fs::OpenOptions::new().write(true).open(path) {
-            let _ = f.set_len(*size);
-        }
-    }
-    // Files open read-write whose content the images hold (databases): exactly as they
-    // were at the checkpoint.
-    for (path, data) in &t.rewrites {
-        if std::fs::read(path).is_ok_and(|now| now == *data) {
-            continue; // unchanged: left as it is (also on a read-only file system)
-        }
-        let mut o = std::fs::OpenOptions::new();
-        o.write(true).create(true).truncate(true);
-        std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o644);
-        let mut f = o.open(path).map_err(|e| format!("{path}: cannot write its checkpoint-time content back: {e}"))?;
-        std::io::Write::write_all(&mut f, data).map_err(|e| format!("{path}: cannot write its checkpoint-time content back: {e}"))?;
+    // Files to write back that are missing now are made at once (that destroys nothing,
+    // and the fds and mappings of the tree open them); everything else that changes the
+    // programs' files waits for the barrier.
+    let later = create_missing_files(t)?;
+    let barrier = BarrierPipes::new(t.stage_base)?;
+    start_supervisor(t, &barrier, &later, coordinator)?;
+    // SAFETY: the supervisor's ends: only it may hold them (see `supervise`).
+    unsafe {
+        libc::close(barrier.report_r);
+        libc::close(barrier.go_w);
     }
     let staged = materialize(t)?;
     // SAFETY: plain queries.
     let (outside_pgid, outside_sid) = unsafe { (libc::getpgrp(), libc::getsid(0)) };
-    let cx = Ctx { t, staged: &staged, ctl, outside_pgid, outside_sid };
+    let cx = Ctx { t, staged: &staged, ctl, outside_pgid, outside_sid, barrier: &barrier };
     let Err(e) = become_process(&cx, t.root);
     fail_all(ctl);
     // SAFETY: SIGKILL the processes this restart created, then reap our children.
@@ -346,6 +353,153 @@ pub fn rebuild(t: &TreePlan) -> Result<Infallible, String> {
         while libc::waitpid(-1, std::ptr::null_mut(), libc::__WALL) > 0 {}
     }
     Err(e)
+}
+
+/// The restart barrier's two pipes, created before anything of the tree exists, staged
+/// above every program fd number, close-on-exec (each restorer gets its two ends kept
+/// across its exec).
+struct BarrierPipes {
+    /// Every restorer writes [`crust_restorer::BARRIER_VERIFIED`] (or `BARRIER_FAILED`)
+    /// here, then closes it; the supervisor reads to end of file.
+    report_r: i32,
+    report_w: i32,
+    /// The supervisor writes one [`crust_restorer::BARRIER_GO`] per process; its end of
+    /// file (the supervisor closed it without writing, or died) means "abandon".
+    go_r: i32,
+    go_w: i32,
+}
+
+impl BarrierPipes {
+    fn new(base: i32) -> Result<BarrierPipes, String> {
+        let mut report = [0i32; 2];
+        let mut go = [0i32; 2];
+        // SAFETY: valid out-arrays.
+        if unsafe { libc::pipe2(report.as_mut_ptr(), libc::O_CLOEXEC) != 0 || libc::pipe2(go.as_mut_ptr(), libc::O_CLOEXEC) != 0 } {
+            return Err(format!("cannot create the restart barrier's pipes: {}", errno()));
+        }
+        Ok(BarrierPipes { report_r: stage(report[0], base)?, report_w: stage(report[1], base)?, go_r: stage(go[0], base)?, go_w: stage(go[1], base)? })
+    }
+}
+
+/// Rewrites ([`TreePlan::rewrites`]) of files that are missing now: created with their
+/// checkpoint-time content before anything opens them. Returns the indices of the
+/// others (existing files, rewritten only after the barrier if they differ).
+fn create_missing_files(t: &TreePlan) -> Result<Vec<usize>, String> {
+    let mut later = Vec::new();
+    for (k, (path, data)) in t.rewrites.iter().enumerate() {
+        if std::fs::symlink_metadata(path).is_ok() {
+            later.push(k);
+            continue;
+        }
+        write_back(path, data)?;
+    }
+    Ok(later)
+}
+
+fn write_back(path: &str, data: &[u8]) -> Result<(), String> {
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create(true).truncate(true);
+    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o644);
+    let mut f = o.open(path).map_err(|e| format!("{path}: cannot write its checkpoint-time content back: {e}"))?;
+    std::io::Write::write_all(&mut f, data).map_err(|e| format!("{path}: cannot write its checkpoint-time content back: {e}"))
+}
+
+/// What the supervisor does once every restorer has its memory in place and checked:
+/// files the programs write go back to their checkpoint-time size (so output the killed
+/// run wrote after the checkpoint is neither left behind nor duplicated), and files open
+/// read-write whose content the images hold (databases, tmpfs files mapped shared) get
+/// exactly that content back.
+fn put_files_back(t: &TreePlan, later: &[usize]) -> Result<(), String> {
+    for (path, size) in &t.truncations {
+        if let Ok(f) = std::fs::OpenOptions::new().write(true).open(path) {
+            let _ = f.set_len(*size);
+        }
+    }
+    for &k in later {
+        let (path, data) = &t.rewrites[k];
+        if std::fs::read(path).is_ok_and(|now| now == *data) {
+            continue; // unchanged: left as it is (also on a read-only file system)
+        }
+        write_back(path, data)?;
+    }
+    Ok(())
+}
+
+/// Start the supervisor: double-forked (init or the nearest subreaper adopts it), so it
+/// is no child of any process of the tree, which could see or wait for it.
+fn start_supervisor(t: &TreePlan, b: &BarrierPipes, later: &[usize], coordinator: Option<&std::path::Path>) -> Result<(), String> {
+    let mid = fork()?;
+    if mid == 0 {
+        if fork().unwrap_or(-1) == 0 {
+            supervise(t, b, later, coordinator);
+        }
+        // SAFETY: ends the middle process.
+        unsafe { libc::_exit(0) };
+    }
+    // SAFETY: reaping our own middle process.
+    unsafe { libc::waitpid(mid, std::ptr::null_mut(), 0) };
+    Ok(())
+}
+
+/// The supervisor: reads the restorers' reports to end of file (every restorer closes its
+/// end after its report; one that dies closes it too), then, only if every process of the
+/// tree reported "verified", puts the files back and writes "go" for each. Anything else
+/// (a checksum failure, a restorer that died or failed to map, a process that failed
+/// before its exec, a file that cannot be written back) closes the go pipe unwritten:
+/// every restorer then exits without running anything. It never waits for anything but
+/// the tree's processes, and exits right after "go".
+fn supervise(t: &TreePlan, b: &BarrierPipes, later: &[usize], coordinator: Option<&std::path::Path>) -> ! {
+    let err = std::os::fd::AsRawFd::as_raw_fd(&t.err_out);
+    // SAFETY: this process's own fds: crrestart's stderr on 2, then nothing but the
+    // barrier's two ends (no pipe end, image or terminal of the tree stays open here).
+    unsafe {
+        libc::dup2(err, 2);
+        libc::close(b.report_w);
+        libc::close(b.go_r);
+    }
+    crate::pages::close_from_except(0, &[2, b.report_r, b.go_w]);
+    let n = t.procs.len();
+    let (mut verified, mut failed) = (0usize, false);
+    let mut buf = [0u8; 4096];
+    while !failed {
+        // SAFETY: reading into our buffer.
+        let r = unsafe { libc::read(b.report_r, buf.as_mut_ptr().cast(), buf.len()) };
+        if r < 0 && errno().raw_os_error() == Some(libc::EINTR) {
+            continue;
+        }
+        if r <= 0 {
+            break;
+        }
+        for &c in &buf[..r as usize] {
+            if c == crust_restorer::BARRIER_VERIFIED {
+                verified += 1;
+            } else {
+                failed = true;
+            }
+        }
+    }
+    if failed || verified != n {
+        // The restorers explain (the failing one names its problem, the root says the
+        // restart was abandoned); closing the go pipe unwritten abandons it.
+        // SAFETY: ends this process.
+        unsafe { libc::_exit(1) };
+    }
+    if let Some(ckpt_dir) = coordinator {
+        if let Err(e) = crate::coord_client::ensure_coordinator(&t.coord, ckpt_dir, None) {
+            eprintln!("crrestart: {e}");
+            // SAFETY: as above.
+            unsafe { libc::_exit(1) };
+        }
+    }
+    if let Err(e) = put_files_back(t, later) {
+        eprintln!("crrestart: {e}");
+        // SAFETY: as above.
+        unsafe { libc::_exit(1) };
+    }
+    let go = vec![crust_restorer::BARRIER_GO; n];
+    let _ = write_all(b.go_w, &go);
+    // SAFETY: as above.
+    unsafe { libc::_exit(0) }
 }
 
 fn fork() -> Result<i32, String> {
@@ -591,6 +745,13 @@ fn exec_restorer(cx: &Ctx, i: usize, pids: &[PlanPid]) -> Result<Infallible, Str
     }
     // SAFETY: as above.
     let plan_fd = unsafe { libc::fcntl(plan_raw, libc::F_DUPFD, base) };
+    // The barrier's ends go to the restorer, which closes them before the program runs.
+    // SAFETY: clearing close-on-exec on our own fds.
+    unsafe {
+        libc::fcntl(cx.barrier.report_w, libc::F_SETFD, 0);
+        libc::fcntl(cx.barrier.go_r, libc::F_SETFD, 0);
+    }
+    let who = format!("vpid {} ({}), image {}", meta.vpid, meta.program, p.img_path.display());
     let range = t.restorer_range;
     let input = |plan_addr: u64, scratch_addr: u64| crate::plan::PlanInput {
         meta,
@@ -608,6 +769,10 @@ fn exec_restorer(cx: &Ctx, i: usize, pids: &[PlanPid]) -> Result<Infallible, Str
         shared: &shared,
         mapped: t.mapped,
         err_fd,
+        report_fd: cx.barrier.report_w,
+        go_fd: cx.barrier.go_r,
+        is_root: i == t.root,
+        who: &who,
     };
     let plan_probe = crate::plan::build(&input(0, 0))?;
     let plan_len = (plan_probe.len() as u64 + 4095) & !4095;

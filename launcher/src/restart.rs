@@ -530,10 +530,10 @@ fn load(opts: &RestartOptions) -> Result<TreePlan, String> {
                 mp.vpid
             ));
         }
-        // Page checksums (`--verify`, and `--eager`, which reads everything anyway: checked
-        // here, before anything changes), unpacking of compressed images.
-        let direct = if opts.eager { opts.direct_reads } else { crate::pages::DirectReads::Never };
-        let pages = crate::pages::open_pages(&img_path, &img, opts.verify || opts.eager, direct)?;
+        // Page checksums (`--verify` in mapped mode: checked here, before anything changes;
+        // `--eager`: checked by the restorers as they read, before the restart barrier),
+        // unpacking of compressed images.
+        let pages = crate::pages::open_pages(&img_path, &img, opts.verify, opts.eager, opts.direct_reads)?;
         procs.push(ProcPlan {
             img_path,
             pages: pages.file,
@@ -1037,18 +1037,31 @@ pub fn prepare(opts: &RestartOptions) -> Result<TreePlan, String> {
     crate::kobjects::plan_shm_files(&mut t)?;
     plan_groups(&mut t);
     t.ipc = crate::ipc::plan(&t)?;
+    // Page data crrestart itself reads (shared memory it fills, tmpfs files it writes
+    // back) is checked here, before anything changes; the restorers check what they read.
+    for p in &t.procs {
+        if p.pages_verified {
+            continue;
+        }
+        let runs = p
+            .meta
+            .regions
+            .iter()
+            .filter(|r| p.shared.contains_key(&r.start) || matches!(r.kind, RegionKind::ShmFile { .. }))
+            .flat_map(|r| r.runs.iter());
+        crate::pages::verify_runs(&p.pages, runs).map_err(|e| format!("{}: {e}", p.img_path.display()))?;
+    }
     Ok(t)
 }
 
 /// Restart. Returns only on error (on success the process becomes the root program).
 pub fn restart(opts: &RestartOptions) -> Result<std::convert::Infallible, String> {
     let t = prepare(opts)?;
-    if opts.start_coordinator {
-        let ckpt_dir = t.gen_dir.parent().and_then(|p| p.parent()).unwrap_or(Path::new("."));
-        crate::coord_client::ensure_coordinator(&opts.coord, ckpt_dir, None).map_err(|e| e.to_string())?;
-    }
     for w in &t.warnings {
         eprintln!("crrestart: warning: {w}");
     }
-    crate::rebuild::rebuild(&t)
+    // A coordinator is made sure of (started if none answers) only once every process of
+    // the tree has its memory back and checked (`rebuild.rs`, the supervisor).
+    let ckpt_dir = t.gen_dir.parent().and_then(|p| p.parent()).unwrap_or(Path::new(".")).to_path_buf();
+    crate::rebuild::rebuild(&t, opts.start_coordinator.then_some(ckpt_dir.as_path()))
 }

@@ -1,6 +1,21 @@
 //! The freestanding restorer proper (see main.rs).
+//!
+//! Page data: runs marked `RUN_MAP` are mapped from the page source; every other run is
+//! read, with Linux AIO on an `O_DIRECT` descriptor when the plan asks for direct reads
+//! (cold image, [`Aio`]) or with `pread` through the page cache ([`pread_run`]). Unless
+//! crrestart checked every page already (`PlanHeader::verify` = 0), each run's crc32c is
+//! computed as its data arrives: AIO pieces in submission order while later pieces are
+//! in flight, `pread` pieces while they are still in the CPU cache. So an eager restore
+//! reads the image once.
+//!
+//! Nothing done before the barrier ([`barrier`]) is visible outside this process: a
+//! corrupt page (or any failure) ends it with a message naming its image and the address,
+//! and crrestart's supervisor then abandons the whole tree's restart before any program
+//! runs or any of the programs' files changes (`launcher/src/rebuild.rs`).
 
 use core::arch::{asm, global_asm};
+use core::sync::atomic::AtomicUsize;
+use core::sync::atomic::Ordering::Relaxed;
 use crust_restorer::*;
 
 // ---------------------------------------------------------------- startup
@@ -88,6 +103,7 @@ unsafe fn sc(n: usize, a1: usize, a2: usize, a3: usize, a4: usize, a5: usize, a6
 const SYS_READ: usize = 0;
 const SYS_WRITE: usize = 1;
 const SYS_CLOSE: usize = 3;
+const SYS_POLL: usize = 7;
 const SYS_FSTAT: usize = 5;
 const SYS_MMAP: usize = 9;
 const SYS_MPROTECT: usize = 10;
@@ -123,18 +139,53 @@ const PR_SET_MM: usize = 35;
 const PR_SET_MM_MAP: usize = 14;
 
 /// Where error messages go: crrestart's stderr once the plan names it.
-static ERR_FD: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(2);
+static ERR_FD: AtomicUsize = AtomicUsize::new(2);
+/// The barrier's descriptors (`PlanHeader::report_fd`, `go_fd`); usize::MAX: none.
+static REPORT_FD: AtomicUsize = AtomicUsize::new(usize::MAX);
+static GO_FD: AtomicUsize = AtomicUsize::new(usize::MAX);
+static IS_ROOT: AtomicUsize = AtomicUsize::new(0);
+/// `PlanHeader::who` (address, length): named in every error message.
+static WHO: AtomicUsize = AtomicUsize::new(0);
+static WHO_LEN: AtomicUsize = AtomicUsize::new(0);
 
 fn write_err(msg: &[u8]) {
-    let fd = ERR_FD.load(core::sync::atomic::Ordering::Relaxed);
+    let fd = ERR_FD.load(Relaxed);
     // SAFETY: writing a valid buffer to an fd.
     unsafe { sc(SYS_WRITE, fd, msg.as_ptr() as usize, msg.len(), 0, 0, 0) };
 }
 
-fn fail(msg: &[u8], code: i32) -> ! {
+/// "crust-restorer: vpid N (prog), image PATH: ".
+fn write_prefix() {
     write_err(b"crust-restorer: ");
+    let (at, n) = (WHO.load(Relaxed), WHO_LEN.load(Relaxed));
+    if at != 0 && n != 0 {
+        // SAFETY: the `who` bytes of the plan header, mapped for the restorer's whole life.
+        write_err(unsafe { core::slice::from_raw_parts(at as *const u8, n) });
+        write_err(b": ");
+    }
+}
+
+/// Tell the barrier's supervisor that this process failed, so that it abandons the restart
+/// at once (it also notices the report descriptor closing when this process exits).
+fn report_failure() {
+    let fd = REPORT_FD.swap(usize::MAX, Relaxed);
+    if fd != usize::MAX {
+        let b = [BARRIER_FAILED];
+        // SAFETY: writing one byte to our report pipe (EPIPE when the supervisor is gone:
+        // every signal is blocked, so no SIGPIPE).
+        unsafe { sc(SYS_WRITE, fd, b.as_ptr() as usize, 1, 0, 0, 0) };
+    }
+}
+
+fn fail(msg: &[u8], code: i32) -> ! {
+    write_prefix();
     write_err(msg);
     write_err(b"\n");
+    report_failure();
+    exit(code)
+}
+
+fn exit(code: i32) -> ! {
     // SAFETY: ends the process.
     unsafe { sc(SYS_EXIT_GROUP, code as usize, 0, 0, 0, 0, 0) };
     #[allow(clippy::empty_loop)]
@@ -142,7 +193,7 @@ fn fail(msg: &[u8], code: i32) -> ! {
 }
 
 fn fail_at(msg: &[u8], addr: u64, err: isize, code: i32) -> ! {
-    write_err(b"crust-restorer: ");
+    write_prefix();
     write_err(msg);
     write_err(b" at 0x");
     let mut buf = [0u8; 16];
@@ -167,15 +218,80 @@ fn fail_at(msg: &[u8], addr: u64, err: isize, code: i32) -> ! {
         write_err(&d[k..]);
         write_err(b")");
     }
-    fail(b"", code)
+    write_err(b"\n");
+    report_failure();
+    exit(code)
+}
+
+/// The restart was abandoned before "go": leave without running anything of the program.
+fn abandon() -> ! {
+    if IS_ROOT.load(Relaxed) != 0 {
+        write_err(
+            b"crust-restorer: restart abandoned before the program ran: a process of the tree failed \
+to restore its memory (see above), or crrestart's supervisor failed or ended\n",
+        );
+    }
+    exit(EXIT_ABANDONED)
+}
+
+/// Whether the supervisor has abandoned the restart already (the go pipe is readable or
+/// closed before this process reported: it only ever gets "go" after every report). Lets
+/// a restorer still reading stop early when another one failed.
+fn check_abandoned() {
+    let fd = GO_FD.load(Relaxed);
+    if fd == usize::MAX {
+        return;
+    }
+    #[repr(C)]
+    struct PollFd {
+        fd: i32,
+        events: i16,
+        revents: i16,
+    }
+    let mut p = PollFd { fd: fd as i32, events: 1 /* POLLIN */, revents: 0 };
+    // SAFETY: one valid pollfd, no timeout.
+    let r = unsafe { sc(SYS_POLL, &mut p as *mut PollFd as usize, 1, 0, 0, 0, 0) };
+    if r > 0 && p.revents != 0 {
+        abandon();
+    }
+}
+
+/// The barrier: report "verified", then wait for "go" (see `PlanHeader::report_fd`).
+fn barrier() {
+    let report = REPORT_FD.swap(usize::MAX, Relaxed);
+    let go = GO_FD.swap(usize::MAX, Relaxed);
+    if report == usize::MAX || go == usize::MAX {
+        return;
+    }
+    let b = [BARRIER_VERIFIED];
+    // SAFETY: one byte to our report pipe, then closing it (the supervisor counts the
+    // bytes once every writer has closed its end).
+    unsafe {
+        sc(SYS_WRITE, report, b.as_ptr() as usize, 1, 0, 0, 0);
+        sc(SYS_CLOSE, report, 0, 0, 0, 0, 0);
+    }
+    let mut got = [0u8; 1];
+    let r = loop {
+        // SAFETY: reading one byte into our buffer.
+        let r = unsafe { sc(SYS_READ, go, got.as_mut_ptr() as usize, 1, 0, 0, 0) };
+        if r != -4 {
+            break r; // not EINTR
+        }
+    };
+    // SAFETY: our fd; the program never sees it.
+    unsafe { sc(SYS_CLOSE, go, 0, 0, 0, 0, 0) };
+    if r != 1 || got[0] != BARRIER_GO {
+        abandon();
+    }
 }
 
 // ---------------------------------------------------------------- crc32c
 
+/// Append `len` bytes at `data` to a crc32c state (start from `!0`, finish with `!`).
 #[target_feature(enable = "sse4.2")]
-unsafe fn crc32c(data: *const u8, len: usize) -> u32 {
+unsafe fn crc32c_update(state: u32, data: *const u8, len: usize) -> u32 {
     use core::arch::x86_64::{_mm_crc32_u64, _mm_crc32_u8};
-    let mut crc: u64 = 0xffff_ffff;
+    let mut crc = state as u64;
     let mut i = 0;
     while i + 8 <= len {
         // SAFETY: within [data, data+len).
@@ -189,7 +305,7 @@ unsafe fn crc32c(data: *const u8, len: usize) -> u32 {
         c = _mm_crc32_u8(c, unsafe { *data.add(i) });
         i += 1;
     }
-    !c
+    c
 }
 
 // ---------------------------------------------------------------- main
@@ -325,12 +441,43 @@ fn pread_all(fd: usize, addr: u64, len: u64, off: u64) {
     }
 }
 
+/// Piece of a run read through the page cache before its checksum is appended: small
+/// enough to be checksummed while still in the CPU cache.
+const PREAD_PIECE: u64 = 1 << 20;
+
+/// Read a run with `pread` (through the page cache), checking its crc32c piece by piece
+/// as it arrives when `check`.
+fn pread_run(fd: usize, addr: u64, len: u64, off: u64, crc: u32, check: bool) {
+    if len >= 64 << 10 {
+        // Fault the run's pages in with one call rather than one fault per page during
+        // the read (kernels before 5.14 refuse; the read faults them then).
+        // SAFETY: the run lies inside a region mapped writable.
+        unsafe { sc(SYS_MADVISE, addr as usize, len as usize, MADV_POPULATE_WRITE, 0, 0, 0) };
+    }
+    let mut acc = !0u32;
+    let mut done = 0u64;
+    while done < len {
+        let n = (len - done).min(PREAD_PIECE);
+        pread_all(fd, addr + done, n, off + done);
+        if check {
+            // SAFETY: just read; mapped readable (see `restorer_main`).
+            acc = unsafe { crc32c_update(acc, (addr + done) as *const u8, n as usize) };
+        }
+        done += n;
+    }
+    if check && !acc != crc {
+        fail_at(b"page data fails its checksum (corrupt image)", addr, 0, EXIT_BAD_DATA);
+    }
+}
+
 /// Runs at least this long are read through AIO when direct reads are on.
 const AIO_MIN_RUN: u64 = 64 << 10;
 /// Size of one AIO request, and how many are in flight: the kernel faults the pages of
 /// one request in (allocating and zeroing them) while the disk fills the others.
 const AIO_PIECE: u64 = 16 << 20;
 const AIO_DEPTH: usize = 4;
+/// Pieces read (or in flight) whose checksum is not appended yet, at most.
+const AIO_PENDING: usize = 64;
 
 /// `struct iocb` (linux/aio_abi.h, little endian).
 #[repr(C)]
@@ -360,15 +507,40 @@ struct IoEvent {
     res2: i64,
 }
 
+/// One AIO piece of a run, in submission order.
+#[derive(Clone, Copy, Default)]
+struct Piece {
+    addr: u64,
+    len: u64,
+    /// The run's start and checksum (checked after its last piece).
+    run_addr: u64,
+    crc: u32,
+    first: bool,
+    last: bool,
+    check: bool,
+    done: bool,
+}
+
 /// Reads into the program's memory with O_DIRECT through Linux AIO, AIO_DEPTH requests
 /// of AIO_PIECE in flight. Anything the kernel refuses or cuts short is read again with
 /// `pread` on the ordinary descriptor, so the worst case is the plain path.
+///
+/// Checksums overlap the reads: pieces are checksummed in submission order (a run's
+/// crc32c is appended piece by piece), each as soon as it and every piece before it have
+/// arrived, while the later requests are still in flight.
 struct Aio {
     ctx: usize,
     direct_fd: usize,
+    image_fd: usize,
     slots: [Iocb; AIO_DEPTH],
     busy: [bool; AIO_DEPTH],
     in_flight: usize,
+    /// Pieces `head..next` (sequence numbers), at `seq % AIO_PENDING`.
+    pending: [Piece; AIO_PENDING],
+    head: u64,
+    next: u64,
+    /// crc32c state of the run whose pieces are being checksummed.
+    acc: u32,
 }
 
 impl Aio {
@@ -402,21 +574,48 @@ impl Aio {
             return None;
         }
         let empty = Iocb { data: 0, key: 0, rw_flags: 0, opcode: 0, reqprio: 0, fildes: 0, buf: 0, nbytes: 0, offset: 0, reserved2: 0, flags: 0, resfd: 0 };
-        Some(Aio { ctx, direct_fd: fd as usize, slots: [empty; AIO_DEPTH], busy: [false; AIO_DEPTH], in_flight: 0 })
+        Some(Aio {
+            ctx,
+            direct_fd: fd as usize,
+            image_fd,
+            slots: [empty; AIO_DEPTH],
+            busy: [false; AIO_DEPTH],
+            in_flight: 0,
+            pending: [Piece::default(); AIO_PENDING],
+            head: 0,
+            next: 0,
+            acc: !0,
+        })
     }
 
-    /// Queue the read of `len` bytes at `off` into `addr` (in pieces); returns once they
-    /// are all submitted (or read with pread).
-    fn read(&mut self, image_fd: usize, addr: u64, len: u64, off: u64) {
+    /// Queue the read of the run of `len` bytes at `off` into `addr` (in pieces), its
+    /// crc32c `crc` checked when `check`; returns once every piece is submitted (or read
+    /// with pread).
+    fn read(&mut self, addr: u64, len: u64, off: u64, crc: u32, check: bool) {
         let mut done = 0u64;
         while done < len {
             let n = (len - done).min(AIO_PIECE);
-            if self.in_flight == AIO_DEPTH {
-                self.reap(image_fd, 1);
+            while self.next - self.head == AIO_PENDING as u64 {
+                self.reap(1);
             }
+            if self.in_flight == AIO_DEPTH {
+                self.reap(1);
+            }
+            let seq = self.next;
+            self.next += 1;
+            self.pending[(seq % AIO_PENDING as u64) as usize] = Piece {
+                addr: addr + done,
+                len: n,
+                run_addr: addr,
+                crc,
+                first: done == 0,
+                last: done + n == len,
+                check,
+                done: false,
+            };
             let k = self.busy.iter().position(|b| !b).unwrap_or(0);
             self.slots[k] = Iocb {
-                data: k as u64,
+                data: (seq << 8) | k as u64,
                 key: 0,
                 rw_flags: 0,
                 opcode: 0, // IOCB_CMD_PREAD
@@ -436,14 +635,18 @@ impl Aio {
                 self.busy[k] = true;
                 self.in_flight += 1;
             } else {
-                pread_all(image_fd, addr + done, n, off + done);
+                pread_all(self.image_fd, addr + done, n, off + done);
+                self.pending[(seq % AIO_PENDING as u64) as usize].done = true;
             }
             done += n;
+            self.checksum_arrived();
+            check_abandoned();
         }
     }
 
-    /// Wait for at least `min` requests; finish short or failed ones with pread.
-    fn reap(&mut self, image_fd: usize, min: usize) {
+    /// Wait for at least `min` requests; finish short or failed ones with pread; then
+    /// checksum what has arrived in order.
+    fn reap(&mut self, min: usize) {
         let mut ev = [IoEvent::default(); AIO_DEPTH];
         let r = loop {
             // SAFETY: ev holds AIO_DEPTH events; no timeout.
@@ -456,22 +659,49 @@ impl Aio {
             fail(b"waiting for page data reads (io_getevents) failed", EXIT_BAD_DATA);
         }
         for e in &ev[..r as usize] {
-            let k = (e.data as usize).min(AIO_DEPTH - 1);
+            let k = ((e.data & 0xff) as usize).min(AIO_DEPTH - 1);
+            let at = ((e.data >> 8) % AIO_PENDING as u64) as usize;
             let s = self.slots[k];
             let got = if e.res < 0 { 0 } else { (e.res as u64).min(s.nbytes) };
             if got < s.nbytes {
-                pread_all(image_fd, s.buf + got, s.nbytes - got, s.offset as u64 + got);
+                pread_all(self.image_fd, s.buf + got, s.nbytes - got, s.offset as u64 + got);
             }
             self.busy[k] = false;
             self.in_flight -= 1;
+            self.pending[at].done = true;
+        }
+        self.checksum_arrived();
+    }
+
+    /// Append the checksums of the oldest pieces that have arrived; check each run after
+    /// its last piece.
+    fn checksum_arrived(&mut self) {
+        while self.head < self.next {
+            let p = self.pending[(self.head % AIO_PENDING as u64) as usize];
+            if !p.done {
+                return;
+            }
+            self.head += 1;
+            if !p.check {
+                continue;
+            }
+            if p.first {
+                self.acc = !0;
+            }
+            // SAFETY: the piece has been read into memory mapped readable.
+            self.acc = unsafe { crc32c_update(self.acc, p.addr as *const u8, p.len as usize) };
+            if p.last && !self.acc != p.crc {
+                fail_at(b"page data fails its checksum (corrupt image)", p.run_addr, 0, EXIT_BAD_DATA);
+            }
         }
     }
 
-    /// Wait for every request in flight.
-    fn drain(&mut self, image_fd: usize) {
+    /// Wait for every request in flight (and checksum everything).
+    fn drain(&mut self) {
         while self.in_flight > 0 {
-            self.reap(image_fd, self.in_flight);
+            self.reap(self.in_flight);
         }
+        self.checksum_arrived();
     }
 
     fn close(self) {
@@ -513,8 +743,15 @@ extern "C" fn restorer_main(sp: *const usize) -> ! {
         fail(b"bad plan (version mismatch between crrestart and crust-restorer?)", EXIT_BAD_PLAN);
     }
     if h.args.err_fd >= 0 {
-        ERR_FD.store(h.args.err_fd as usize, core::sync::atomic::Ordering::Relaxed);
+        ERR_FD.store(h.args.err_fd as usize, Relaxed);
     }
+    WHO.store(h.who.as_ptr() as usize, Relaxed);
+    WHO_LEN.store(h.who.iter().position(|&c| c == 0).unwrap_or(h.who.len()), Relaxed);
+    if h.report_fd >= 0 && h.go_fd >= 0 {
+        REPORT_FD.store(h.report_fd as usize, Relaxed);
+        GO_FD.store(h.go_fd as usize, Relaxed);
+    }
+    IS_ROOT.store(h.is_root as usize, Relaxed);
     let own_start = h.args.restorer_start;
     let own_end = h.args.restorer_end;
 
@@ -590,8 +827,9 @@ extern "C" fn restorer_main(sp: *const usize) -> ! {
         // SAFETY: crrestart wrote n_regions entries.
         let r = unsafe { *regions.add(i) };
         let len = (r.end - r.start) as usize;
+        // Filled (and checksummed) before its final protection is set.
         let need_write = r.n_runs > 0;
-        let prot = r.prot as usize | if need_write { PROT_WRITE } else { 0 };
+        let prot = r.prot as usize | if need_write { PROT_READ | PROT_WRITE } else { 0 };
         let share = if r.flags & RF_SHARED != 0 { MAP_SHARED } else { MAP_PRIVATE };
         let m = if r.flags & RF_FILE != 0 {
             let mut path = [0u8; 4096];
@@ -636,8 +874,11 @@ extern "C" fn restorer_main(sp: *const usize) -> ! {
     }
 
     // Page data read in, once every region is mapped (the AIO context's ring is a mapping
-    // the kernel places in a free range: it must not be where a region goes later).
+    // the kernel places in a free range: it must not be where a region goes later). Every
+    // run read is checked against its crc32c as it arrives, unless crrestart checked them
+    // all already (`h.verify` = 0: a compressed image, unpacked and checked into a memfd).
     let mut aio = if h.direct_reads != 0 { Aio::open(image_fd) } else { None };
+    let mut since_poll = 0u64;
     for i in 0..h.n_regions as usize {
         // SAFETY: crrestart wrote n_regions entries.
         let r = unsafe { *regions.add(i) };
@@ -647,45 +888,38 @@ extern "C" fn restorer_main(sp: *const usize) -> ! {
             if run.flags & RUN_MAP != 0 {
                 continue;
             }
-            if let Some(a) = aio.as_mut().filter(|_| run.len >= AIO_MIN_RUN) {
-                a.read(image_fd, run.addr, run.len, run.image_off);
-                continue;
-            }
-            if run.len >= 64 << 10 {
-                // Fault the run's pages in with one call rather than one fault per page
-                // during the read (kernels before 5.14 refuse; the read faults them then).
-                // SAFETY: the run lies inside the region we just mapped writable.
-                unsafe { sc(SYS_MADVISE, run.addr as usize, run.len as usize, MADV_POPULATE_WRITE, 0, 0, 0) };
-            }
-            pread_all(image_fd, run.addr, run.len, run.image_off);
-        }
-        if let Some(a) = aio.as_mut() {
-            a.drain(image_fd);
-        }
-        if h.verify != 0 {
-            for j in 0..r.n_runs as usize {
-                // SAFETY: crrestart wrote the runs of this region.
-                let run = unsafe { *runs.add(r.first_run as usize + j) };
-                // SAFETY: the run is mapped and filled.
-                if run.flags & (RUN_MAP | RUN_PART) == 0 && unsafe { crc32c(run.addr as *const u8, run.len as usize) } != run.crc {
-                    fail_at(b"page data fails its checksum (corrupt image)", run.addr, 0, EXIT_BAD_DATA);
+            let check = h.verify != 0 && run.flags & RUN_PART == 0;
+            match aio.as_mut().filter(|_| run.len >= AIO_MIN_RUN) {
+                Some(a) => a.read(run.addr, run.len, run.image_off, run.crc, check),
+                None => {
+                    pread_run(image_fd, run.addr, run.len, run.image_off, run.crc, check);
+                    since_poll += run.len;
+                    if since_poll >= AIO_PIECE {
+                        since_poll = 0;
+                        check_abandoned();
+                    }
                 }
             }
         }
     }
-    if let Some(a) = aio.take() {
+    if let Some(mut a) = aio.take() {
+        a.drain();
         a.close();
     }
     for i in 0..h.n_regions as usize {
         // SAFETY: crrestart wrote n_regions entries.
         let r = unsafe { *regions.add(i) };
         let need_write = r.n_runs > 0;
-        let prot = r.prot as usize | if need_write { PROT_WRITE } else { 0 };
+        let prot = r.prot as usize | if need_write { PROT_READ | PROT_WRITE } else { 0 };
         if need_write && prot != r.prot as usize {
             // SAFETY: final protection of the program's memory.
             unsafe { sc(SYS_MPROTECT, r.start as usize, (r.end - r.start) as usize, r.prot as usize, 0, 0, 0) };
         }
     }
+
+    // Every page is in place and checked: wait until every process of the tree is there
+    // too and crrestart's supervisor has put the programs' files back (rebuild.rs).
+    barrier();
 
     // The kernel's idea of the address space layout.
     let mut mm = h.mm;

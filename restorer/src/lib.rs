@@ -19,7 +19,7 @@
 pub const PLAN_MAGIC: u64 = u64::from_le_bytes(*b"CRSTPLAN");
 /// "CRSTARGS"
 pub const ARGS_MAGIC: u64 = u64::from_le_bytes(*b"CRSTARGS");
-pub const PLAN_VERSION: u32 = 2;
+pub const PLAN_VERSION: u32 = 3;
 
 /// Fixed address the restorer is linked at (see build.rs); far from where Linux places
 /// programs, libraries, heaps and stacks.
@@ -148,6 +148,21 @@ pub struct PlanHeader {
     /// A free address range where special mappings can be parked while moving.
     pub scratch_addr: u64,
     pub scratch_len: u64,
+    /// The restart barrier (see `launcher/src/rebuild.rs`): once every page is in place and
+    /// checked, the restorer writes [`BARRIER_VERIFIED`] on `report_fd` and closes it, then
+    /// reads one byte from `go_fd`: [`BARRIER_GO`] lets the program run; end of file means
+    /// the restart was abandoned (another process failed, or crrestart's supervisor is
+    /// gone), and the restorer exits with [`EXIT_ABANDONED`]. A failing restorer writes
+    /// [`BARRIER_FAILED`] first. -1: no barrier.
+    pub report_fd: i32,
+    pub go_fd: i32,
+    /// Non-zero in the tree's root (crrestart's own process): it explains an abandoned
+    /// restart on crrestart's stderr.
+    pub is_root: u32,
+    pub _pad2: u32,
+    /// Who this restorer is, for its error messages ("vpid 12 (prog), image PATH"),
+    /// NUL-padded.
+    pub who: [u8; 512],
     pub args: RestartArgs,
 }
 
@@ -185,3 +200,10 @@ pub const RUN_PART: u32 = 2;
 pub const EXIT_BAD_PLAN: i32 = 71;
 pub const EXIT_MAP_FAILED: i32 = 72;
 pub const EXIT_BAD_DATA: i32 = 73;
+/// Another process of the tree failed (or crrestart's supervisor ended) before "go".
+pub const EXIT_ABANDONED: i32 = 74;
+
+/// Bytes of the restart barrier (see [`PlanHeader::report_fd`]).
+pub const BARRIER_VERIFIED: u8 = b'V';
+pub const BARRIER_FAILED: u8 = b'F';
+pub const BARRIER_GO: u8 = b'G';

@@ -11,10 +11,13 @@
 //! 3. move the vDSO and vvar pages to where the program had them (glibc holds pointers
 //!    into the vDSO);
 //! 4. map every memory area of the image at its address, fill in the stored pages
-//!    (checking each run's crc32c) and set the final protections;
-//! 5. restore the kernel's view of the address space (brk heap, argv/env area, auxv) with
+//!    (checking each run's crc32c as the data arrives) and set the final protections;
+//! 5. the restart barrier: report "verified" to crrestart's supervisor and wait for
+//!    "go", which comes once every process of the tree has its memory back and checked
+//!    and the programs' files are put back (end of file instead: exit, nothing ran);
+//! 6. restore the kernel's view of the address space (brk heap, argv/env area, auxv) with
 //!    PR_SET_MM_MAP, which needs no privilege;
-//! 6. jump to the preload's restart entry on the preload's own restart stack.
+//! 7. jump to the preload's restart entry on the preload's own restart stack.
 //!
 //! It uses no libc: raw system calls only, no allocation, no panics that unwind.
 
