@@ -38,11 +38,11 @@ fn the_image(gen: &Path) -> PathBuf {
 
 /// crrestart `path` must fail cleanly, with a message containing one of `keywords`.
 fn expect_clean_failure(f: &Flow, path: &Path, keywords: &[&str], problem: &str) {
-    expect_clean_failure_with(f, path, &[], keywords, problem)
+    expect_clean_failure_with(f, path, &[], keywords, problem);
 }
 
 /// `crrestart ARGS path` must fail cleanly, with a message containing one of `keywords`.
-fn expect_clean_failure_with(f: &Flow, path: &Path, args: &[&str], keywords: &[&str], problem: &str) {
+fn expect_clean_failure_with(f: &Flow, path: &Path, args: &[&str], keywords: &[&str], problem: &str) -> String {
     f.s.prepare_restart_at(1);
     let out_before = fs::read(&f.out).expect("read program output");
     let out = f.s.restart_expecting_failure_with(path, args);
@@ -66,6 +66,7 @@ fn expect_clean_failure_with(f: &Flow, path: &Path, args: &[&str], keywords: &[&
         out_before,
         "crrestart touched the program's output file although it failed on {problem}"
     );
+    text
 }
 
 /// The untouched generation still restarts and runs to the reference result.
@@ -332,4 +333,51 @@ fn image_corruptions_are_rejected_by_the_format_reader_for_the_intended_reason()
     patch_version(&img);
     assert!(matches!(check(&img), Err(Error::Version { found: OTHER_VERSION, .. })), "{:?}", check(&img));
     fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Eager restore of a parent and its child where only the child's image holds a corrupt
+/// page. The restorers check page checksums as they read (nothing reads the images
+/// beforehand), so the parent's restorer has all its memory back and checked while the
+/// child's finds the bad page: the restart barrier must keep the parent from running and
+/// the output file from being truncated back, every restorer must exit, and crrestart
+/// (the parent's process) must exit non-zero with a message naming the child's image and
+/// the checksum. Through the page cache and with O_DIRECT reads.
+#[test]
+fn crrestart_eager_tree_with_one_corrupt_child_page_starts_nothing() {
+    let s = Session::new("err_pages_eager_child");
+    let mut f = Flow::new(&s, Program::c("pipe_pair"));
+    let mut run = f.launch();
+    s.advance_to(&mut run, 1);
+    let both = wait_until(READY_TIMEOUT, || {
+        let n = s.registered();
+        if n != Some(2) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        n == Some(2)
+    });
+    assert!(both, "parent and child did not both register\n{}", s.diagnostics());
+    let ck = f.checkpoint_at(&mut run, 1);
+    let parent = run.pid;
+    f.kill(&mut [&mut run]);
+    let gen = copy_generation(&f, &ck, "pages-eager-child");
+    let imgs = images_of(&gen);
+    assert_eq!(imgs.len(), 2, "expected the parent's and the child's image: {imgs:?}");
+    let metas: Vec<_> = imgs.iter().map(|p| read_image(p).expect("pristine image reads").meta).collect();
+    let k = metas.iter().position(|m| m.vpid != parent).expect("the child's image");
+    let child_vpid = metas[k].vpid;
+    assert_eq!(metas[1 - k].vpid, parent, "the other image is the parent's");
+    corrupt_page_data(&imgs[k]);
+    for args in [&["--eager"][..], &["--eager", "--direct-reads", "always"][..]] {
+        let what = format!("a corrupted page-data byte in the child's image only ({})", args.join(" "));
+        let text = expect_clean_failure_with(&f, &gen, args, &["checksum"], &what);
+        // (A compressed image, as in the suite run with CR_COMPRESS, is checked by crrestart
+        // as it is unpacked, before anything starts: its message names the image too.)
+        assert!(
+            text.contains(&imgs[k].display().to_string().to_lowercase()),
+            "the message must name the child's image {} (vpid {child_vpid}): {text}",
+            imgs[k].display()
+        );
+    }
+    f.restart_args = vec!["--eager".into()];
+    pristine_still_restarts(&f, &ck);
 }
