@@ -1507,8 +1507,11 @@ fn write_into(fd: i32, direct_fd: i32, req: &DumpRequest, vpid: i32) -> Result<(
                     memory_bytes += run.len;
                 }
                 if unreadable {
-                    // The data must be out before the protection goes back.
-                    writer.flush_pending()?;
+                    // The data must be out before the protection goes back (an area
+                    // without any, like a guard page, leaves the writes in flight alone).
+                    if !runs.is_empty() {
+                        writer.flush_pending()?;
+                    }
                     // SAFETY: restoring the original protection.
                     unsafe {
                         let _ = sys::mprotect(v.start as usize, (v.end - v.start) as usize, v.prot as i32);
