@@ -6,9 +6,11 @@
 //! names: a keyed object or a named queue that exists now must be the very object of the
 //! checkpoint (same id and size; same inode for a queue: typically the killed run's, which
 //! the kernel kept), else the restart stops naming it. [`materialize`] then creates every
-//! object once (or resets the surviving one) with its checkpoint-time contents: segments
-//! filled, semaphore values set (`SETALL`), messages queued again in order with their
-//! types or priorities. Every process gets a memfd named `crust-ipc` of
+//! object that no longer exists once with its checkpoint-time contents: segments filled,
+//! semaphore values set (`SETALL`), messages queued again in order with their types or
+//! priorities. A surviving object gets its contents back only after the restart barrier
+//! ([`reset_surviving`], from crrestart's supervisor, `crate::rebuild`), and the objects
+//! created are removed again when the restart is abandoned ([`Created::remove`]). Every process gets a memfd named `crust-ipc` of
 //! `(kind, virtual id, new id, flags, attachments)` records, from which its preload
 //! translates ids and attaches its segments again. A segment that was marked for removal
 //! is created private and removed by the last process of the tree to attach it.
@@ -201,13 +203,18 @@ static MAP_FD: AtomicI32 = AtomicI32::new(-1);
 /// One open description of every queue, by inode: each process's fds are opened from it.
 static QUEUES: Mutex<Option<HashMap<u64, std::fs::File>>> = Mutex::new(None);
 
-/// Create (or reset) every object with its contents and write the id map.
-pub fn materialize(p: &IpcPlan, base: i32) -> Result<(), String> {
-    let mut created: Vec<(SysvKind, i32)> = Vec::new();
-    let r = create_all(p, base, &mut created);
-    if r.is_err() {
-        // Nothing half-made stays behind.
-        for (kind, id) in created {
+/// What [`materialize`] created (as opposed to found and kept): removed again when the
+/// restart is abandoned, so that an abandoned restart leaves nothing behind.
+#[derive(Debug, Default)]
+pub struct Created {
+    sysv: Vec<(SysvKind, i32)>,
+    /// Named POSIX message queues.
+    queues: Vec<CString>,
+}
+
+impl Created {
+    pub fn remove(&self) {
+        for &(kind, id) in &self.sysv {
             // SAFETY: removing objects this restart created.
             unsafe {
                 match kind {
@@ -217,11 +224,50 @@ pub fn materialize(p: &IpcPlan, base: i32) -> Result<(), String> {
                 };
             }
         }
+        for name in &self.queues {
+            // SAFETY: a valid name of a queue this restart created.
+            unsafe { libc::mq_unlink(name.as_ptr()) };
+        }
     }
-    r
 }
 
-fn create_all(p: &IpcPlan, base: i32, created: &mut Vec<(SysvKind, i32)>) -> Result<(), String> {
+/// Create every object that no longer exists, with its contents, and write the id map.
+/// Objects that still exist (the checkpoint's own, [`PlannedObject::reuse`],
+/// [`PlannedQueue::reuse`]) are left as they are: [`reset_surviving`] gives them their
+/// checkpoint-time contents once every process of the tree has its memory back.
+pub fn materialize(p: &IpcPlan, base: i32) -> Result<Created, String> {
+    let mut created = Created::default();
+    let r = create_all(p, base, &mut created);
+    if r.is_err() {
+        // Nothing half-made stays behind.
+        created.remove();
+    }
+    r.map(|()| created)
+}
+
+/// The checkpoint-time contents into the objects and queues that survived (see
+/// [`materialize`]).
+pub fn reset_surviving(p: &IpcPlan) -> Result<(), String> {
+    for e in &p.objects {
+        if let Some(id) = e.reuse {
+            fill(&e.obj, id).map_err(|err| format!("{}: {err}", describe(&e.obj)))?;
+        }
+    }
+    for q in p.queues.iter().filter(|q| q.reuse) {
+        let c = CString::new(q.name.as_bytes()).map_err(|_| format!("POSIX message queue {}: a name with a NUL byte", q.name))?;
+        // SAFETY: a valid name.
+        let fd = unsafe { libc::mq_open(c.as_ptr(), libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC) };
+        if fd < 0 {
+            return Err(format!("POSIX message queue {}: cannot open it: {}", q.name, errno()));
+        }
+        // SAFETY: our own fd, closed when `f` drops.
+        let f = unsafe { std::fs::File::from_raw_fd(fd) };
+        refill_queue(f.as_raw_fd(), q).map_err(|e| format!("POSIX message queue {}: {e}", q.name))?;
+    }
+    Ok(())
+}
+
+fn create_all(p: &IpcPlan, base: i32, created: &mut Created) -> Result<(), String> {
     let mut map = Vec::new();
     for e in &p.objects {
         let o = &e.obj;
@@ -242,11 +288,11 @@ fn create_all(p: &IpcPlan, base: i32, created: &mut Vec<(SysvKind, i32)>) -> Res
                 if id < 0 {
                     return Err(format!("{what}: cannot create it again: {}", errno()));
                 }
-                created.push((o.kind, id));
+                created.sysv.push((o.kind, id));
+                fill(o, id).map_err(|e| format!("{what}: {e}"))?;
                 id
             }
         };
-        fill(o, id).map_err(|e| format!("{what}: {e}"))?;
         let flags = u32::from(o.removed);
         for w in [kind_code(o.kind), o.vid as u32, id as u32, flags, e.attaches, 0] {
             map.extend_from_slice(&w.to_le_bytes());
@@ -254,7 +300,7 @@ fn create_all(p: &IpcPlan, base: i32, created: &mut Vec<(SysvKind, i32)>) -> Res
     }
     let mut queues = HashMap::new();
     for q in &p.queues {
-        let f = make_queue(q).map_err(|e| format!("POSIX message queue {}: {e}", q.name))?;
+        let f = make_queue(q, created).map_err(|e| format!("POSIX message queue {}: {e}", q.name))?;
         queues.insert(q.ino, f);
     }
     *QUEUES.lock().unwrap() = Some(queues);
@@ -336,7 +382,7 @@ fn fill(o: &SysvObject, id: i32) -> Result<(), String> {
     Ok(())
 }
 
-fn make_queue(q: &PlannedQueue) -> Result<std::fs::File, String> {
+fn make_queue(q: &PlannedQueue, created: &mut Created) -> Result<std::fs::File, String> {
     let name = if q.unlinked { format!("/crust-restart-{}-{}", std::process::id(), q.ino) } else { q.name.clone() };
     let c = CString::new(name.as_bytes()).map_err(|_| "a name with a NUL byte".to_string())?;
     let fd = if q.reuse {
@@ -362,12 +408,23 @@ fn make_queue(q: &PlannedQueue) -> Result<std::fs::File, String> {
     }
     // SAFETY: our own fd.
     let f = unsafe { std::fs::File::from_raw_fd(fd) };
+    if q.reuse {
+        return Ok(f); // its contents: `reset_surviving`
+    }
     if q.unlinked {
         // SAFETY: a valid name.
         unsafe { libc::mq_unlink(c.as_ptr()) };
+    } else {
+        created.queues.push(c);
     }
     // SAFETY: our own fd; the mode without crrestart's umask.
     unsafe { libc::fchmod(fd, q.mode as libc::mode_t) };
+    refill_queue(fd, q)?;
+    Ok(f)
+}
+
+/// Empty a queue, then queue its checkpoint-time messages again in order.
+fn refill_queue(fd: i32, q: &PlannedQueue) -> Result<(), String> {
     let mut buf = vec![0u8; q.msgsize.max(1) as usize];
     // SAFETY: emptying a surviving queue (non-blocking).
     while unsafe { libc::mq_receive(fd, buf.as_mut_ptr().cast(), buf.len(), std::ptr::null_mut()) } >= 0 {}
@@ -377,7 +434,7 @@ fn make_queue(q: &PlannedQueue) -> Result<std::fs::File, String> {
             return Err(format!("cannot queue message {i} of {} again: {}", q.messages.len(), errno()));
         }
     }
-    Ok(f)
+    Ok(())
 }
 
 /// A description of a restored queue for an fd, with the fd's access mode and O_NONBLOCK.

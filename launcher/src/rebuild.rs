@@ -1,35 +1,38 @@
 //! Rebuilding a checked process tree (see [`crate::restart`]).
 //!
-//! 1. Files to write back that no longer exist are created with their checkpoint-time
-//!    content (nothing is destroyed by that, and the tree's fds and mappings open them).
+//! 1. crrestart creates every shared kernel object once, at fds at or above the plan's
+//!    `stage_base` (above every fd number of every program): pipes (refilled with their
+//!    bytes in flight), files opened by several processes through one description,
+//!    memfds holding shared memory. What must exist before the tree opens it is created
+//!    now, which destroys nothing: files to write back that no longer exist (with their
+//!    checkpoint-time content), FIFOs, SysV objects and message queues that no longer
+//!    exist (with their contents); an abandoned restart removes them again ([`Undo`]).
+//!    Surviving IPC objects keep their contents until the barrier.
 //! 2. The restart barrier: two pipes, and the supervisor, double-forked so that init or the
 //!    nearest subreaper adopts it (no process of the tree can see it or wait for it). It
 //!    holds the read end of the report pipe and the write end of the go pipe, and every
-//!    change to the programs' files that can destroy something (see [`supervise`]).
-//! 3. crrestart creates every shared kernel object once, at fds at or above the plan's
-//!    `stage_base` (above every fd number of every program): pipes (refilled with their
-//!    bytes in flight), files opened by several processes through one description,
-//!    memfds holding shared memory.
-//! 4. It becomes the root and forks the tree top-down: each process forks its own
+//!    change that can destroy something (see [`supervise`]).
+//! 3. It becomes the root and forks the tree top-down: each process forks its own
 //!    children (so they are its real children), then recreates its zombie children (a
 //!    child that exits at once with the recorded status and is left unreaped); the root
 //!    also double-forks the orphans so that init or the nearest subreaper adopts them.
 //!    A session leader calls setsid() before forking anything.
-//! 5. All processes meet at barriers in a shared anonymous mapping (atomics + futexes):
+//! 4. All processes meet at barriers in a shared anonymous mapping (atomics + futexes):
 //!    once all exist, group leaders create their process groups, then members join them.
-//! 6. Each process places its fds, writes its restore plan with the whole tree's
+//! 5. Each process places its fds, writes its restore plan with the whole tree's
 //!    virtual → new real pid table, and execs `crust-restorer` with its ends of the
 //!    barrier pipes, with every signal blocked until the restored program's own mask
 //!    comes back.
-//! 7. Each restorer rebuilds its memory, checking page checksums as it reads, reports
+//! 6. Each restorer rebuilds its memory, checking page checksums as it reads, reports
 //!    "verified" and waits for "go". Once every process of the tree has reported, the
 //!    supervisor makes sure a coordinator answers, truncates the files the programs wrote
-//!    back, writes back the saved files, and says "go"; anything else abandons the restart
-//!    before any program runs or any file changes.
+//!    back, writes back the saved files, gives surviving IPC objects their contents back,
+//!    and says "go"; anything else abandons the restart before any program runs or any
+//!    file changes.
 //!
 //! A failure before the exec sets a flag every barrier watches: the root then SIGKILLs
 //! what was created and reports the error (the supervisor sees the report pipe close
-//! without every report, and leaves).
+//! without every report, removes what the rebuild created, and leaves).
 
 use crate::restart::{ObjSpec, Src, TreePlan};
 use crust_restorer::PlanPid;
@@ -146,11 +149,28 @@ fn write_all(fd: i32, data: &[u8]) -> Result<(), String> {
 /// Flags F_SETFL can change.
 const SETTABLE: i32 = libc::O_APPEND | libc::O_ASYNC | libc::O_DIRECT | libc::O_NOATIME | libc::O_NONBLOCK;
 
+/// What the rebuild created outside its processes (files, FIFOs, IPC objects that did not
+/// exist): removed again when the restart is abandoned.
+#[derive(Default)]
+struct Undo {
+    files: Vec<String>,
+    ipc: crate::ipc::Created,
+}
+
+impl Undo {
+    fn remove(&self) {
+        for f in &self.files {
+            let _ = std::fs::remove_file(f);
+        }
+        self.ipc.remove();
+    }
+}
+
 /// Create every shared object; returns the staged fd of each object.
-fn materialize(t: &TreePlan) -> Result<Vec<i32>, String> {
+fn materialize(t: &TreePlan, undo: &mut Undo) -> Result<Vec<i32>, String> {
     let base = t.stage_base;
-    // SysV IPC objects and POSIX message queues, with their contents.
-    crate::ipc::materialize(&t.ipc, base)?;
+    // SysV IPC objects and POSIX message queues that no longer exist, with their contents.
+    undo.ipc = crate::ipc::materialize(&t.ipc, base)?;
     // Pipes (and FIFOs), refilled.
     let mut pipe_fds: Vec<(i32, i32)> = Vec::new();
     for p in &t.pipes {
@@ -159,7 +179,9 @@ fn materialize(t: &TreePlan) -> Result<Vec<i32>, String> {
             Some(path) => {
                 let c = CString::new(path.as_bytes()).map_err(|_| format!("bad FIFO path {path}"))?;
                 // SAFETY: a valid path; fails harmlessly when the FIFO exists.
-                unsafe { libc::mkfifo(c.as_ptr(), 0o600) };
+                if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } == 0 {
+                    undo.files.push(path.clone());
+                }
                 // SAFETY: opening a FIFO read-write never blocks on Linux; it is the writer
                 // that lets the non-blocking opens of both ends succeed.
                 let (h, r, w) = unsafe {
@@ -324,18 +346,20 @@ pub fn rebuild(t: &TreePlan, coordinator: Option<&std::path::Path>) -> Result<In
         return Err(format!("the generation holds {} processes; crrestart rebuilds at most {MAX_PROCS}", t.procs.len()));
     }
     let ctl = control()?;
-    // Files to write back that are missing now are made at once (that destroys nothing,
-    // and the fds and mappings of the tree open them); everything else that changes the
-    // programs' files waits for the barrier.
-    let later = create_missing_files(t)?;
-    let barrier = BarrierPipes::new(t.stage_base)?;
-    start_supervisor(t, &barrier, &later, coordinator)?;
+    // Files to write back that are missing now, FIFOs, IPC objects that no longer exist are
+    // made at once (that destroys nothing; the fds and mappings of the tree open them, and
+    // an abandoned restart removes them again); everything else that changes the programs'
+    // files or objects waits for the barrier.
+    let mut undo = Undo::default();
+    let made = create_missing_files(t, &mut undo).and_then(|later| Ok((later, materialize(t, &mut undo)?)));
+    let (later, staged) = made.inspect_err(|_| undo.remove())?;
+    let barrier = BarrierPipes::new(t.stage_base).inspect_err(|_| undo.remove())?;
+    start_supervisor(t, &barrier, &later, coordinator, &undo).inspect_err(|_| undo.remove())?;
     // SAFETY: the supervisor's ends: only it may hold them (see `supervise`).
     unsafe {
         libc::close(barrier.report_r);
         libc::close(barrier.go_w);
     }
-    let staged = materialize(t)?;
     // SAFETY: plain queries.
     let (outside_pgid, outside_sid) = unsafe { (libc::getpgrp(), libc::getsid(0)) };
     let cx = Ctx { t, staged: &staged, ctl, outside_pgid, outside_sid, barrier: &barrier };
@@ -384,13 +408,14 @@ impl BarrierPipes {
 /// Rewrites ([`TreePlan::rewrites`]) of files that are missing now: created with their
 /// checkpoint-time content before anything opens them. Returns the indices of the
 /// others (existing files, rewritten only after the barrier if they differ).
-fn create_missing_files(t: &TreePlan) -> Result<Vec<usize>, String> {
+fn create_missing_files(t: &TreePlan, undo: &mut Undo) -> Result<Vec<usize>, String> {
     let mut later = Vec::new();
     for (k, (path, data)) in t.rewrites.iter().enumerate() {
         if std::fs::symlink_metadata(path).is_ok() {
             later.push(k);
             continue;
         }
+        undo.files.push(path.clone());
         write_back(path, data)?;
     }
     Ok(later)
@@ -406,10 +431,12 @@ fn write_back(path: &str, data: &[u8]) -> Result<(), String> {
 
 /// What the supervisor does once every restorer has its memory in place and checked:
 /// files the programs write go back to their checkpoint-time size (so output the killed
-/// run wrote after the checkpoint is neither left behind nor duplicated), and files open
+/// run wrote after the checkpoint is neither left behind nor duplicated), files open
 /// read-write whose content the images hold (databases, tmpfs files mapped shared) get
-/// exactly that content back.
+/// exactly that content back, and so do the SysV objects and message queues that
+/// survived.
 fn put_files_back(t: &TreePlan, later: &[usize]) -> Result<(), String> {
+    crate::ipc::reset_surviving(&t.ipc)?;
     for (path, size) in &t.truncations {
         if let Ok(f) = std::fs::OpenOptions::new().write(true).open(path) {
             let _ = f.set_len(*size);
@@ -427,11 +454,11 @@ fn put_files_back(t: &TreePlan, later: &[usize]) -> Result<(), String> {
 
 /// Start the supervisor: double-forked (init or the nearest subreaper adopts it), so it
 /// is no child of any process of the tree, which could see or wait for it.
-fn start_supervisor(t: &TreePlan, b: &BarrierPipes, later: &[usize], coordinator: Option<&std::path::Path>) -> Result<(), String> {
+fn start_supervisor(t: &TreePlan, b: &BarrierPipes, later: &[usize], coordinator: Option<&std::path::Path>, undo: &Undo) -> Result<(), String> {
     let mid = fork()?;
     if mid == 0 {
         if fork().unwrap_or(-1) == 0 {
-            supervise(t, b, later, coordinator);
+            supervise(t, b, later, coordinator, undo);
         }
         // SAFETY: ends the middle process.
         unsafe { libc::_exit(0) };
@@ -448,7 +475,7 @@ fn start_supervisor(t: &TreePlan, b: &BarrierPipes, later: &[usize], coordinator
 /// before its exec, a file that cannot be written back) closes the go pipe unwritten:
 /// every restorer then exits without running anything. It never waits for anything but
 /// the tree's processes, and exits right after "go".
-fn supervise(t: &TreePlan, b: &BarrierPipes, later: &[usize], coordinator: Option<&std::path::Path>) -> ! {
+fn supervise(t: &TreePlan, b: &BarrierPipes, later: &[usize], coordinator: Option<&std::path::Path>, undo: &Undo) -> ! {
     let err = std::os::fd::AsRawFd::as_raw_fd(&t.err_out);
     // SAFETY: this process's own fds: crrestart's stderr on 2, then nothing but the
     // barrier's two ends (no pipe end, image or terminal of the tree stays open here).
@@ -478,23 +505,27 @@ fn supervise(t: &TreePlan, b: &BarrierPipes, later: &[usize], coordinator: Optio
             }
         }
     }
-    if failed || verified != n {
-        // The restorers explain (the failing one names its problem, the root says the
-        // restart was abandoned); closing the go pipe unwritten abandons it.
+    // Abandoning: what the rebuild created goes, and closing the go pipe unwritten tells
+    // every restorer (the failing one has named its problem, the root says the restart
+    // was abandoned).
+    let abandon = |msg: Option<String>| -> ! {
+        if let Some(m) = msg {
+            eprintln!("crrestart: {m}");
+        }
+        undo.remove();
         // SAFETY: ends this process.
-        unsafe { libc::_exit(1) };
+        unsafe { libc::_exit(1) }
+    };
+    if failed || verified != n {
+        abandon(None);
     }
     if let Some(ckpt_dir) = coordinator {
         if let Err(e) = crate::coord_client::ensure_coordinator(&t.coord, ckpt_dir, None) {
-            eprintln!("crrestart: {e}");
-            // SAFETY: as above.
-            unsafe { libc::_exit(1) };
+            abandon(Some(e.to_string()));
         }
     }
     if let Err(e) = put_files_back(t, later) {
-        eprintln!("crrestart: {e}");
-        // SAFETY: as above.
-        unsafe { libc::_exit(1) };
+        abandon(Some(e));
     }
     let go = vec![crust_restorer::BARRIER_GO; n];
     let _ = write_all(b.go_w, &go);
