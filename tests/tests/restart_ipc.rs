@@ -213,3 +213,83 @@ fn mqueue_name_taken_by_another_queue_is_refused_naming_it() {
         libc::mq_unlink(c.as_ptr());
     }
 }
+
+/// The bytes of the segment with `key` now.
+fn segment_bytes(key: libc::key_t) -> Vec<u8> {
+    // SAFETY: looking the segment up, attaching it read-only at a kernel-chosen address,
+    // copying its `shm_segsz` bytes, detaching it.
+    unsafe {
+        let id = libc::shmget(key, 0, 0);
+        assert!(id >= 0, "no segment with key {key:#x}");
+        let mut ds: libc::shmid_ds = std::mem::zeroed();
+        assert_eq!(libc::shmctl(id, libc::IPC_STAT, &mut ds), 0, "IPC_STAT of segment {id}");
+        let at = libc::shmat(id, std::ptr::null(), libc::SHM_RDONLY);
+        assert_ne!(at as isize, -1, "attach segment {id}");
+        let v = std::slice::from_raw_parts(at as *const u8, ds.shm_segsz).to_vec();
+        libc::shmdt(at);
+        v
+    }
+}
+
+/// Flip a byte in the middle of the largest run of private memory of the generation's
+/// images (in a compressed image, of the largest chunk).
+fn corrupt_private_page(gen: &Path) {
+    use crust_format::image::{read_image, RegionKind};
+    let mut best: Option<(std::path::PathBuf, u64, u64)> = None;
+    for img in images_of(gen) {
+        let meta = read_image(&img).expect("pristine image reads").meta;
+        let spots: Vec<(u64, u64)> = if meta.chunks.is_empty() {
+            let private = meta.regions.iter().filter(|r| !r.shared && !matches!(r.kind, RegionKind::ShmFile { .. }));
+            private.flat_map(|r| r.runs.iter()).map(|r| (r.offset, r.len)).collect()
+        } else {
+            meta.chunks.iter().map(|c| (c.offset, c.clen as u64)).collect()
+        };
+        for (off, len) in spots {
+            if best.as_ref().is_none_or(|b| len > b.2) {
+                best = Some((img.clone(), off, len));
+            }
+        }
+    }
+    let (img, off, len) = best.expect("the images store private memory");
+    let mut bytes = fs::read(&img).expect("read image");
+    bytes[(off + len / 2 + 17) as usize] ^= 0xa5;
+    fs::write(&img, &bytes).expect("write image");
+}
+
+/// An eager restart abandoned at the restart barrier (a corrupt page in one image) leaves
+/// every IPC object as it found it: the keyed segment that survived the kill keeps what
+/// the killed run last wrote (it is given its checkpoint-time contents only once every
+/// process has its memory back), and the keyed semaphore set removed after the kill, which
+/// the restart made again, is removed again. The pristine generation then restarts.
+#[test]
+fn sysv_abandoned_eager_restart_leaves_the_objects_as_they_were() {
+    let s = Session::new("ipc_sysv_abandoned");
+    let f = Flow::new(&s, Program::c("sysv"));
+    let (mut run, ck) = f.launch_checkpointed(1, 2);
+    s.advance_to(&mut run, 2);
+    f.kill(&mut [&mut run]);
+    let key = ftok(&s.work_dir, b'c');
+    let segment = segment_bytes(key);
+    // SAFETY: removing the killed run's keyed semaphore set.
+    unsafe {
+        let sem = libc::semget(key, 0, 0);
+        assert!(sem >= 0, "the killed run's keyed semaphore set is gone already");
+        libc::semctl(sem, 0, libc::IPC_RMID);
+    }
+    let gen = s.root.join("copies").join("corrupt").join(ck.gen.file_name().expect("generation name"));
+    copy_dir_files(&ck.gen, &gen);
+    corrupt_private_page(&gen);
+    s.prepare_restart_at(1);
+    let out = s.restart_expecting_failure_with(&gen, &["--eager"]);
+    assert!(out.status.code().is_some_and(|c| c != 0), "the restart of a corrupt image succeeded: {}", out.describe());
+    assert!(out.all_text_lower().contains("checksum"), "the message must name the checksum: {}", out.describe());
+    let left = s.leftovers_after(std::time::Duration::from_secs(10));
+    assert!(left.is_empty(), "processes left behind: {left:?}");
+    assert!(s.gate.reached().is_empty(), "the program ran although the restart failed");
+    assert!(segment_bytes(key) == segment, "the abandoned restart changed the surviving keyed segment");
+    // SAFETY: a lookup by key.
+    assert!(unsafe { libc::semget(key, 0, 0) } < 0, "the semaphore set the abandoned restart made is still there");
+    let mut r = f.restart(&ck);
+    f.finish(&mut r);
+    remove_leftovers(&s.work_dir);
+}
