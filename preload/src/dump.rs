@@ -717,6 +717,10 @@ impl PageWriter {
     }
 
     fn push_direct(&mut self, src: u64, len: u64, off: u64) -> Result<(), String> {
+        // Page-cache data is written before the direct stream moves on (it cannot join a
+        // later page-cache batch anyway: the file offsets in between are this run's), so
+        // that memory is never read long after it was checksummed.
+        self.flush_buffered()?;
         if self.direct.bytes > 0 && self.direct.end() != off {
             self.submit_direct()?;
         }
@@ -1402,6 +1406,10 @@ pub struct DumpRequest<'a> {
 pub fn write_image(req: &DumpRequest) -> Result<DumpResult, String> {
     // Not in this image: the previous image's AIO ring.
     release_direct_aio();
+    if !crate::writer::in_writer() {
+        // Written from live memory: no stopped thread may still be on its way to sleep.
+        quiesce::wait_until_asleep();
+    }
     let vpid = crate::vpid::vpid();
     let file_name = crust_format::manifest::image_file_name(vpid);
     let final_path = format!("{}/{}", req.dir, file_name);

@@ -456,6 +456,35 @@ pub fn suspend_all(timeout_ns: u64) -> Result<usize, SuspendError> {
     Ok(NSLOTS.load(Ordering::Acquire).min(MAX_THREADS))
 }
 
+/// Wait (at most 200 ms in all) until every stopped thread sleeps in its futex wait for
+/// the resume: a thread counts as suspended just before it gets there, and until then its
+/// last instructions still write its stack (and the kernel its rseq area). An image
+/// written while the threads are stopped checksums memory some time before the disk reads
+/// it, so that memory must not change any more (stop-the-world writing only: a forked
+/// writer's copy is taken in one instant).
+pub fn wait_until_asleep() {
+    let want = &RESUME_SEQ as *const AtomicU32 as u64;
+    let deadline = sys::clock_monotonic_ns() + 200_000_000;
+    for s in slots() {
+        while !asleep_in_futex(s.real_tid, want) && sys::clock_monotonic_ns() < deadline {
+            let ts = libc::timespec { tv_sec: 0, tv_nsec: 20_000 };
+            // SAFETY: a valid timespec; no remainder wanted.
+            unsafe { sc!(libc::SYS_nanosleep, &ts as *const libc::timespec, 0) };
+        }
+    }
+}
+
+/// Whether thread `tid` is blocked in futex(`addr`, ...) (or gone).
+fn asleep_in_futex(tid: i32, addr: u64) -> bool {
+    let path = std::format!("/proc/self/task/{tid}/syscall");
+    let mut buf = std::vec::Vec::new();
+    if sys::read_file(path.as_bytes(), &mut buf).is_err() {
+        return true;
+    }
+    let mut it = core::str::from_utf8(&buf).unwrap_or("").split_ascii_whitespace();
+    it.next() == Some("202") && it.next().and_then(|v| u64::from_str_radix(v.trim_start_matches("0x"), 16).ok()) == Some(addr)
+}
+
 fn reported(tid: i32) -> bool {
     let n = NSLOTS.load(Ordering::Acquire).min(MAX_THREADS);
     // SAFETY: slots below n are written (a slot is written before SUSPENDED counts it;
