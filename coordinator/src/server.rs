@@ -9,8 +9,9 @@
 //! nobody can exhaust the coordinator's threads or memory by connecting and idling.
 //!
 //! Without a shared secret the coordinator only listens on loopback, where every user of
-//! the machine can connect: a connection from a socket owned by another user (looked up in
-//! `/proc/net/tcp`, as identd does) is refused before it can say anything, so other users
+//! the machine can connect: a connection from a socket owned by another user (asked of the
+//! kernel with one `NETLINK_SOCK_DIAG` lookup, else found in `/proc/net/tcp` as identd
+//! does) is refused before it can say anything, so other users
 //! cannot read the computation's state, register fake processes or have processes killed.
 
 use crate::core::{Action, ConnId, Core, Input};
