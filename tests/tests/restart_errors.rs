@@ -346,17 +346,7 @@ fn image_corruptions_are_rejected_by_the_format_reader_for_the_intended_reason()
 fn crrestart_eager_tree_with_one_corrupt_child_page_starts_nothing() {
     let s = Session::new("err_pages_eager_child");
     let mut f = Flow::new(&s, Program::c("pipe_pair"));
-    let mut run = f.launch();
-    s.advance_to(&mut run, 1);
-    let both = wait_until(READY_TIMEOUT, || {
-        let n = s.registered();
-        if n != Some(2) {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        n == Some(2)
-    });
-    assert!(both, "parent and child did not both register\n{}", s.diagnostics());
-    let ck = f.checkpoint_at(&mut run, 1);
+    let (mut run, ck) = f.launch_checkpointed(1, 2);
     let parent = run.pid;
     f.kill(&mut [&mut run]);
     let gen = copy_generation(&f, &ck, "pages-eager-child");
