@@ -13,6 +13,7 @@
 //! | CR_DIRECT_IO | `0`: write uncompressed page data through the page cache, not with `O_DIRECT`; `sync`: `O_DIRECT`, one synchronous write at a time (no Linux AIO: the fallback where the kernel refuses it) | `O_DIRECT` where the filesystem takes it, written through Linux AIO while the next pieces are checksummed |
 //! | CR_WRITER_TIMEOUT | seconds a forked writer may take before it is killed | 600          |
 //! | CR_TEST_WRITER_PAUSE | tests only: DIR; while DIR/arm exists a forked writer writes its pid to DIR/writer.pid and waits; DIR/no-writer makes creating it fail | unset |
+//! | CR_TEST_DIRECT_REFUSE | tests only: `submit` / `complete`: the second direct write of a stop-the-world image is taken as refused by io_submit / as failed when it completes (the fallbacks: synchronous direct writes / the page cache from then on) | unset |
 //!
 //! Per-process variables, set by the preload itself across `exec` and removed from the
 //! environment at load (the program never sees them; see `wrap_proc.rs`):
@@ -57,6 +58,9 @@ pub struct Config {
     pub zstd_level: i32,
     pub writer_timeout_secs: u64,
     pub test_writer_pause: Option<String>,
+    /// `CR_TEST_DIRECT_REFUSE`: 1 = the second AIO submission is refused, 2 = the second
+    /// direct write fails when it completes (dump.rs).
+    pub test_direct_refuse: u8,
 }
 
 /// Variables that belong to one process only: never copied into an exec'd program's
@@ -93,6 +97,7 @@ pub unsafe fn load(argc: i32, argv: *const *const u8, envp: *const *const u8) {
         zstd_level: crust_format::codec::ZSTD_LEVEL,
         writer_timeout_secs: 600,
         test_writer_pause: None,
+        test_direct_refuse: 0,
     };
     // SAFETY: the loader passes valid C string arrays (argv has argc entries).
     unsafe {
@@ -148,6 +153,12 @@ pub unsafe fn load(argc: i32, argv: *const *const u8, envp: *const *const u8) {
                 if let Some(n) = core::str::from_utf8(v).ok().and_then(|s| s.parse::<u64>().ok()) {
                     c.writer_timeout_secs = n.clamp(1, 1 << 30);
                 }
+            } else if let Some(v) = kv.strip_prefix(b"CR_TEST_DIRECT_REFUSE=") {
+                c.test_direct_refuse = match v {
+                    b"submit" => 1,
+                    b"complete" => 2,
+                    _ => 0,
+                };
             } else if let Some(v) = kv.strip_prefix(b"CR_TEST_WRITER_PAUSE=") {
                 if !v.is_empty() {
                     c.test_writer_pause = Some(String::from_utf8_lossy(v).into_owned());

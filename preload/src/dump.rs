@@ -543,6 +543,10 @@ struct PageWriter {
     und_len: u64,
     /// Page-cache bytes written since writeback was last started.
     unkicked: u64,
+    /// Test hook (CR_TEST_DIRECT_REFUSE), and the AIO submissions and completions so far.
+    test_refuse: u8,
+    submitted: u32,
+    reaped: u32,
     /// Copy buffer for memory that changes while it is written (our own stack).
     copy: Vec<u8>,
     /// Compression: encoder, its zstd workspace, the chunk being filled, the output buffer.
@@ -600,6 +604,9 @@ impl PageWriter {
             und_off: 0,
             und_len: 0,
             unkicked: 0,
+            test_refuse: crate::config::get().test_direct_refuse,
+            submitted: 0,
+            reaped: 0,
             copy: Vec::new(),
             encoder: None,
             _workspace: Vec::new(),
@@ -812,6 +819,8 @@ impl PageWriter {
             self.reap(1)?;
         }
         let direct_fd = self.direct_fd;
+        let refuse = self.test_refuse == 1 && self.submitted == 1;
+        self.submitted += 1;
         let Some(aio) = self.aio.as_mut() else { unreachable!("checked above") };
         let k = aio.busy.iter().position(|b| !b).unwrap_or(0);
         core::mem::swap(&mut aio.batches[k], &mut self.direct);
@@ -828,7 +837,8 @@ impl PageWriter {
         };
         // SAFETY: the iocb, its iovec array and the memory they describe stay untouched
         // until the request is reaped (reap, drain, or io_destroy on drop, which waits).
-        match unsafe { sys::io_submit_one(aio.ctx, &aio.iocbs[k]) } {
+        let submitted = if refuse { Err(libc::EAGAIN) } else { unsafe { sys::io_submit_one(aio.ctx, &aio.iocbs[k]) } };
+        match submitted {
             Ok(()) => {
                 aio.busy[k] = true;
                 aio.in_flight += 1;
@@ -881,12 +891,16 @@ impl PageWriter {
             let k = (e.data as usize).min(AIO_DEPTH - 1);
             aio.busy[k] = false;
             aio.in_flight -= 1;
+            // The test hook takes the second completion as failed (its data is on the
+            // disk all the same: writing it again through the page cache changes nothing).
+            let res = if self.test_refuse == 2 && self.reaped == 1 { -(libc::EINVAL as i64) } else { e.res };
+            self.reaped += 1;
             let want = aio.batches[k].bytes;
-            let got = if e.res < 0 { 0 } else { (e.res as u64).min(want) };
+            let got = if res < 0 { 0 } else { (res as u64).min(want) };
             if got > 0 {
                 self.wrote_direct = true;
             }
-            if e.res < 0 {
+            if res < 0 {
                 // Refused (see write_sync): the rest goes through the page cache.
                 self.direct_fd = -1;
             }

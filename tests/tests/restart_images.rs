@@ -273,12 +273,15 @@ fn takes_o_direct(dir: &Path) -> bool {
 /// memory probe has dense and sparse anonymous memory, shared memory, read-only and
 /// PROT_NONE areas, which the direct path pins or briefly makes readable; the dirty probe
 /// has 96 MiB in large runs, several direct pieces in flight, each checksum checked at the
-/// restart).
+/// restart). `CR_TEST_DIRECT_REFUSE` makes the kernel's refusals happen: an AIO submission
+/// refused (the rest written synchronously), a direct write failing when it completes (it
+/// and the rest go through the page cache).
 #[test]
 fn stop_the_world_images_direct_on_disk_buffered_on_tmpfs_restart_identically() {
     use crust_format::image::FLAG_DIRECT_IO;
     let shm = Path::new("/dev/shm");
     let dirty = || probe::dirty().arg("32").arg("3");
+    let refuse = |how: &str| dirty().env("CR_TEST_DIRECT_REFUSE", how);
     for (name, prog, on_tmpfs, direct_env) in [
         ("dio_disk", probe::memory(), false, None),
         ("dio_tmpfs", probe::memory(), true, None),
@@ -286,6 +289,8 @@ fn stop_the_world_images_direct_on_disk_buffered_on_tmpfs_restart_identically() 
         ("dio_sync", probe::memory(), false, Some("sync")),
         ("dio_dirty", dirty(), false, None),
         ("dio_dirty_sync", dirty(), false, Some("sync")),
+        ("dio_refuse_submit", refuse("submit"), false, None),
+        ("dio_refuse_complete", refuse("complete"), false, None),
     ] {
         if on_tmpfs && !shm.is_dir() {
             eprintln!("no /dev/shm here: the tmpfs case is skipped");
