@@ -6,13 +6,17 @@
 //! Every check that can fail happens before anything is started or changed: a missing,
 //! truncated, corrupt or wrong-version image, an incomplete generation (a process of the
 //! tree without an image), a file a program had open or mapped that vanished or changed,
-//! an fd kind that cannot be restored yet.
+//! an fd kind that cannot be restored yet. The one exception is the page data that the
+//! restorers read themselves (`--eager`, and the runs they read in mapped mode): they
+//! check it as it arrives, before the restart barrier, so a corrupt page still fails the
+//! restart before any program runs and before anything that existed changes.
 //!
 //! Then ([`crate::rebuild`]): every kernel object the tree shares (pipes, open files,
 //! shared memory) is created once here, so that forking hands it to every process that
 //! holds it; the processes are forked top-down from the right parents; sessions and
 //! process groups are set up; each process places its fds, writes its restore plan (with
-//! the whole tree's virtual → new real pid table) and execs `crust-restorer`.
+//! the whole tree's virtual → new real pid table) and execs `crust-restorer`, which
+//! waits at the restart barrier until every process has its memory back and checked.
 
 use crust_format::image::{self, ChildRecord, FdKind, FdRecord, ImageMeta, RegionKind};
 use crust_format::manifest;
