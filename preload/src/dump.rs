@@ -452,6 +452,18 @@ impl Batch {
     }
 }
 
+/// The soft RLIMIT_FSIZE of this process (u64::MAX: none).
+fn file_size_limit() -> u64 {
+    let mut old = [0u64; 2];
+    // SAFETY: old is a valid struct rlimit out-pointer.
+    let rc = unsafe { sys::sc!(sys::SYS_prlimit64, 0, libc::RLIMIT_FSIZE, 0, old.as_mut_ptr()) };
+    if rc == 0 {
+        old[0]
+    } else {
+        u64::MAX
+    }
+}
+
 /// Drop the first `n` bytes of `iov` (in place: written iovecs become empty).
 fn advance(iov: &mut [libc::iovec], mut n: u64) {
     for v in iov.iter_mut() {
@@ -806,8 +818,9 @@ impl PageWriter {
             // ext4 makes a direct write that extends the file wait for the disk inside
             // io_submit: raise the size ahead (cut back to the image's length at the end).
             if end > aio.size {
-                let want = end + GROW_STEP;
-                if sys::ftruncate(self.fd, want).is_ok() {
+                // Never past RLIMIT_FSIZE: the kernel would send SIGXFSZ.
+                let want = (end + GROW_STEP).min(file_size_limit());
+                if want >= end && sys::ftruncate(self.fd, want).is_ok() {
                     aio.size = want;
                     self.grown = true;
                 } else {

@@ -456,7 +456,7 @@ pub fn suspend_all(timeout_ns: u64) -> Result<usize, SuspendError> {
     Ok(NSLOTS.load(Ordering::Acquire).min(MAX_THREADS))
 }
 
-/// Wait (at most 200 ms in all) until every stopped thread sleeps in its futex wait for
+/// Wait (at most 1 s in all) until every stopped thread sleeps in its futex wait for
 /// the resume: a thread counts as suspended just before it gets there, and until then its
 /// last instructions still write its stack (and the kernel its rseq area). An image
 /// written while the threads are stopped checksums memory some time before the disk reads
@@ -464,7 +464,7 @@ pub fn suspend_all(timeout_ns: u64) -> Result<usize, SuspendError> {
 /// writer's copy is taken in one instant).
 pub fn wait_until_asleep() {
     let want = &RESUME_SEQ as *const AtomicU32 as u64;
-    let deadline = sys::clock_monotonic_ns() + 200_000_000;
+    let deadline = sys::clock_monotonic_ns() + 1_000_000_000;
     for s in slots() {
         while !asleep_in_futex(s.real_tid, want) && sys::clock_monotonic_ns() < deadline {
             let ts = libc::timespec { tv_sec: 0, tv_nsec: 20_000 };
