@@ -1435,7 +1435,7 @@ pub fn write_image(req: &DumpRequest) -> Result<DumpResult, String> {
     release_direct_aio();
     if !crate::writer::in_writer() {
         // Written from live memory: no stopped thread may still be on its way to sleep.
-        quiesce::wait_until_asleep();
+        quiesce::wait_until_asleep()?;
     }
     let vpid = crate::vpid::vpid();
     let file_name = crust_format::manifest::image_file_name(vpid);

@@ -456,23 +456,38 @@ pub fn suspend_all(timeout_ns: u64) -> Result<usize, SuspendError> {
     Ok(NSLOTS.load(Ordering::Acquire).min(MAX_THREADS))
 }
 
-/// Wait (at most 1 s in all) until every stopped thread sleeps in its futex wait for
-/// the resume: a thread counts as suspended just before it gets there, and until then its
-/// last instructions still write its stack (and the kernel its rseq area). An image
-/// written while the threads are stopped checksums memory some time before the disk reads
-/// it, so that memory must not change any more (stop-the-world writing only: a forked
-/// writer's copy is taken in one instant).
-pub fn wait_until_asleep() {
+/// Wait until every stopped thread sleeps in its futex wait for the resume: a thread
+/// counts as suspended just before it gets there, and until then its last instructions
+/// still write its stack (and the kernel its rseq area). An image written while the
+/// threads are stopped checksums memory some time before the disk reads it, so that memory
+/// must not change any more (stop-the-world writing only: a forked writer's copy is taken
+/// in one instant). A thread that has not got there after [`ASLEEP_TIMEOUT_NS`] fails this
+/// checkpoint rather than risk an image whose checksums do not match at restart.
+pub fn wait_until_asleep() -> Result<(), std::string::String> {
     let want = &RESUME_SEQ as *const AtomicU32 as u64;
-    let deadline = sys::clock_monotonic_ns() + 1_000_000_000;
+    let deadline = sys::clock_monotonic_ns() + ASLEEP_TIMEOUT_NS;
     for s in slots() {
-        while !asleep_in_futex(s.real_tid, want) && sys::clock_monotonic_ns() < deadline {
+        while !asleep_in_futex(s.real_tid, want) {
+            if sys::clock_monotonic_ns() >= deadline {
+                return Err(std::format!(
+                    "thread {} did not reach its wait for the resume within {} s (state {}): its memory may still change, \
+                     so this process's image is not written",
+                    s.real_tid,
+                    ASLEEP_TIMEOUT_NS / 1_000_000_000,
+                    thread_state(s.real_tid) as char
+                ));
+            }
             let ts = libc::timespec { tv_sec: 0, tv_nsec: 20_000 };
             // SAFETY: a valid timespec; no remainder wanted.
             unsafe { sc!(libc::SYS_nanosleep, &ts as *const libc::timespec, 0) };
         }
     }
+    Ok(())
 }
+
+/// How long [`wait_until_asleep`] waits for the last stopped thread (normally a few
+/// microseconds: the instructions between counting as suspended and the futex wait).
+const ASLEEP_TIMEOUT_NS: u64 = 5_000_000_000;
 
 /// Whether thread `tid` is blocked in futex(`addr`, ...) (or gone).
 fn asleep_in_futex(tid: i32, addr: u64) -> bool {
