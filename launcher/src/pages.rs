@@ -219,7 +219,9 @@ impl DirectReads {
 /// Eager restores of less page data than this use the page cache (too little to matter).
 const DIRECT_MIN_BYTES: u64 = 64 << 20;
 /// Whether less than half of a sample of the file's pages is in the page cache (mincore
-/// of a mapping that is never touched).
+/// of a mapping that is never touched). The sample: [`CACHE_SAMPLES`] windows of
+/// [`CACHE_SAMPLE_PAGES`] pages spread evenly over the file (asking about every page of a
+/// 1 GiB image took 10 ms, on the way to the program running again).
 fn mostly_uncached(file: &File) -> bool {
     use std::os::fd::AsRawFd;
     let Ok(len) = file.metadata().map(|m| m.len() as usize) else { return false };
@@ -232,17 +234,32 @@ fn mostly_uncached(file: &File) -> bool {
         return false;
     }
     let pages = len.div_ceil(PAGE_SIZE as usize);
-    let mut vec = vec![0u8; pages];
-    // SAFETY: vec holds one byte per page of the mapping.
-    let r = unsafe { libc::mincore(base, len, vec.as_mut_ptr()) };
+    let mut vec = [0u8; CACHE_SAMPLE_PAGES];
+    let (mut resident, mut asked) = (0usize, 0usize);
+    let mut next = 0usize;
+    for i in 0..CACHE_SAMPLES {
+        let first = (pages * i / CACHE_SAMPLES).max(next);
+        let n = CACHE_SAMPLE_PAGES.min(pages - first.min(pages));
+        if n == 0 {
+            break;
+        }
+        next = first + n;
+        // SAFETY: n pages inside the mapping; vec holds one byte per page asked about.
+        let r = unsafe { libc::mincore(base.cast::<u8>().add(first * PAGE_SIZE as usize).cast(), n * PAGE_SIZE as usize, vec.as_mut_ptr()) };
+        if r != 0 {
+            break;
+        }
+        resident += vec[..n].iter().filter(|&&b| b & 1 != 0).count();
+        asked += n;
+    }
     // SAFETY: our own mapping.
     unsafe { libc::munmap(base, len) };
-    if r != 0 {
-        return false;
-    }
-    let resident = vec.iter().filter(|&&b| b & 1 != 0).count();
-    resident * 2 < pages
+    asked > 0 && resident * 2 < asked
 }
+
+/// How many windows of the image [`mostly_uncached`] asks about, and how long each is.
+const CACHE_SAMPLES: usize = 256;
+const CACHE_SAMPLE_PAGES: usize = 16;
 
 /// Check the crc32c of the runs crrestart reads itself from an unchecked page source
 /// (shared memory it fills, tmpfs files it writes back): the restorers never see them.

@@ -274,6 +274,7 @@ pub fn build(p: &PlanInput) -> Result<Vec<u8>, String> {
             pids_addr: p.plan_addr + pids_off,
             n_pids: p.pids.len() as u32,
             close_from: p.close_from,
+            aio_ctx: 0,
         },
     };
     let mut out = Vec::with_capacity(total_len as usize);

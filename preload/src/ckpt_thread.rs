@@ -91,6 +91,8 @@ pub extern "C" fn restart_main(_req: *const restore::CloneReq) {
     // fds of ours the image recorded before any thread of the program ran again).
     COORD_FD.store(-1, Ordering::Release);
     crate::writer::reset_after_restart();
+    // The restorer's AIO context (its ring is a mapping of the program until then).
+    crate::dump::release_direct_aio();
     WRITE_BUSY.store(0, Ordering::Release);
     if SUBREAPER.load(Ordering::Relaxed) != 0 {
         let _ = sys::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);

@@ -141,8 +141,8 @@ pub(crate) fn is_restored_image(v: &Vma) -> bool {
         || v.name.starts_with("/memfd:crust-pages")
 }
 
-/// The AIO context of the last stop-the-world image (0: none), idle, destroyed once the
-/// program runs again.
+/// The AIO context of the last stop-the-world image or of the restorer's reads (0:
+/// none), idle, destroyed once the program runs again.
 static SPENT_AIO_CTX: AtomicU64 = AtomicU64::new(0);
 
 /// Destroy the AIO context the last image was written with (its ring is a mapping of
@@ -153,6 +153,12 @@ pub fn release_direct_aio() {
     if ctx != 0 {
         sys::io_destroy(ctx);
     }
+}
+
+/// An AIO context to destroy once the program runs: the restorer's, after a restart
+/// (`crust_restorer::RestartArgs::aio_ctx`).
+pub fn defer_aio_destroy(ctx: u64) {
+    SPENT_AIO_CTX.store(ctx, Ordering::Relaxed);
 }
 
 /// What a dump produced.

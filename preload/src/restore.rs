@@ -388,6 +388,9 @@ pub unsafe extern "C" fn crust_restart_entry(args: *const RestartArgs) -> ! {
         // SAFETY: these fds are not the program's (all of its fds are below close_from).
         unsafe { sc!(SYS_CLOSE_RANGE, a.close_from, u32::MAX, 0) };
     }
+    // The restorer's AIO context: destroyed by the checkpoint thread, not on the way to
+    // the program (io_destroy waits for an RCU grace period).
+    crate::dump::defer_aio_destroy(a.aio_ctx);
     MM_ERRNO.store(a.mm_errno, Ordering::Relaxed);
     RESTARTED_FROM.store(a.generation, Ordering::Relaxed);
     crate::wrap_pids::EXE_IS_RESTORER.store(true, Ordering::Relaxed);

@@ -115,7 +115,6 @@ const SYS_PRCTL: usize = 157;
 const SYS_EXIT_GROUP: usize = 231;
 const SYS_OPENAT: usize = 257;
 const SYS_IO_SETUP: usize = 206;
-const SYS_IO_DESTROY: usize = 207;
 const SYS_IO_GETEVENTS: usize = 208;
 const SYS_IO_SUBMIT: usize = 209;
 const O_DIRECT: usize = 0o40000;
@@ -774,12 +773,13 @@ impl Aio {
         self.checksum_arrived();
     }
 
-    fn close(self) {
-        // SAFETY: our context (nothing in flight: drained) and our fd.
-        unsafe {
-            sc(SYS_IO_DESTROY, self.ctx, 0, 0, 0, 0, 0);
-            sc(SYS_CLOSE, self.direct_fd, 0, 0, 0, 0, 0);
-        }
+    /// Close the direct fd; the context (idle: drained) is left for the preload to
+    /// destroy once the program runs ([`RestartArgs::aio_ctx`]): `io_destroy` waits for
+    /// an RCU grace period.
+    fn close(self) -> u64 {
+        // SAFETY: our fd.
+        unsafe { sc(SYS_CLOSE, self.direct_fd, 0, 0, 0, 0, 0) };
+        self.ctx as u64
     }
 }
 
@@ -974,7 +974,7 @@ extern "C" fn restorer_main(sp: *const usize) -> ! {
     }
     if let Some(mut a) = aio.take() {
         a.drain();
-        a.close();
+        h.args.aio_ctx = a.close();
     }
     for i in 0..h.n_regions as usize {
         // SAFETY: crrestart wrote n_regions entries.

@@ -67,6 +67,12 @@ pub struct RestartArgs {
     /// crrestart's descriptors (image, plan, shared-memory objects) are all at or above
     /// this number, above every fd of the program: the preload closes them all.
     pub close_from: i32,
+    /// The AIO context the restorer read page data with (0: none). Destroying one waits
+    /// for an RCU grace period (30-50 ms here), which would delay the program: the
+    /// preload's checkpoint thread destroys it once the program runs (its ring is a
+    /// mapping of this process until then). A preload that does not know this field
+    /// leaves it to the kernel at exit.
+    pub aio_ctx: u64,
 }
 
 /// One process id of the restored tree.
