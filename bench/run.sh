@@ -122,6 +122,10 @@ for mib in $sizes; do
             # first: written with O_DIRECT, it is not cached); eager with the image's pages
             # dropped from the cache (O_DIRECT reads, the default for a cold image), and
             # the same through the page cache (--direct-reads never).
+            # The cold read baseline once before the restarts and once after (the shared
+            # virtual disk's read rate drifts as much as its write rate).
+            dd if="$img" iflag=nocache count=0 status=none
+            t0=$(now_ns); dd if="$img" of=/dev/null bs=4M status=none; t1=$(now_ns); ddr_cold+=($((t1 - t0)))
             for mode in mapped eager eagercold eagercoldpc; do
                 rm -f "$d/resumed" "$d/touched"; touch "$d/go"
                 flag=""
