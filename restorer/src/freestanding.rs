@@ -6,7 +6,9 @@
 //! crrestart checked every page already (`PlanHeader::verify` = 0), each run's crc32c is
 //! computed as its data arrives: AIO pieces in submission order while later pieces are
 //! in flight, `pread` pieces while they are still in the CPU cache. So an eager restore
-//! reads the image once.
+//! reads the image once. A second thread faults the pages of large reads in ahead of them
+//! ([`start_prefaulter`]), so that allocating and zeroing the program's memory runs on
+//! another CPU while the disk fills it.
 //!
 //! Nothing done before the barrier ([`barrier`]) is visible outside this process: a
 //! corrupt page (or any failure) ends it with a message naming its image and the address,
