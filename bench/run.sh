@@ -48,10 +48,19 @@ coord="127.0.0.1:$port"
 export CR_COORD="$coord"
 coord_pid=""
 start_coord() {
-    "$bin/crcoord" --port "$port" --ckpt-dir "$work/ckpt" "$@" >"$work/crcoord.log" 2>&1 &
-    coord_pid=$!
-    for _ in $(seq 200); do "$bin/crctl" status >/dev/null 2>&1 && return 0; sleep 0.05; done
-    echo "crcoord did not start" >&2; exit 1
+    # A random port can be taken: try a few.
+    for _ in 1 2 3 4 5; do
+        "$bin/crcoord" --port "$port" --ckpt-dir "$work/ckpt" "$@" >"$work/crcoord.log" 2>&1 &
+        coord_pid=$!
+        for _ in $(seq 200); do
+            "$bin/crctl" status >/dev/null 2>&1 && return 0
+            kill -0 "$coord_pid" 2>/dev/null || break
+            sleep 0.05
+        done
+        wait "$coord_pid" 2>/dev/null || true
+        port=$((20000 + RANDOM % 20000)); coord="127.0.0.1:$port"; export CR_COORD="$coord"
+    done
+    echo "crcoord did not start: $(cat "$work/crcoord.log")" >&2; exit 1
 }
 stop_coord() {
     [ -n "$coord_pid" ] || return 0
