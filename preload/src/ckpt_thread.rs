@@ -469,7 +469,9 @@ fn forked_generation(fd: i32, generation: u64, dir: &str, t0: u64) -> Result<(),
                 write_us: (sys::clock_monotonic_ns() - tw) / 1000,
             })
         };
-        let r = if !crate::config::get().forked {
+        // Memory marked MADV_DONTFORK or MADV_WIPEONFORK is absent from (or zeros in) a
+        // forked copy: such a process writes while stopped.
+        let r = if !crate::config::get().forked || crate::mapped::has_fork_excluded_memory() {
             write_here()
         } else {
             match crate::writer::copy_shared_memory().and_then(|()| crate::writer::spawn(&req)) {

@@ -20,7 +20,7 @@
 
 use crate::quiesce::WrapperGuard;
 use crate::sys;
-use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use crust_restorer::{PlanHeader, PlanRun, RestartArgs, RUN_MAP};
 
 const MAX: usize = 8192;
@@ -151,6 +151,16 @@ pub unsafe extern "C" fn mremap(
     }
 }
 
+/// Set once the program marked memory `MADV_DONTFORK` or `MADV_WIPEONFORK`: a forked
+/// writer would not see that memory (absent from the copy, or zeros in it), so this
+/// process writes its images while stopped instead (`ckpt_thread.rs`). Never cleared.
+static FORK_EXCLUDED: AtomicBool = AtomicBool::new(false);
+
+/// Whether the program has (or had) memory a forked copy does not get.
+pub fn has_fork_excluded_memory() -> bool {
+    FORK_EXCLUDED.load(Ordering::Relaxed)
+}
+
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn madvise(addr: *mut libc::c_void, len: libc::size_t, advice: libc::c_int) -> libc::c_int {
     if N.load(Ordering::Relaxed) != 0 && (advice == libc::MADV_DONTNEED || advice == 24 /* MADV_DONTNEED_LOCKED */) {
@@ -164,7 +174,12 @@ pub unsafe extern "C" fn madvise(addr: *mut libc::c_void, len: libc::size_t, adv
     // SAFETY: the program's own request, forwarded as it is.
     let r = unsafe { sys::sc!(libc::SYS_madvise, addr, len, advice) };
     match sys::check(r) {
-        Ok(_) => 0,
+        Ok(_) => {
+            if advice == libc::MADV_DONTFORK || advice == 18 /* MADV_WIPEONFORK */ {
+                FORK_EXCLUDED.store(true, Ordering::Relaxed);
+            }
+            0
+        }
         Err(e) => {
             crate::wrappers::set_errno(e);
             -1

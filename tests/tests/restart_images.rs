@@ -265,6 +265,16 @@ fn takes_o_direct(dir: &Path) -> bool {
     ok
 }
 
+/// Memory marked MADV_DONTFORK or MADV_WIPEONFORK is absent from, or zeros in, a forked
+/// copy: a process with such memory writes its image while stopped, also in a forked
+/// generation, and restarts with every area as it was (before, the restart crashed on the
+/// missing area, or the wiped one came back as zeros).
+#[test]
+fn memory_a_fork_does_not_copy_is_checkpointed_in_forked_mode() {
+    let s = Session::new("fork_advice");
+    Flow::new(&s, Program::c("forkadvice")).canonical();
+}
+
 /// A stop-the-world image is written with `O_DIRECT` where the filesystem takes it (the
 /// header's FLAG_DIRECT_IO says so), through Linux AIO while the next pieces are
 /// checksummed, and through the page cache where it refuses (tmpfs: EINVAL at open);
