@@ -15,15 +15,6 @@
 
 #define MIB (1ul << 20)
 
-static uint64_t rng = 0x2545f4914f6cdd1dull;
-static void fill(unsigned char *p, size_t n) {
-    for (size_t i = 0; i + 8 <= n; i += 8) {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        memcpy(p + i, &rng, 8);
-    }
-}
 static int all_zero(const unsigned char *p, size_t n) {
     for (size_t i = 0; i < n; i++)
         if (p[i]) return 0;
@@ -31,11 +22,12 @@ static int all_zero(const unsigned char *p, size_t n) {
 }
 
 int main(void) {
+    probe_rng = 0x2545f4914f6cdd1dull;
     unsigned char *a = mmap(NULL, 8 * MIB, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     unsigned char *b = mmap(NULL, 4 * MIB, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (a == MAP_FAILED || b == MAP_FAILED) return 2;
-    fill(a, 8 * MIB);
-    fill(b, 4 * MIB);
+    random_fill(a, 8 * MIB);
+    random_fill(b, 4 * MIB);
     unsigned long long ha_lo = fnv1a(a, MIB, FNV_INIT), ha_hi = fnv1a(a + 3 * MIB, 5 * MIB, FNV_INIT);
     unsigned long long hb = fnv1a(b, 4 * MIB, FNV_INIT);
     printf("filled\n");

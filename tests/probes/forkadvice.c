@@ -13,16 +13,6 @@
 
 #define MIB (1ul << 20)
 
-static uint64_t rng = 0x9e3779b97f4a7c15ull;
-static void fill(unsigned char *p, size_t n) {
-    for (size_t i = 0; i + 8 <= n; i += 8) {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        memcpy(p + i, &rng, 8);
-    }
-}
-
 int main(void) {
     const char *names[3] = {"MADV_DONTFORK", "MADV_WIPEONFORK", "plain"};
     int advice[3] = {MADV_DONTFORK, MADV_WIPEONFORK, -1};
@@ -31,7 +21,7 @@ int main(void) {
     for (int i = 0; i < 3; i++) {
         area[i] = mmap(NULL, 4 * MIB, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         if (area[i] == MAP_FAILED) return 2;
-        fill(area[i], 4 * MIB);
+        random_fill(area[i], 4 * MIB);
         if (advice[i] >= 0 && madvise(area[i], 4 * MIB, advice[i]) != 0) ERR("madvise %s: %s", names[i], strerror(errno));
         hash[i] = fnv1a(area[i], 4 * MIB, FNV_INIT);
     }

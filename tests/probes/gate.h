@@ -15,6 +15,7 @@
 #define _GNU_SOURCE
 #endif
 #include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,6 +38,28 @@ static int probe_failures;
     } while (0)
 
 __attribute__((unused)) static int probe_exit_code(void) { return probe_failures ? 1 : PROBE_EXIT_CODE; }
+
+/* Pseudo-random data for the memory probes (xorshift64): reproducible from run to run, so
+ * a probe's reference run and its checkpointed run fill the same bytes. A probe may set
+ * probe_rng first for data of its own. */
+static uint64_t probe_rng = 0x9e3779b97f4a7c15ull;
+
+__attribute__((unused)) static uint64_t random_u64(void) {
+    probe_rng ^= probe_rng << 13;
+    probe_rng ^= probe_rng >> 7;
+    probe_rng ^= probe_rng << 17;
+    return probe_rng;
+}
+
+__attribute__((unused)) static void random_fill(void *p, size_t n) {
+    unsigned char *c = p;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t v = random_u64();
+        memcpy(c + i, &v, 8);
+    }
+    for (; i < n; i++) c[i] = (unsigned char)random_u64();
+}
 
 /* Read exactly n bytes (EINTR retried): 0, or -1 at end of file or on an error. */
 __attribute__((unused)) static int read_exact(int fd, void *p, size_t n) {

@@ -19,22 +19,6 @@
 
 #define PAGE 4096
 
-static uint64_t rng = 0x9e3779b97f4a7c15ull;
-static uint64_t rnd(void) {
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return rng;
-}
-static void fill(void *p, size_t n) {
-    unsigned char *c = p;
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        uint64_t v = rnd();
-        memcpy(c + i, &v, 8);
-    }
-    for (; i < n; i++) c[i] = (unsigned char)rnd();
-}
 
 /* Globals: initialized data, zero-initialized data, and a pointer into rodata. */
 static unsigned char g_data[3 * PAGE + 123] = {1, 2, 3, 4, 5};
@@ -145,8 +129,8 @@ static unsigned char file_byte(size_t i) { return (unsigned char)((i * 7 + 3) ^ 
 
 int main(void) {
     /* --- globals --- */
-    fill(g_data, sizeof g_data);
-    fill(g_bss + 1000, 2 * PAGE); /* partially written .bss */
+    random_fill(g_data, sizeof g_data);
+    random_fill(g_bss + 1000, 2 * PAGE); /* partially written .bss */
     reg[R_DATA] = (struct region){"data", g_data, sizeof g_data, 0};
     reg[R_BSS] = (struct region){"bss", g_bss, sizeof g_bss, 0};
 
@@ -157,7 +141,7 @@ int main(void) {
             ERR("malloc(%zu) failed", blk_size[b]);
             return 1;
         }
-        fill(blk[b], blk_size[b]);
+        random_fill(blk[b], blk_size[b]);
     }
 
     /* --- anonymous mmaps --- */
@@ -173,11 +157,11 @@ int main(void) {
         ERR("mmap failed: %s", strerror(errno));
         return 1;
     }
-    fill(anon, 16 * PAGE);
-    for (size_t off = 0; off < sparse_len; off += 97 * PAGE) fill(sparse + off, 64);
-    fill(shared, 4 * PAGE);
-    fill(ro, 4 * PAGE);
-    fill(guarded, 3 * PAGE);
+    random_fill(anon, 16 * PAGE);
+    for (size_t off = 0; off < sparse_len; off += 97 * PAGE) random_fill(sparse + off, 64);
+    random_fill(shared, 4 * PAGE);
+    random_fill(ro, 4 * PAGE);
+    random_fill(guarded, 3 * PAGE);
     if (mprotect(ro, 4 * PAGE, PROT_READ) != 0) ERR("mprotect(PROT_READ): %s", strerror(errno));
     if (mprotect(guarded + PAGE, PAGE, PROT_NONE) != 0) ERR("mprotect(PROT_NONE): %s", strerror(errno));
     reg[R_ANON] = (struct region){"anon", anon, 16 * PAGE, 0};
@@ -205,8 +189,8 @@ int main(void) {
             ERR("mmap mapped.dat: %s", strerror(errno));
             return 1;
         }
-        fill(fm + 2 * PAGE + 100, 300);
-        fill(fm + 5 * PAGE, PAGE);
+        random_fill(fm + 2 * PAGE + 100, 300);
+        random_fill(fm + 5 * PAGE, PAGE);
         reg[R_FILEMAP] = (struct region){"file-private", fm, file_len, 0};
     }
 
@@ -216,7 +200,7 @@ int main(void) {
         ERR("sbrk: %s", strerror(errno));
         return 1;
     }
-    fill(brk0, 64 * 1024);
+    random_fill(brk0, 64 * 1024);
     reg[R_BRK] = (struct region){"brk", brk0, 64 * 1024, 0};
 
     struct sigaction sa;
@@ -234,14 +218,14 @@ int main(void) {
     /* Change things after the first checkpoint. */
     free(blk[1]);
     blk[1] = malloc(blk_size[1]);
-    fill(blk[1], blk_size[1]);
+    random_fill(blk[1], blk_size[1]);
     free(blk[4]); /* an mmap'd chunk goes away and comes back */
     blk[4] = malloc(blk_size[4]);
-    fill(blk[4], blk_size[4]);
-    fill(anon + 3 * PAGE, PAGE);
-    fill(sparse + sparse_len - PAGE, 16);
-    fill(reg[R_FILEMAP].p + 6 * PAGE, 17);
-    fill(shared + PAGE, 8);
+    random_fill(blk[4], blk_size[4]);
+    random_fill(anon + 3 * PAGE, PAGE);
+    random_fill(sparse + sparse_len - PAGE, 16);
+    random_fill(reg[R_FILEMAP].p + 6 * PAGE, 17);
+    random_fill(shared + PAGE, 8);
     g_bss[sizeof g_bss - 1] = 0x5a;
     expect_all();
 
@@ -253,14 +237,14 @@ int main(void) {
     if (brk1 == (void *)-1) {
         ERR("sbrk after gate 2: %s", strerror(errno));
     } else {
-        fill(brk1, 256 * 1024);
+        random_fill(brk1, 256 * 1024);
         uint64_t h = fnv1a(brk1, 256 * 1024, FNV_INIT);
         printf("brk grew by 256 KiB: %016llx\n", (unsigned long long)h);
         if (sbrk(0) != brk1 + 256 * 1024) ERR("sbrk(0) is not the new break");
     }
     /* More heap after the restart too. */
     unsigned char *late = malloc(300 * 1024);
-    fill(late, 300 * 1024);
+    random_fill(late, 300 * 1024);
     printf("late malloc: %016llx\n", (unsigned long long)fnv1a(late, 300 * 1024, FNV_INIT));
     free(late);
 

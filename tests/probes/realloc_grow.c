@@ -17,23 +17,13 @@
 #define MIB (1ul << 20)
 #define NBLOCKS 4
 
-static uint64_t rng = 0x9e3779b97f4a7c15ull;
-static void fill(unsigned char *p, size_t n) {
-    for (size_t i = 0; i + 8 <= n; i += 8) {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        memcpy(p + i, &rng, 8);
-    }
-}
-
 int main(void) {
     unsigned char *blk[NBLOCKS];
     unsigned long long h[NBLOCKS];
     for (int i = 0; i < NBLOCKS; i++) {
         blk[i] = malloc(2 * MIB);
         if (!blk[i]) return 2;
-        fill(blk[i], 2 * MIB);
+        random_fill(blk[i], 2 * MIB);
         h[i] = fnv1a(blk[i], 2 * MIB, FNV_INIT);
     }
     printf("filled\n");
